@@ -1,0 +1,122 @@
+//! Enums shared by the kernel and the daemon. Their discriminants index the kernel's counter
+//! maps; their labels name the metrics. Discriminants are part of the pinned-map ABI: append,
+//! never renumber.
+
+labelled_enum! {
+    /// The XDP verdict a frame received, as counted.
+    pub enum Verdict {
+        Pass = 0 => "pass",
+        Drop = 1 => "drop",
+        Tx = 2 => "tx",
+    }
+}
+
+labelled_enum! {
+    /// Why a frame got its verdict. Exactly one reason is counted for every frame.
+    pub enum Reason {
+        /// Nothing in the policy inspects this traffic (the fast path).
+        Uninspected = 0 => "uninspected",
+        /// Not IPv4/IPv6 (ARP, LLDP, ...).
+        NonIp = 1 => "non_ip",
+        /// A non-first IP fragment: there is no transport header to inspect.
+        Fragment = 2 => "fragment",
+        /// The device is suspended: dropped.
+        Suspended = 3 => "suspended",
+        /// The device is suspended, but this is DHCP, DHCPv6, ARP or NDP: passed.
+        SuspendedExempt = 4 => "suspended_exempt",
+        /// Frame shorter than its link-layer header.
+        TruncatedL2 = 5 => "truncated_l2",
+        /// More VLAN tags than the parser follows (two).
+        VlanLimit = 6 => "vlan_limit",
+        /// Frame ends inside the IP header.
+        TruncatedL3 = 7 => "truncated_l3",
+        /// IP header that is not valid (version, header length, total length).
+        BadL3 = 8 => "bad_l3",
+        /// More IPv6 extension headers than the parser follows.
+        Ipv6ExtLimit = 9 => "ipv6_ext_limit",
+        /// Frame ends inside the TCP/UDP/ICMP header.
+        TruncatedL4 = 10 => "truncated_l4",
+    }
+}
+
+/// Number of reason slots reserved in the counter maps (room to append reasons).
+pub const REASON_SLOTS: u32 = 64;
+/// Number of verdict slots per reason in the counter maps.
+pub const VERDICT_SLOTS: u32 = 4;
+
+/// Index of the (reason, verdict) counter in the `STATS` map.
+#[inline(always)]
+pub const fn stats_index(reason: Reason, verdict: Verdict) -> u32 {
+    reason as u32 * VERDICT_SLOTS + verdict as u32
+}
+
+labelled_enum! {
+    /// Gateway-wide conditions counted apart from frames (`GLOBAL_COUNTERS`).
+    pub enum Global {
+        /// A per-device decision could not be counted: `DECISIONS` is full.
+        DecisionMapFull = 0 => "decision_map_full",
+    }
+}
+
+/// Slots reserved in `GLOBAL_COUNTERS`.
+pub const GLOBAL_SLOTS: u32 = 32;
+
+labelled_enum! {
+    /// The protocol a per-device decision was made on.
+    pub enum Proto {
+        Dns = 0 => "dns",
+        Tls = 1 => "tls",
+        Quic = 2 => "quic",
+        Port = 3 => "port",
+        Suspended = 4 => "suspended",
+    }
+}
+
+labelled_enum! {
+    /// The action of a per-device decision.
+    pub enum Action {
+        Allow = 0 => "allow",
+        Block = 1 => "block",
+        /// `mode = monitor`: would have been blocked, was passed.
+        Monitor = 2 => "monitor",
+    }
+}
+
+labelled_enum! {
+    /// The link layer in front of the IP header, fixed per attachment at load time.
+    pub enum LinkType {
+        /// Ethernet with up to two 802.1Q / 802.1ad tags.
+        Ethernet = 0 => "ethernet",
+        /// No link-layer header: the frame starts with the IPv4 or IPv6 header (raw-IP modems,
+        /// tun devices).
+        RawIp = 1 => "raw-ip",
+    }
+}
+
+labelled_enum! {
+    /// The XDP attach mode actually in use on an interface.
+    pub enum AttachMode {
+        Unknown = 0 => "unknown",
+        Native = 1 => "native",
+        Generic = 2 => "generic",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_fit_their_maps() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u32(*r as u32), Some(*r));
+            assert_eq!(Reason::from_label(r.label()), Some(*r));
+            assert!((*r as u32) < REASON_SLOTS);
+        }
+        for v in Verdict::ALL {
+            assert!((*v as u32) < VERDICT_SLOTS);
+        }
+        assert_eq!(Reason::from_u32(REASON_SLOTS), None);
+        assert_eq!(stats_index(Reason::Suspended, Verdict::Drop), 13);
+    }
+}

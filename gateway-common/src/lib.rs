@@ -1,0 +1,18 @@
+//! Shared by the kernel program (`gateway-ebpf`) and the daemon (`gateway-user`).
+//!
+//! Everything here is `no_std`, allocation-free and panic-free on the paths the kernel uses:
+//! map key/value layouts, the enums that index counters, and the pure parsers. The kernel runs
+//! the parsers over the packet; the host runs the same code in tests, `check` and `replay`.
+#![no_std]
+
+#[macro_use]
+mod macros;
+
+pub mod bytes;
+pub mod enums;
+pub mod maps;
+pub mod packet;
+pub mod table;
+
+#[cfg(test)]
+extern crate std;

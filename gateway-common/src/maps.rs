@@ -1,0 +1,341 @@
+//! Names, capacities and key/value layouts of the kernel maps.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and a size assertion, because the kernel and
+//! the daemon (and pinned maps that outlive either) must agree on it byte for byte. Fields in
+//! network byte order end in `_be`; everything else is host order.
+//!
+//! Policy state is double-buffered by generation: identity and policy entries carry the
+//! generation they belong to (in the key, or as an index offset), and the kernel reads the active
+//! generation once per packet from `CONTROL`. The daemon writes a complete new generation and
+//! then flips `CONTROL.active`, so no packet sees a mix of two configurations.
+
+use core::mem::size_of;
+
+/// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
+/// maps of another layout.
+pub const ABI_VERSION: u32 = 3;
+
+/// Policy generations kept side by side (the active one and the one being written).
+pub const GENERATIONS: u32 = 2;
+/// Device slots: slot 0 counts devices that are in no inventory; named devices use 1..=MAX_DEVICES.
+pub const MAX_DEVICES: u32 = 16_384;
+/// Size of the per-slot maps.
+pub const DEVICE_SLOTS: u32 = MAX_DEVICES + 1;
+/// The slot that counts traffic of devices that are in no inventory.
+pub const UNKNOWN_SLOT: u32 = 0;
+/// Policies per generation.
+pub const MAX_POLICIES: u32 = 64;
+/// Buckets of the MAC table per generation (4 slots each; kept at most half full).
+pub const MAC_BUCKETS: u32 = 8_192;
+/// Buckets of the address table per generation (2 slots each; kept at most half full).
+pub const IP_BUCKETS: u32 = 16_384;
+/// MAC identities per generation.
+pub const MAX_MAC_IDS: u32 = MAC_BUCKETS * crate::table::MAC_WAYS as u32 / 2;
+/// Exact IPv4/IPv6 identities per generation.
+pub const MAX_IP_IDS: u32 = IP_BUCKETS * crate::table::IP_WAYS as u32 / 2;
+/// `BPF_F_MMAPABLE`: the daemon writes table images through mmap.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// `BPF_F_NO_PREALLOC`: required by LPM tries.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// CIDR identities per generation.
+pub const MAX_CIDR_IDS: u32 = 8_192;
+/// Distinct (device, protocol, action, reason, category) decision counters.
+pub const MAX_DECISION_KEYS: u32 = 65_536;
+/// Interfaces the daemon records attach information for.
+pub const MAX_IFACES: u32 = 64;
+
+/// Map names: the kernel's map symbols and the file names of their pins.
+pub mod names {
+    pub const META: &str = "META";
+    pub const CONTROL: &str = "CONTROL";
+    pub const POLICIES: &str = "POLICIES";
+    pub const DEVICE_BY_MAC: &str = "DEVICE_BY_MAC";
+    pub const DEVICE_BY_IP: &str = "DEVICE_BY_IP";
+    pub const DEVICE_BY_CIDR: &str = "DEVICE_BY_CIDR";
+    pub const STATS: &str = "STATS";
+    pub const DEVICE_TRAFFIC: &str = "DEVICE_TRAFFIC";
+    pub const DECISIONS: &str = "DECISIONS";
+    pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+    pub const DEVICE_NAMES: &str = "DEVICE_NAMES";
+    pub const IFACES: &str = "IFACES";
+    pub const TRACE: &str = "TRACE";
+
+    /// Maps that are pinned and shared by every attachment and by successive daemons.
+    /// (`TRACE` is per loaded object: only `replay` uses it.)
+    pub const PINNED: &[&str] = &[
+        META,
+        CONTROL,
+        POLICIES,
+        DEVICE_BY_MAC,
+        DEVICE_BY_IP,
+        DEVICE_BY_CIDR,
+        STATS,
+        DEVICE_TRAFFIC,
+        DECISIONS,
+        GLOBAL_COUNTERS,
+        DEVICE_NAMES,
+        IFACES,
+    ];
+}
+
+/// Load-time globals of the kernel program (set with `EbpfLoader::override_global`).
+pub mod globals {
+    /// `LinkType` of the attachment this instance serves.
+    pub const LINK_TYPE: &str = "LINK_TYPE";
+    /// Non-zero: record the last verdict in `TRACE` (replay and fixtures only).
+    pub const TRACE_ENABLED: &str = "TRACE_ENABLED";
+}
+
+/// `META[0]`: what wrote the pinned maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub abi_version: u32,
+    /// Unix seconds when these maps were created.
+    pub created: u32,
+}
+const _: () = assert!(size_of::<Meta>() == 8);
+
+/// Data part of a `DEVICE_BY_CIDR` LPM key: `[generation, addr_be[16], 0, 0, 0]`. The prefix
+/// length counts the generation byte: `8 + 96 + len` for IPv4 (mapped), `8 + len` for IPv6.
+pub type CidrData = [u8; 20];
+
+/// Builds the LPM data for a generation and an IPv4-mapped/IPv6 address.
+#[inline(always)]
+pub const fn cidr_data(generation: u8, addr_be: &[u8; 16]) -> CidrData {
+    let mut d = [0u8; 20];
+    d[0] = generation;
+    let mut i = 0;
+    while i < 16 {
+        d[i + 1] = addr_be[i];
+        i += 1;
+    }
+    d
+}
+
+/// Value of the identity tables: which slot counts the device, which policy applies, and its
+/// lifecycle flags.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeviceRef {
+    pub slot: u32,
+    pub policy: u16,
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<DeviceRef>() == 8);
+
+/// `DeviceRef::flags`: all traffic but DHCP/DHCPv6/ARP/NDP is dropped.
+pub const DEVICE_SUSPENDED: u16 = 1;
+
+/// `CONTROL[0].generations[generation]`: what applies to the whole generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenSettings {
+    /// Policy for devices that are in no inventory.
+    pub unknown_policy: u32,
+    /// `SETTINGS_*` bits.
+    pub flags: u32,
+    /// Hash seed of this generation's identity tables.
+    pub table_seed: u64,
+}
+const _: () = assert!(size_of::<GenSettings>() == 16);
+
+/// `CONTROL[0]`: the active generation and the settings of both. One record, so a packet gets
+/// both with one lookup. The daemon writes it through mmap: a generation's settings only while
+/// that generation is standby, and `active` alone to switch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// The generation (0 or 1) every lookup of a packet uses.
+    pub active: u32,
+    pub _pad: u32,
+    pub generations: [GenSettings; GENERATIONS as usize],
+}
+const _: () = assert!(size_of::<Control>() == 40);
+
+/// `GenSettings::flags`: the MAC table has entries for this generation.
+pub const SETTINGS_HAS_MAC: u32 = 1;
+/// `GenSettings::flags`: the address table has entries for this generation.
+pub const SETTINGS_HAS_IP: u32 = 1 << 1;
+/// `GenSettings::flags`: `DEVICE_BY_CIDR` has entries for this generation.
+pub const SETTINGS_HAS_CIDR: u32 = 1 << 2;
+/// `GenSettings::flags`: this generation has been completely written.
+pub const SETTINGS_VALID: u32 = 1 << 31;
+
+/// `POLICIES[generation * MAX_POLICIES + id]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEntry {
+    /// `POLICY_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PolicyEntry>() == 8);
+
+/// `PolicyEntry::flags`: the entry is in use.
+pub const POLICY_PRESENT: u32 = 1;
+/// `PolicyEntry::flags`: decide and count, but pass (`mode = "monitor"`).
+pub const POLICY_MONITOR: u32 = 1 << 1;
+
+/// Index of a policy in `POLICIES`.
+#[inline(always)]
+pub const fn policy_index(generation: u32, policy: u32) -> u32 {
+    generation * MAX_POLICIES + policy
+}
+
+/// A packet and byte counter (per CPU in `STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// `DEVICE_TRAFFIC[slot]` (per CPU): what the device sent into the gateway, and how much of it
+/// was dropped or answered by the gateway.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceTraffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+const _: () = assert!(size_of::<DeviceTraffic>() == 32);
+
+/// Key of `DECISIONS` (per CPU hash of `u64` counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecisionKey {
+    pub slot: u32,
+    /// `Proto`.
+    pub proto: u8,
+    /// `Action`.
+    pub action: u8,
+    /// `Reason`.
+    pub reason: u8,
+    /// Category id, or `NO_CATEGORY`.
+    pub category: u8,
+}
+const _: () = assert!(size_of::<DecisionKey>() == 8);
+
+/// `DecisionKey::category` when no category was involved.
+pub const NO_CATEGORY: u8 = 0xff;
+
+/// `DEVICE_NAMES[slot]`: the device a slot belongs to (written by the daemon, never read by the
+/// kernel). Keeps slot assignments, and so counters, stable across daemon restarts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceName {
+    pub len: u32,
+    pub name: [u8; 60],
+}
+const _: () = assert!(size_of::<DeviceName>() == 64);
+
+impl Default for DeviceName {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            name: [0; 60],
+        }
+    }
+}
+
+impl DeviceName {
+    /// Longest device name that fits.
+    pub const MAX_LEN: usize = 60;
+
+    /// The name, or `None` if the slot is free or the bytes are not UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        let bytes = self.name.get(..self.len as usize)?;
+        if bytes.is_empty() {
+            return None;
+        }
+        core::str::from_utf8(bytes).ok()
+    }
+
+    /// A record for `name`, or `None` if it is longer than `MAX_LEN` bytes.
+    pub fn new(name: &str) -> Option<Self> {
+        let bytes = name.as_bytes();
+        let mut out = Self::default();
+        out.name.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        out.len = bytes.len() as u32;
+        Some(out)
+    }
+}
+
+/// `IFACES[i]`: an interface the daemon attached to (written by the daemon for `stats` and
+/// metrics; never read by the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    pub ifindex: u32,
+    /// `LinkType`.
+    pub link: u32,
+    /// `AttachMode`.
+    pub mode: u32,
+    pub _pad: u32,
+    pub name: [u8; 16],
+}
+const _: () = assert!(size_of::<IfaceInfo>() == 32);
+
+/// `TRACE[0]`: the last frame's outcome, written only when `TRACE_ENABLED` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Incremented on every run, so a reader can tell a fresh record from a stale one.
+    pub seq: u32,
+    /// `Verdict`.
+    pub verdict: u32,
+    /// `Reason`.
+    pub reason: u32,
+    pub slot: u32,
+    pub policy: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Trace>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
+    // explicit padding (checked by the size assertions above), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for crate::table::MacBucket {}
+    unsafe impl aya::Pod for crate::table::IpBucket {}
+    unsafe impl aya::Pod for super::DeviceRef {}
+    unsafe impl aya::Pod for super::GenSettings {}
+    unsafe impl aya::Pod for super::Control {}
+    unsafe impl aya::Pod for super::PolicyEntry {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::DeviceTraffic {}
+    unsafe impl aya::Pod for super::DecisionKey {}
+    unsafe impl aya::Pod for super::DeviceName {}
+    unsafe impl aya::Pod for super::IfaceInfo {}
+    unsafe impl aya::Pod for super::Trace {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_round_trip_and_reject_long_names() {
+        let n = DeviceName::new("bus-17").expect("fits");
+        assert_eq!(n.as_str(), Some("bus-17"));
+        assert_eq!(DeviceName::default().as_str(), None);
+        let long = "x".repeat(61);
+        assert!(DeviceName::new(&long).is_none());
+        assert!(DeviceName::new(&long[..60]).is_some());
+    }
+
+    #[test]
+    fn cidr_data_puts_generation_first() {
+        let mut a = [0u8; 16];
+        a[15] = 7;
+        let d = cidr_data(1, &a);
+        assert_eq!(d[0], 1);
+        assert_eq!(d[16], 7);
+        assert_eq!(&d[17..], &[0, 0, 0]);
+    }
+}

@@ -1,0 +1,765 @@
+//! Link, network and transport headers: the first parser every frame goes through.
+//!
+//! Three stages, so the kernel can identify the device (which needs L2 and L3) before it decides
+//! how much of L4 it needs. Every offset is derived from a header length that is masked or
+//! bounded, and every loop has a constant bound, so the verifier can follow each read.
+
+use crate::{bytes::Bytes, enums::LinkType, enums::Reason};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const VLAN_HLEN: usize = 4;
+/// VLAN tags followed (802.1ad outer + 802.1Q inner).
+pub const MAX_VLAN_TAGS: usize = 2;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers followed before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const UDP_HLEN: usize = 8;
+pub const TCP_HLEN: usize = 20;
+
+/// What the link layer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2 {
+    /// Offset of the network header.
+    pub l3_off: usize,
+    /// Ethertype after the VLAN tags (`ETH_P_IP`/`ETH_P_IPV6` for raw IP).
+    pub ethertype: u16,
+    /// VLAN tags skipped.
+    pub vlan_tags: u8,
+    /// Source MAC (zero on raw-IP links).
+    pub src_mac: [u8; 6],
+}
+
+/// Fragment position of an IP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented.
+    None,
+    /// First fragment: carries the transport header.
+    First,
+    /// Later fragment: no transport header.
+    Later,
+}
+
+/// What the network layer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L3 {
+    /// 4 or 6.
+    pub version: u8,
+    /// Transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    pub fragment: Fragment,
+    /// Offset of the transport header.
+    pub l4_off: usize,
+    /// End of the IP packet (total length), clamped to the frame: link padding is not payload.
+    pub l3_end: usize,
+    /// Source address; IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
+    pub src: Addr,
+    /// Destination address; IPv4 is IPv4-mapped.
+    pub dst: Addr,
+}
+
+/// An IPv6 or IPv4-mapped address as two `u64` holding its 16 network-order bytes in
+/// little-endian order: the form the address table keys on. Built from word loads, and compared
+/// and hashed as two words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Addr(pub [u64; 2]);
+
+impl Addr {
+    /// `::ffff:a.b.c.d`.
+    #[inline(always)]
+    pub const fn from_v4(v4: [u8; 4]) -> Self {
+        Self([0, 0xffff_0000 | (u32::from_le_bytes(v4) as u64) << 32])
+    }
+
+    /// From the 16 bytes of an IPv6 or IPv4-mapped address.
+    #[inline(always)]
+    pub const fn from_bytes(a: [u8; 16]) -> Self {
+        Self([
+            u64::from_le_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+            u64::from_le_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+        ])
+    }
+
+    /// The 16 bytes, in network order.
+    #[inline(always)]
+    pub const fn to_bytes(self) -> [u8; 16] {
+        let a = self.0[0].to_le_bytes();
+        let b = self.0[1].to_le_bytes();
+        [
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5],
+            b[6], b[7],
+        ]
+    }
+
+    /// The unspecified address `::`.
+    #[inline(always)]
+    pub const fn is_unspecified(self) -> bool {
+        self.0[0] == 0 && self.0[1] == 0
+    }
+}
+
+/// What the transport layer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4 {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Offset of the transport payload.
+    pub payload_off: usize,
+    /// TCP flags (TCP only).
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type (ICMP only).
+    pub icmp_type: u8,
+}
+
+/// A link layer that could not be followed. The source MAC is kept when the Ethernet header
+/// itself was complete, so the frame is still attributed to its device (a suspended device must
+/// not get frames through by malforming their VLAN tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Error {
+    pub reason: Reason,
+    pub src_mac: Option<[u8; 6]>,
+}
+
+impl L2Error {
+    const fn new(reason: Reason, src_mac: Option<[u8; 6]>) -> Self {
+        Self { reason, src_mac }
+    }
+}
+
+/// Parses the link layer. On Ethernet, follows up to `MAX_VLAN_TAGS` tags.
+#[inline(always)]
+pub fn parse_l2<B: Bytes + ?Sized>(b: &B, link: LinkType) -> Result<L2, L2Error> {
+    match link {
+        LinkType::RawIp => {
+            let first = b.u8_at(0).ok_or(L2Error::new(Reason::TruncatedL3, None))?;
+            let ethertype = match first >> 4 {
+                4 => ETH_P_IP,
+                6 => ETH_P_IPV6,
+                _ => return Err(L2Error::new(Reason::BadL3, None)),
+            };
+            Ok(L2 {
+                l3_off: 0,
+                ethertype,
+                vlan_tags: 0,
+                src_mac: [0; 6],
+            })
+        }
+        LinkType::Ethernet => {
+            let hdr = b
+                .read::<ETH_HLEN>(0)
+                .ok_or(L2Error::new(Reason::TruncatedL2, None))?;
+            let src_mac = [hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11]];
+            let mut ethertype = u16::from_be_bytes([hdr[12], hdr[13]]);
+            let mut off = ETH_HLEN;
+            let mut vlan_tags = 0u8;
+            // Constant bound: the verifier sees at most MAX_VLAN_TAGS iterations.
+            for _ in 0..MAX_VLAN_TAGS {
+                if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+                    break;
+                }
+                // The tag is TCI (2 bytes) then the encapsulated ethertype (2 bytes).
+                ethertype = b
+                    .be16_at(off + 2)
+                    .ok_or(L2Error::new(Reason::TruncatedL2, Some(src_mac)))?;
+                off += VLAN_HLEN;
+                vlan_tags += 1;
+            }
+            if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+                return Err(L2Error::new(Reason::VlanLimit, Some(src_mac)));
+            }
+            Ok(L2 {
+                l3_off: off,
+                ethertype,
+                vlan_tags,
+                src_mac,
+            })
+        }
+    }
+}
+
+/// A network header that could not be followed. The source address is kept when the fixed
+/// header was complete, so the packet is still attributed to its device (a suspended device must
+/// not get packets through by piling up extension headers or malforming options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L3Error {
+    pub reason: Reason,
+    pub src: Option<Addr>,
+}
+
+impl L3Error {
+    const fn new(reason: Reason, src: Option<Addr>) -> Self {
+        Self { reason, src }
+    }
+}
+
+/// Parses the IPv4 or IPv6 header at `l2.l3_off`. Call only when `l2.ethertype` is IP.
+#[inline(always)]
+pub fn parse_l3<B: Bytes + ?Sized>(b: &B, l2: &L2) -> Result<L3, L3Error> {
+    if l2.ethertype == ETH_P_IP {
+        parse_ipv4(b, l2.l3_off)
+    } else {
+        parse_ipv6(b, l2.l3_off)
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
+    let h = b
+        .read::<IPV4_HLEN>(off)
+        .ok_or(L3Error::new(Reason::TruncatedL3, None))?;
+    if h[0] >> 4 != 4 {
+        return Err(L3Error::new(Reason::BadL3, None));
+    }
+    let src = Addr::from_v4([h[12], h[13], h[14], h[15]]);
+    let fail = |reason| L3Error::new(reason, Some(src));
+    // IHL is 4 bits: the header is at most 60 bytes, which bounds every later offset.
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    if hlen < IPV4_HLEN {
+        return Err(fail(Reason::BadL3));
+    }
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if total < hlen {
+        return Err(fail(Reason::BadL3));
+    }
+    // Options must be present in the frame.
+    if hlen > IPV4_HLEN {
+        b.u8_at(off + hlen - 1).ok_or(fail(Reason::TruncatedL3))?;
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let fragment = if frag & 0x1fff != 0 {
+        Fragment::Later
+    } else if frag & 0x2000 != 0 {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    let size = b.size();
+    let end = off + total;
+    Ok(L3 {
+        version: 4,
+        proto: h[9],
+        fragment,
+        l4_off: off + hlen,
+        l3_end: if end < size { end } else { size },
+        src,
+        dst: Addr::from_v4([h[16], h[17], h[18], h[19]]),
+    })
+}
+
+/// The 8 bytes of `h` at `at` (a constant offset within the IPv6 header).
+#[inline(always)]
+fn word(h: &[u8; IPV6_HLEN], at: usize) -> [u8; 8] {
+    let mut w = [0u8; 8];
+    let mut i = 0;
+    while i < 8 {
+        if let Some(b) = h.get(at + i) {
+            w[i] = *b;
+        }
+        i += 1;
+    }
+    w
+}
+
+#[inline(always)]
+fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
+    let h = b
+        .read::<IPV6_HLEN>(off)
+        .ok_or(L3Error::new(Reason::TruncatedL3, None))?;
+    if h[0] >> 4 != 6 {
+        return Err(L3Error::new(Reason::BadL3, None));
+    }
+    let src = Addr([
+        u64::from_le_bytes(word(&h, 8)),
+        u64::from_le_bytes(word(&h, 16)),
+    ]);
+    let fail = |reason| L3Error::new(reason, Some(src));
+    let dst = Addr([
+        u64::from_le_bytes(word(&h, 24)),
+        u64::from_le_bytes(word(&h, 32)),
+    ]);
+    let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let end = off + IPV6_HLEN + payload;
+    let mut proto = h[6];
+    let mut l4_off = off + IPV6_HLEN;
+    let mut fragment = Fragment::None;
+    let mut done = false;
+    // Constant bound on the extension-header walk; each header adds at most 2 KiB to the offset.
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let start = l4_off;
+        match proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e = b.read::<2>(l4_off).ok_or(fail(Reason::TruncatedL3))?;
+                proto = e[0];
+                l4_off += (e[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let e = b.read::<2>(l4_off).ok_or(fail(Reason::TruncatedL3))?;
+                proto = e[0];
+                l4_off += (e[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let e = b.read::<4>(l4_off).ok_or(fail(Reason::TruncatedL3))?;
+                proto = e[0];
+                let offset_flags = u16::from_be_bytes([e[2], e[3]]);
+                fragment = if offset_flags & 0xfff8 != 0 {
+                    Fragment::Later
+                } else if offset_flags & 1 != 0 {
+                    Fragment::First
+                } else {
+                    // An atomic fragment (offset 0, no more fragments) is a whole packet.
+                    fragment
+                };
+                l4_off += 8;
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+        // An extension header longer than the IP payload is malformed; one longer than what
+        // the frame holds is truncated.
+        if l4_off > end {
+            return Err(fail(Reason::BadL3));
+        }
+        if l4_off > start {
+            b.u8_at(l4_off - 1).ok_or(fail(Reason::TruncatedL3))?;
+        }
+    }
+    if !done {
+        match proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+                return Err(fail(Reason::Ipv6ExtLimit));
+            }
+            _ => {}
+        }
+    }
+    let size = b.size();
+    Ok(L3 {
+        version: 6,
+        proto,
+        fragment,
+        l4_off,
+        l3_end: if end < size { end } else { size },
+        src,
+        dst,
+    })
+}
+
+/// Parses the transport header. Call only when `l3.fragment != Fragment::Later`. Protocols other
+/// than TCP, UDP, ICMP and ICMPv6 return a default `L4` with the payload at the transport offset.
+#[inline(always)]
+pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
+    let off = l3.l4_off;
+    match l3.proto {
+        IPPROTO_UDP => {
+            let h = b.read::<UDP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
+            Ok(L4 {
+                src_port: u16::from_be_bytes([h[0], h[1]]),
+                dst_port: u16::from_be_bytes([h[2], h[3]]),
+                payload_off: off + UDP_HLEN,
+                tcp_flags: 0,
+                icmp_type: 0,
+            })
+        }
+        IPPROTO_TCP => {
+            let h = b.read::<TCP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
+            // Data offset is 4 bits: the header is at most 60 bytes.
+            let hlen = ((h[12] >> 4) as usize) * 4;
+            if hlen < TCP_HLEN {
+                return Err(Reason::TruncatedL4);
+            }
+            if hlen > TCP_HLEN {
+                b.u8_at(off + hlen - 1).ok_or(Reason::TruncatedL4)?;
+            }
+            Ok(L4 {
+                src_port: u16::from_be_bytes([h[0], h[1]]),
+                dst_port: u16::from_be_bytes([h[2], h[3]]),
+                payload_off: off + hlen,
+                tcp_flags: h[13],
+                icmp_type: 0,
+            })
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let h = b.read::<4>(off).ok_or(Reason::TruncatedL4)?;
+            Ok(L4 {
+                payload_off: off + 4,
+                icmp_type: h[0],
+                ..L4::default()
+            })
+        }
+        _ => Ok(L4 {
+            payload_off: off,
+            ..L4::default()
+        }),
+    }
+}
+
+/// DHCP, DHCPv6 and NDP: what a suspended device may still send, so it keeps its address and
+/// can be resumed without a reconnect. (ARP is decided from the ethertype.)
+#[inline(always)]
+pub fn is_suspend_exempt(l3: &L3, l4: &L4) -> bool {
+    match l3.proto {
+        // DHCP client -> server; DHCPv6 client -> server.
+        IPPROTO_UDP => {
+            (l4.src_port == 68 && l4.dst_port == 67) || (l4.src_port == 546 && l4.dst_port == 547)
+        }
+        // Router/neighbour solicitation and advertisement, redirect (133..=137).
+        IPPROTO_ICMPV6 => l4.icmp_type >= 133 && l4.icmp_type <= 137,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = std::vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0x17]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    fn ipv4(proto: u8, ihl: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+        let hlen = ihl as usize * 4;
+        let total = (hlen + payload.len()) as u16;
+        let mut h = std::vec![0u8; hlen];
+        h[0] = 0x40 | ihl;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&[10, 0, 0, 17]);
+        h[16..20].copy_from_slice(&[10, 0, 0, 1]);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn ipv6(next: u8, ext: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut h = std::vec![0u8; 40];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&((ext.len() + payload.len()) as u16).to_be_bytes());
+        h[6] = next;
+        h[7] = 64;
+        h[8] = 0xfd;
+        h[23] = 0x17;
+        h[24] = 0xfd;
+        h[39] = 1;
+        h.extend_from_slice(ext);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(data);
+        h
+    }
+
+    fn tcp(sport: u16, dport: u16, doff: u8, flags: u8) -> Vec<u8> {
+        let mut h = std::vec![0u8; doff as usize * 4];
+        h[0..2].copy_from_slice(&sport.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h[12] = doff << 4;
+        h[13] = flags;
+        h
+    }
+
+    fn all(frame: &[u8], link: LinkType) -> Result<(L2, L3, L4), Reason> {
+        let l2 = parse_l2(frame, link).map_err(|e| e.reason)?;
+        let l3 = parse_l3(frame, &l2).map_err(|e| e.reason)?;
+        let l4 = parse_l4(frame, &l3)?;
+        Ok((l2, l3, l4))
+    }
+
+    #[test]
+    fn ethernet_ipv4_udp() {
+        let mut f = eth(ETH_P_IP);
+        f.extend(ipv4(IPPROTO_UDP, 5, 0, &udp(5353, 53, b"hello")));
+        let (l2, l3, l4) = all(&f, LinkType::Ethernet).expect("parses");
+        assert_eq!(l2.src_mac, [2, 0, 0, 0, 0, 0x17]);
+        assert_eq!(l2.l3_off, 14);
+        assert_eq!(l3.src, Addr::from_v4([10, 0, 0, 17]));
+        assert_eq!(
+            l3.src.to_bytes(),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 17]
+        );
+        assert_eq!(l3.l4_off, 34);
+        assert_eq!(l3.l3_end, f.len());
+        assert_eq!((l4.src_port, l4.dst_port, l4.payload_off), (5353, 53, 42));
+    }
+
+    #[test]
+    fn link_padding_is_not_payload() {
+        let mut f = eth(ETH_P_IP);
+        f.extend(ipv4(IPPROTO_UDP, 5, 0, &udp(1, 2, b"")));
+        let real_end = f.len();
+        f.resize(60, 0);
+        let (_, l3, _) = all(&f, LinkType::Ethernet).expect("parses");
+        assert_eq!(l3.l3_end, real_end);
+    }
+
+    /// Ethernet header with one TPID+TCI per entry of `tpids`, then `inner` as the ethertype.
+    fn tagged(tpids: &[u16], inner: u16) -> Vec<u8> {
+        let mut f = eth(0);
+        f.truncate(12);
+        for (i, tpid) in tpids.iter().enumerate() {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&inner.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn vlan_tags_one_two_and_too_many() {
+        for tpids in [
+            &[ETH_P_8021Q][..],
+            &[ETH_P_8021AD, ETH_P_8021Q],
+            &[ETH_P_8021Q, ETH_P_8021Q],
+        ] {
+            let mut f = tagged(tpids, ETH_P_IP);
+            f.extend(ipv4(IPPROTO_UDP, 5, 0, &udp(1, 53, b"")));
+            let (l2, l3, l4) = all(&f, LinkType::Ethernet).expect("parses");
+            assert_eq!(l2.vlan_tags as usize, tpids.len());
+            assert_eq!(l2.l3_off, 14 + 4 * tpids.len());
+            assert_eq!(l3.version, 4);
+            assert_eq!(l4.dst_port, 53);
+        }
+        let mac = Some([2, 0, 0, 0, 0, 0x17]);
+        let f = tagged(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP);
+        assert_eq!(
+            parse_l2(&f[..], LinkType::Ethernet),
+            Err(L2Error::new(Reason::VlanLimit, mac))
+        );
+        // A tag cut in half: still attributed to its sender.
+        let f = tagged(&[ETH_P_8021Q], ETH_P_IP);
+        assert_eq!(
+            parse_l2(&f[..16], LinkType::Ethernet),
+            Err(L2Error::new(Reason::TruncatedL2, mac))
+        );
+        assert_eq!(
+            parse_l2(&f[..13], LinkType::Ethernet),
+            Err(L2Error::new(Reason::TruncatedL2, None))
+        );
+    }
+
+    #[test]
+    fn raw_ip_frames_start_at_the_ip_header() {
+        let f = ipv4(IPPROTO_TCP, 5, 0, &tcp(40000, 443, 5, 0x02));
+        let (l2, l3, l4) = all(&f, LinkType::RawIp).expect("parses");
+        assert_eq!(l2.l3_off, 0);
+        assert_eq!(l3.l4_off, 20);
+        assert_eq!(l4.tcp_flags, 0x02);
+        let f6 = ipv6(IPPROTO_UDP, &[], &udp(1, 53, b"x"));
+        let (l2, l3, l4) = all(&f6, LinkType::RawIp).expect("parses");
+        assert_eq!(l2.ethertype, ETH_P_IPV6);
+        assert_eq!(l3.src.to_bytes()[0], 0xfd);
+        assert_eq!(l3.src.to_bytes()[15], 0x17);
+        assert_eq!(Addr::from_bytes(l3.src.to_bytes()), l3.src);
+        assert_eq!(l4.payload_off, 48);
+        assert_eq!(
+            parse_l2(&[0x50u8][..], LinkType::RawIp).map_err(|e| e.reason),
+            Err(Reason::BadL3)
+        );
+        assert_eq!(
+            parse_l2(&[][..], LinkType::RawIp).map_err(|e| e.reason),
+            Err(Reason::TruncatedL3)
+        );
+    }
+
+    #[test]
+    fn ipv4_options_and_bad_headers() {
+        let f = ipv4(IPPROTO_UDP, 8, 0, &udp(1, 53, b""));
+        let (_, l3, l4) = all(&f, LinkType::RawIp).expect("parses");
+        assert_eq!(l3.l4_off, 32);
+        assert_eq!(l4.dst_port, 53);
+        let mut bad = f.clone();
+        bad[0] = 0x44; // IHL 4 < 5
+        assert_eq!(all(&bad, LinkType::RawIp).map(|_| ()), Err(Reason::BadL3));
+        let mut bad = f.clone();
+        bad[2..4].copy_from_slice(&10u16.to_be_bytes()); // total < header
+        assert_eq!(all(&bad, LinkType::RawIp).map(|_| ()), Err(Reason::BadL3));
+        // Options cut off.
+        assert_eq!(
+            all(&f[..25], LinkType::RawIp).map(|_| ()),
+            Err(Reason::TruncatedL3)
+        );
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let first = ipv4(IPPROTO_UDP, 5, 0x2000, &udp(1, 53, b""));
+        assert_eq!(
+            parse_l3(
+                &first[..],
+                &parse_l2(&first[..], LinkType::RawIp).expect("l2")
+            )
+            .map(|l| l.fragment),
+            Ok(Fragment::First)
+        );
+        let later = ipv4(IPPROTO_UDP, 5, 0x0010, b"rest-of-datagram");
+        let l3 = parse_l3(
+            &later[..],
+            &parse_l2(&later[..], LinkType::RawIp).expect("l2"),
+        )
+        .expect("l3");
+        assert_eq!(l3.fragment, Fragment::Later);
+        let df = ipv4(IPPROTO_UDP, 5, 0x4000, &udp(1, 53, b""));
+        let l3 = parse_l3(&df[..], &parse_l2(&df[..], LinkType::RawIp).expect("l2")).expect("l3");
+        assert_eq!(l3.fragment, Fragment::None);
+    }
+
+    #[test]
+    fn ipv6_extension_headers() {
+        // Hop-by-hop (8 bytes) then fragment (first) then UDP.
+        let mut ext = std::vec![IPPROTO_FRAGMENT, 0, 0, 0, 0, 0, 0, 0];
+        ext.extend_from_slice(&[IPPROTO_UDP, 0, 0x00, 0x01, 0, 0, 0, 1]);
+        let f = ipv6(IPPROTO_HOPOPTS, &ext, &udp(1, 53, b"q"));
+        let (_, l3, l4) = all(&f, LinkType::RawIp).expect("parses");
+        assert_eq!(l3.proto, IPPROTO_UDP);
+        assert_eq!(l3.fragment, Fragment::First);
+        assert_eq!(l3.l4_off, 56);
+        assert_eq!(l4.dst_port, 53);
+        // Later fragment.
+        let ext = [IPPROTO_UDP, 0, 0x05, 0x00, 0, 0, 0, 1];
+        let f = ipv6(IPPROTO_FRAGMENT, &ext, b"data");
+        let l3 = parse_l3(&f[..], &parse_l2(&f[..], LinkType::RawIp).expect("l2")).expect("l3");
+        assert_eq!(l3.fragment, Fragment::Later);
+        // Seven destination-options headers: more than the walk follows.
+        let mut ext = Vec::new();
+        for i in 0..7 {
+            ext.extend_from_slice(&[
+                if i == 6 { IPPROTO_UDP } else { IPPROTO_DSTOPTS },
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+        }
+        let f = ipv6(IPPROTO_DSTOPTS, &ext, &udp(1, 53, b""));
+        let r = parse_l3(&f[..], &parse_l2(&f[..], LinkType::RawIp).expect("l2"));
+        let src = parse_l3(
+            &ipv6(IPPROTO_UDP, &[], &udp(1, 53, b""))[..],
+            &parse_l2(&f[..], LinkType::RawIp).expect("l2"),
+        )
+        .expect("plain")
+        .src;
+        // The sender is still known: the packet is attributed to its device.
+        assert_eq!(r, Err(L3Error::new(Reason::Ipv6ExtLimit, Some(src))));
+        // An extension header cut short: the header, not the transport, is truncated.
+        let ext = [IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0];
+        let f = ipv6(IPPROTO_HOPOPTS, &ext, &udp(1, 53, b""));
+        for cut in 42..48 {
+            let r = parse_l3(
+                &f[..cut],
+                &parse_l2(&f[..cut], LinkType::RawIp).expect("l2"),
+            );
+            assert_eq!(
+                r.map(|_| ()).map_err(|e| e.reason),
+                Err(Reason::TruncatedL3),
+                "cut at {cut}"
+            );
+        }
+        // An extension header claiming more than the payload.
+        let ext = [IPPROTO_UDP, 200, 0, 0, 0, 0, 0, 0];
+        let f = ipv6(IPPROTO_HOPOPTS, &ext, &udp(1, 53, b""));
+        let r = parse_l3(&f[..], &parse_l2(&f[..], LinkType::RawIp).expect("l2"));
+        assert_eq!(r.map(|_| ()).map_err(|e| e.reason), Err(Reason::BadL3));
+        // A truncated fixed header: no sender.
+        assert_eq!(
+            parse_l3(&f[..30], &parse_l2(&f[..30], LinkType::RawIp).expect("l2")),
+            Err(L3Error::new(Reason::TruncatedL3, None))
+        );
+    }
+
+    #[test]
+    fn tcp_header_length() {
+        let f = ipv4(IPPROTO_TCP, 5, 0, &tcp(1, 443, 8, 0x18));
+        let (_, _, l4) = all(&f, LinkType::RawIp).expect("parses");
+        assert_eq!(l4.payload_off, 20 + 32);
+        let mut bad = f.clone();
+        bad[20 + 12] = 4 << 4;
+        assert_eq!(
+            all(&bad, LinkType::RawIp).map(|_| ()),
+            Err(Reason::TruncatedL4)
+        );
+        assert_eq!(
+            all(&f[..45], LinkType::RawIp).map(|_| ()),
+            Err(Reason::TruncatedL4)
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_never_a_panic() {
+        let mut v4 = eth(ETH_P_IP);
+        v4.extend(ipv4(IPPROTO_TCP, 6, 0, &tcp(1, 443, 6, 0x10)));
+        let mut v6 = eth(ETH_P_IPV6);
+        v6.extend(ipv6(
+            IPPROTO_HOPOPTS,
+            &[IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0],
+            &udp(1, 53, b""),
+        ));
+        for f in [&v4, &v6] {
+            assert!(all(f, LinkType::Ethernet).is_ok());
+            for cut in 0..f.len() {
+                let r = all(&f[..cut], LinkType::Ethernet);
+                assert!(r.is_err(), "cut at {cut} parsed");
+            }
+        }
+    }
+
+    #[test]
+    fn suspend_exemptions() {
+        let l3 = |proto| L3 {
+            version: 4,
+            proto,
+            fragment: Fragment::None,
+            l4_off: 0,
+            l3_end: 0,
+            src: Addr::default(),
+            dst: Addr::default(),
+        };
+        let udp = |s, d| L4 {
+            src_port: s,
+            dst_port: d,
+            ..L4::default()
+        };
+        assert!(is_suspend_exempt(&l3(IPPROTO_UDP), &udp(68, 67)));
+        assert!(is_suspend_exempt(&l3(IPPROTO_UDP), &udp(546, 547)));
+        assert!(!is_suspend_exempt(&l3(IPPROTO_UDP), &udp(67, 68)));
+        assert!(!is_suspend_exempt(&l3(IPPROTO_UDP), &udp(5353, 53)));
+        let icmp = |t| L4 {
+            icmp_type: t,
+            ..L4::default()
+        };
+        assert!(is_suspend_exempt(&l3(IPPROTO_ICMPV6), &icmp(135)));
+        assert!(!is_suspend_exempt(&l3(IPPROTO_ICMPV6), &icmp(128)));
+        assert!(!is_suspend_exempt(&l3(IPPROTO_ICMP), &icmp(8)));
+    }
+}

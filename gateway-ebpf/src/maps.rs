@@ -1,0 +1,197 @@
+//! Every map of the filter. Layouts live in `gateway_common::maps`; the daemon pins all of them
+//! but `TRACE` under its bpffs directory, so they outlive it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap},
+};
+use gateway_common::{
+    enums::{GLOBAL_SLOTS, Global, REASON_SLOTS, VERDICT_SLOTS},
+    maps::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, CidrData, Control, Counter, DEVICE_SLOTS, DecisionKey,
+        DeviceName, DeviceRef, DeviceTraffic, GENERATIONS, GenSettings, IP_BUCKETS, IfaceInfo,
+        MAC_BUCKETS, MAX_CIDR_IDS, MAX_DECISION_KEYS, MAX_IFACES, MAX_POLICIES, Meta, PolicyEntry,
+        Trace,
+    },
+    packet::Addr,
+    table::{self, IpBucket, MacBucket},
+};
+
+/// `[0]`: ABI version and creation time of the pinned set. Written by the daemon.
+#[map]
+static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// `[0]`: the active generation and both generations' settings (`Control`). The daemon writes a
+/// generation's settings while it is standby and then flips `active`, through mmap; the kernel
+/// reads the record once per packet.
+#[map]
+static CONTROL: Array<Control> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// `[generation * MAX_POLICIES + policy]`: the policies of each generation. Written by the daemon.
+#[map]
+static POLICIES: Array<PolicyEntry> = Array::with_max_entries(GENERATIONS * MAX_POLICIES, 0);
+
+/// Source MAC -> device: an open-addressing table (`gateway_common::table`), bucket
+/// `generation * MAC_BUCKETS + i`. Consulted first on Ethernet links. The daemon writes the
+/// standby generation's image through mmap; the kernel only reads.
+#[map]
+static DEVICE_BY_MAC: Array<MacBucket> =
+    Array::with_max_entries(GENERATIONS * MAC_BUCKETS, BPF_F_MMAPABLE);
+
+/// Exact source address (IPv4-mapped or IPv6) -> device, laid out like `DEVICE_BY_MAC`.
+/// Consulted second.
+#[map]
+static DEVICE_BY_IP: Array<IpBucket> =
+    Array::with_max_entries(GENERATIONS * IP_BUCKETS, BPF_F_MMAPABLE);
+
+/// Longest prefix of (generation, source address) -> device. Consulted last, and only when the
+/// generation has CIDR devices. Written by the daemon.
+#[map]
+static DEVICE_BY_CIDR: LpmTrie<CidrData, DeviceRef> =
+    LpmTrie::with_max_entries(GENERATIONS * MAX_CIDR_IDS, BPF_F_NO_PREALLOC);
+
+/// Per CPU, `[reason * VERDICT_SLOTS + verdict]`: frames and bytes by why and what. Every frame
+/// is counted here exactly once. Summed by the daemon; never reset.
+#[map]
+static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_SLOTS * VERDICT_SLOTS, 0);
+
+/// Per CPU, `[slot]`: what each device sent and how much of it was dropped. Slot 0 is devices in
+/// no inventory. The daemon zeroes a slot before giving it to another device.
+#[map]
+static DEVICE_TRAFFIC: PerCpuArray<DeviceTraffic> = PerCpuArray::with_max_entries(DEVICE_SLOTS, 0);
+
+/// Per CPU, (slot, protocol, action, reason, category) -> decisions. Inserted by the kernel on
+/// first use; a full map loses the count (`GLOBAL_COUNTERS[DecisionMapFull]` says so).
+#[map]
+static DECISIONS: PerCpuHashMap<DecisionKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_DECISION_KEYS, 0);
+
+/// Per CPU, `[Global]`: gateway-wide conditions that are not frames.
+#[map]
+static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);
+
+/// `[slot]`: the device a slot belongs to. Written by the daemon; the kernel never reads it.
+#[map]
+static DEVICE_NAMES: Array<DeviceName> = Array::with_max_entries(DEVICE_SLOTS, 0);
+
+/// Interfaces the daemon attached to, with link type and attach mode. Daemon-only.
+#[map]
+static IFACES: Array<IfaceInfo> = Array::with_max_entries(MAX_IFACES, 0);
+
+/// `[0]`: the outcome of the last frame, written only when `TRACE_ENABLED` (replay, fixtures).
+#[map]
+static TRACE: Array<Trace> = Array::with_max_entries(1, 0);
+
+/// The generation the packet is judged with, and its settings (read in place: the fields are
+/// loaded where they are used instead of being copied and spilled up front). `None` only if the
+/// control record is missing, which an array map cannot be.
+#[inline(always)]
+pub fn active() -> Option<(u32, &'static GenSettings)> {
+    let c = CONTROL.get(0)?;
+    // `& 1` proves the generation < GENERATIONS for every index derived from it.
+    let generation = c.active & 1;
+    Some((generation, c.generations.get(generation as usize)?))
+}
+
+/// The device with source MAC `mac` in `generation`. The daemon never writes the active
+/// generation, so the buckets read here are stable.
+#[inline(always)]
+pub fn device_by_mac(generation: u32, seed: u64, mac: &[u8; 6]) -> Option<DeviceRef> {
+    let base = generation * MAC_BUCKETS;
+    table::lookup(
+        |i| DEVICE_BY_MAC.get(base + i),
+        MAC_BUCKETS,
+        seed,
+        &table::mac_key(mac),
+    )
+}
+
+/// The device with source address `addr` (IPv4-mapped or IPv6) in `generation`.
+#[inline(always)]
+pub fn device_by_ip(generation: u32, seed: u64, addr: &Addr) -> Option<DeviceRef> {
+    let base = generation * IP_BUCKETS;
+    table::lookup(|i| DEVICE_BY_IP.get(base + i), IP_BUCKETS, seed, &addr.0)
+}
+
+/// The device whose CIDR holds `addr` (IPv4-mapped or IPv6) in `generation`.
+#[inline(always)]
+pub fn device_by_cidr(generation: u32, addr: &Addr) -> Option<DeviceRef> {
+    let bytes = addr.to_bytes();
+    let mut key = aya_ebpf::maps::lpm_trie::Key::new(
+        (core::mem::size_of::<CidrData>() * 8) as u32,
+        [0u8; 20],
+    );
+    // Byte stores on purpose: the key is a packed struct at an arbitrary stack offset, and with
+    // misaligned loads enabled LLVM would otherwise merge these into 8-byte stores the verifier
+    // rejects ("misaligned stack access"). Volatile stores are never merged.
+    let data = core::ptr::addr_of_mut!(key).cast::<u8>();
+    // SAFETY: offsets 4..=20 lie within the 24-byte key (prefix length, then 20 data bytes).
+    unsafe {
+        data.add(4).write_volatile(generation as u8);
+        let mut i = 0;
+        while i < 16 {
+            data.add(5 + i).write_volatile(bytes[i]);
+            i += 1;
+        }
+    }
+    DEVICE_BY_CIDR.get(&key).copied()
+}
+
+#[inline(always)]
+pub fn count_stats(index: u32, bytes: u64) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value; XDP runs with preemption disabled, so nothing else writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_device(slot: u32, bytes: u64, dropped: bool) {
+    if let Some(t) = DEVICE_TRAFFIC.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, as in `count_stats`.
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+            if dropped {
+                (*t).dropped_packets += 1;
+                (*t).dropped_bytes += bytes;
+            }
+        }
+    }
+}
+
+/// Counts one decision on a device; returns false if the counter map is full.
+#[inline(always)]
+pub fn count_decision(key: &DecisionKey) -> bool {
+    if let Some(c) = DECISIONS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, as in `count_stats`.
+        unsafe { *c += 1 };
+        return true;
+    }
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then its slot for this CPU is 0
+    // and the next decision is counted there. One lost count in that race is accepted.
+    DECISIONS.insert(key, 1u64, 1).is_ok()
+}
+
+#[inline(always)]
+pub fn count_global(what: Global) {
+    if let Some(c) = GLOBAL_COUNTERS.get_ptr_mut(what as u32) {
+        // SAFETY: per-CPU value, as in `count_stats`.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn trace(t: &Trace) {
+    if let Some(p) = TRACE.get_ptr_mut(0) {
+        // SAFETY: only replay runs a traced program, one frame at a time.
+        unsafe {
+            let seq = (*p).seq.wrapping_add(1);
+            *p = *t;
+            (*p).seq = seq;
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Writes a validated configuration into the kernel maps, atomically.
+//!
+//! The maps hold two generations of policy state. `apply` writes the complete new state into the
+//! standby generation (changing only entries that differ), flips `ACTIVE_GEN`, waits for packets
+//! that started on the old generation to finish, and then brings the old generation in step so
+//! it is ready to be the standby next time. A packet reads `ACTIVE_GEN` once, so it is judged
+//! wholly by the old or wholly by the new configuration.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::Hash,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::lpm_trie::Key;
+use gateway_common::{
+    maps::{
+        CidrData, DEVICE_SLOTS, DEVICE_SUSPENDED, DecisionKey, DeviceName, DeviceRef,
+        DeviceTraffic, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES, POLICY_MONITOR,
+        POLICY_PRESENT, PolicyEntry, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC,
+        SETTINGS_VALID, cidr_data, policy_index,
+    },
+    table::{self, Bucket, IpBucket, MacBucket, TableFull},
+};
+
+use crate::{
+    config::{Config, Mode},
+    kernel::{Maps, zeroed_per_cpu},
+    mmap::MmapArray,
+};
+
+/// How long packets that read the old generation may still be running. XDP programs run for
+/// microseconds under RCU; this is generous.
+pub const GRACE: Duration = Duration::from_millis(20);
+
+/// The state a generation must hold for a configuration.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Desired {
+    pub settings: GenSettings,
+    pub policies: Vec<PolicyEntry>,
+    pub macs: HashMap<[u8; 6], DeviceRef>,
+    pub ips: HashMap<[u8; 16], DeviceRef>,
+    /// (IPv4-mapped/IPv6 network, prefix in IPv6 bits) -> device.
+    pub cidrs: HashMap<([u8; 16], u8), DeviceRef>,
+}
+
+impl Desired {
+    /// Compiles `config` with the device slots in `slots`.
+    pub fn compile(config: &Config, slots: &HashMap<String, u32>) -> Self {
+        let mut d = Desired::default();
+        for p in &config.policies {
+            let mut flags = POLICY_PRESENT;
+            if p.mode == Mode::Monitor {
+                flags |= POLICY_MONITOR;
+            }
+            d.policies.push(PolicyEntry { flags, _pad: 0 });
+        }
+        for dev in &config.devices {
+            let Some(&slot) = slots.get(&dev.name) else {
+                continue;
+            };
+            let r = DeviceRef {
+                slot,
+                policy: dev.policy as u16,
+                flags: if dev.suspended { DEVICE_SUSPENDED } else { 0 },
+            };
+            for mac in &dev.macs {
+                d.macs.insert(*mac, r);
+            }
+            for ip in &dev.ips {
+                d.ips.insert(*ip, r);
+            }
+            for c in &dev.cidrs {
+                d.cidrs.insert((c.addr, c.prefix), r);
+            }
+        }
+        let mut flags = SETTINGS_VALID;
+        if !d.macs.is_empty() {
+            flags |= SETTINGS_HAS_MAC;
+        }
+        if !d.ips.is_empty() {
+            flags |= SETTINGS_HAS_IP;
+        }
+        if !d.cidrs.is_empty() {
+            flags |= SETTINGS_HAS_CIDR;
+        }
+        d.settings = GenSettings {
+            unknown_policy: config.unknown_policy as u32,
+            flags,
+            table_seed: 0,
+        };
+        d
+    }
+}
+
+/// The identity tables of one generation, built for a seed.
+struct Images {
+    seed: u64,
+    macs: Vec<MacBucket>,
+    ips: Vec<IpBucket>,
+}
+
+fn build<B: Bucket>(
+    buckets: u32,
+    seed: u64,
+    entries: impl Iterator<Item = (B::Key, DeviceRef)>,
+) -> Result<Vec<B>, TableFull> {
+    let mut t = vec![B::default(); buckets as usize];
+    for (k, v) in entries {
+        table::insert(&mut t, seed, k, v)?;
+    }
+    Ok(t)
+}
+
+/// Builds the identity tables, keeping `seed` if it works (so unchanged entries stay where they
+/// are and only changed buckets are written) and drawing new seeds if a neighbourhood overflows.
+fn build_images(desired: &Desired, seed: u64) -> anyhow::Result<Images> {
+    let mut seed = if seed == 0 { random_seed()? } else { seed };
+    for _ in 0..16 {
+        let macs = build::<MacBucket>(
+            MAC_BUCKETS,
+            seed,
+            desired.macs.iter().map(|(m, r)| (table::mac_key(m), *r)),
+        );
+        let ips = build::<IpBucket>(
+            IP_BUCKETS,
+            seed,
+            desired.ips.iter().map(|(a, r)| (table::ip_key(a), *r)),
+        );
+        if let (Ok(macs), Ok(ips)) = (macs, ips) {
+            return Ok(Images { seed, macs, ips });
+        }
+        seed = random_seed()?;
+    }
+    anyhow::bail!(
+        "device identity tables are too full ({} MACs, {} addresses; at most {} and {})",
+        desired.macs.len(),
+        desired.ips.len(),
+        gateway_common::maps::MAX_MAC_IDS,
+        gateway_common::maps::MAX_IP_IDS
+    )
+}
+
+fn random_seed() -> anyhow::Result<u64> {
+    use std::io::Read as _;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(u64::from_le_bytes(b) | 1)
+}
+
+/// Writes `image` as generation `generation` of `table`; returns the buckets that changed.
+fn write_table<B: Bucket + aya::Pod + PartialEq>(
+    table: &mut MmapArray<B>,
+    generation: u32,
+    image: &[B],
+) -> anyhow::Result<usize> {
+    let base = generation as usize * image.len();
+    let mut changes = 0;
+    for (i, b) in image.iter().enumerate() {
+        if table.get(base + i).as_ref() != Some(b) {
+            anyhow::ensure!(
+                table.set(base + i, *b),
+                "table index {} out of range",
+                base + i
+            );
+            changes += 1;
+        }
+    }
+    Ok(changes)
+}
+
+/// What an `apply` did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The generation now active.
+    pub generation: u32,
+    /// Device name -> slot.
+    pub slots: HashMap<String, u32>,
+    /// Map entries written or deleted, both generations together.
+    pub changes: usize,
+}
+
+/// Writes `config` into `maps` and makes it active.
+pub fn apply(maps: &mut Maps, config: &Config) -> anyhow::Result<Applied> {
+    let slots = assign_slots(maps, config)?;
+    let mut desired = Desired::compile(config, &slots);
+    let active = maps.active_generation()?;
+    let next = active ^ 1;
+    let images = build_images(&desired, maps.settings(active)?.table_seed)?;
+    desired.settings.table_seed = images.seed;
+    let mut changes = write_generation(maps, next, &desired, &images)
+        .with_context(|| format!("writing generation {next}"))?;
+    maps.activate(next)
+        .context("activating the new generation")?;
+    std::thread::sleep(GRACE);
+    changes += write_generation(maps, active, &desired, &images)
+        .with_context(|| format!("writing generation {active}"))?;
+    tracing::info!(
+        generation = next,
+        changes,
+        devices = slots.len(),
+        "configuration active"
+    );
+    Ok(Applied {
+        generation: next,
+        slots,
+        changes,
+    })
+}
+
+/// Gives every configured device a slot: the one it had (found in `DEVICE_NAMES`, so counters
+/// continue across restarts), else a free one, zeroed first. Slots of devices that left the
+/// configuration are released, but not reused by this same call: the active generation may still
+/// count into them until the flip.
+fn assign_slots(maps: &mut Maps, config: &Config) -> anyhow::Result<HashMap<String, u32>> {
+    let mut owned: HashMap<String, u32> = HashMap::new();
+    let mut free: Vec<u32> = Vec::new();
+    for slot in 1..DEVICE_SLOTS {
+        match maps.device_names.get(&slot, 0)?.as_str() {
+            Some(name) => {
+                owned.insert(name.to_string(), slot);
+            }
+            None => free.push(slot),
+        }
+    }
+    let wanted: HashSet<&str> = config.devices.iter().map(|d| d.name.as_str()).collect();
+    let mut slots = HashMap::new();
+    for (name, slot) in &owned {
+        if wanted.contains(name.as_str()) {
+            slots.insert(name.clone(), *slot);
+        } else {
+            maps.device_names.set(*slot, DeviceName::default(), 0)?;
+            tracing::info!(device = %name, slot, "device left the configuration; slot released");
+        }
+    }
+    free.reverse();
+    let mut reused: Vec<u32> = Vec::new();
+    for dev in &config.devices {
+        if slots.contains_key(&dev.name) {
+            continue;
+        }
+        let slot = free.pop().context("no free device slot")?;
+        maps.device_traffic
+            .set(slot, zeroed_per_cpu::<DeviceTraffic>()?, 0)?;
+        let name = DeviceName::new(&dev.name).context("device name too long")?;
+        maps.device_names.set(slot, name, 0)?;
+        slots.insert(dev.name.clone(), slot);
+        reused.push(slot);
+    }
+    if !reused.is_empty() {
+        let stale: Vec<DecisionKey> = maps
+            .decisions
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| reused.contains(&k.slot))
+            .collect();
+        for k in stale {
+            maps.decisions.remove(&k)?;
+        }
+    }
+    Ok(slots)
+}
+
+/// Brings generation `generation` to `desired`, touching only entries that differ. Returns the
+/// number of entries written or deleted.
+fn write_generation(
+    maps: &mut Maps,
+    generation: u32,
+    desired: &Desired,
+    images: &Images,
+) -> anyhow::Result<usize> {
+    let g = generation as u8;
+    let mut changes = 0;
+
+    for id in 0..MAX_POLICIES {
+        let want = desired
+            .policies
+            .get(id as usize)
+            .copied()
+            .unwrap_or_default();
+        let idx = policy_index(generation, id);
+        if maps.policies.get(&idx, 0)? != want {
+            maps.policies.set(idx, want, 0)?;
+            changes += 1;
+        }
+    }
+
+    changes += write_table(&mut maps.by_mac, generation, &images.macs)?;
+    changes += write_table(&mut maps.by_ip, generation, &images.ips)?;
+
+    // LPM keys are packed structs without Hash; key them by (prefix length, data) here.
+    let current: HashMap<(u32, CidrData), DeviceRef> = maps
+        .by_cidr
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.data()[0] == g)
+        .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+        .collect();
+    let want: HashMap<(u32, CidrData), DeviceRef> = desired
+        .cidrs
+        .iter()
+        .map(|((addr, prefix), r)| ((8 + u32::from(*prefix), cidr_data(g, addr)), *r))
+        .collect();
+    let (put, del) = diff(&current, &want);
+    for ((len, data), v) in &put {
+        maps.by_cidr.insert(&Key::new(*len, *data), *v, 0)?;
+    }
+    for (len, data) in &del {
+        maps.by_cidr.remove(&Key::new(*len, *data))?;
+    }
+    changes += put.len() + del.len();
+
+    if maps.settings(generation)? != desired.settings {
+        maps.set_settings(generation, desired.settings)?;
+        changes += 1;
+    }
+    Ok(changes)
+}
+
+/// What to insert (missing or different) and what to remove (no longer wanted).
+fn diff<K: Eq + Hash + Copy, V: PartialEq + Copy>(
+    current: &HashMap<K, V>,
+    want: &HashMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let put = want
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let del = current
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect();
+    (put, del)
+}
+
+/// Device slots as recorded in the maps (slot -> name), for readers that have no configuration.
+pub fn slot_names(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
+    let mut out = BTreeMap::new();
+    for slot in 1..DEVICE_SLOTS {
+        if let Some(name) = maps.device_names.get(&slot, 0)?.as_str() {
+            out.insert(slot, name.to_string());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask bench` runs this: the data-path benchmarks, as a table (or JSON).
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the gateway's XDP program against an empty XDP program")]
+struct Args {
+    /// Alternating measurement rounds per frame (the best and the median are reported).
+    #[arg(long, default_value_t = 41)]
+    rounds: u32,
+    /// Program runs per round (BPF_PROG_TEST_RUN repeat).
+    #[arg(long, default_value_t = 200_000)]
+    repeat: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!(
+            "{}",
+            gateway_user::bench::render(
+                &format!(
+                    "Data path per frame (BPF_PROG_TEST_RUN; best of {} alternating rounds x {} runs; {} devices configured)",
+                    args.rounds,
+                    args.repeat,
+                    gateway_user::bench::BENCH_DEVICES
+                ),
+                &rows
+            )
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,801 @@
+//! `gateway.toml`: typed, validated, with every error located (file, line, column).
+//!
+//! Parsing is two steps. `serde` turns the text into the `Raw*` structs (syntax, types, unknown
+//! keys: located by the TOML parser). `validate` then checks what types cannot say (names that
+//! must exist, addresses that must parse and be unique) and builds a `Config`; each of those
+//! errors is located with the span `toml` recorded for the offending value. All errors are
+//! reported, not just the first.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use gateway_common::maps::{DeviceName, MAX_DEVICES, MAX_POLICIES};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where `gateway` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
+/// The configuration used when there is no file: no devices, every device gets the allow-all
+/// `default` policy. Filtering starts once devices and policies are configured.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+/// Where pins live unless `[gateway] bpffs` says otherwise.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gateway";
+/// The policy name devices in no inventory get unless `[gateway] unknown_devices` says otherwise.
+pub const DEFAULT_POLICY: &str = "default";
+
+/// One located problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a configuration; it is rejected as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `enforce` or `monitor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// `link` of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkSetting {
+    /// Detect from the interface's ARPHRD type.
+    #[default]
+    Auto,
+    Ethernet,
+    RawIp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    gateway: RawGateway,
+    #[serde(default, rename = "interface")]
+    interfaces: Vec<RawInterface>,
+    #[serde(default, rename = "policy")]
+    policies: Vec<RawPolicy>,
+    #[serde(default, rename = "device")]
+    devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    #[serde(default)]
+    mode: Mode,
+    unknown_devices: Option<Spanned<String>>,
+    bpffs: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Spanned<String>,
+    #[serde(default)]
+    link: LinkSetting,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    mode: Option<Mode>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            Self::One(s) => vec![s.as_str()],
+            Self::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: Spanned<String>,
+    mac: Option<Spanned<OneOrMany>>,
+    ip: Option<Spanned<OneOrMany>>,
+    cidr: Option<Spanned<OneOrMany>>,
+    policy: Spanned<String>,
+    #[serde(default)]
+    suspended: bool,
+    imei: Option<String>,
+    mdn: Option<String>,
+    iccid: Option<String>,
+    nickname: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    notes: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`<embedded default>` for the built-in one).
+    pub source: PathBuf,
+    pub mode: Mode,
+    pub bpffs: PathBuf,
+    pub interfaces: Vec<Interface>,
+    /// Policies; a policy's id is its index. The `unknown_devices` policy always exists.
+    pub policies: Vec<Policy>,
+    /// Id of the policy for devices in no inventory.
+    pub unknown_policy: usize,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub link: LinkSetting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    /// The effective mode (the policy's own, else the gateway's).
+    pub mode: Mode,
+}
+
+/// An address range: an IPv4-mapped or IPv6 network address and its prefix length in IPv6 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: [u8; 16],
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub macs: Vec<[u8; 6]>,
+    /// IPv4 addresses are IPv4-mapped.
+    pub ips: Vec<[u8; 16]>,
+    pub cidrs: Vec<Cidr>,
+    pub policy: usize,
+    pub suspended: bool,
+    /// Free metadata (imei, mdn, iccid, nickname, type, notes) for finding the device.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        Ok(Self::parse(&text, path)?)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Result<Self, ConfigErrors> {
+        Self::parse(EMBEDDED_DEFAULT, Path::new("<embedded default>"))
+    }
+
+    /// `path` if given; else the default path if that file exists; else the embedded default.
+    pub fn resolve(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            Some(p) => Self::load(p),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::load(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            None => {
+                tracing::info!(
+                    "no --config and no {DEFAULT_CONFIG_PATH}: using the embedded default"
+                );
+                Ok(Self::embedded()?)
+            }
+        }
+    }
+
+    /// Validates `text`, reporting errors against `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigErrors> {
+        let locate = Locator::new(text, file);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            ConfigErrors(vec![locate.error(at, e.message().to_string())])
+        })?;
+        validate(raw, &locate)
+    }
+
+    /// The id of the policy called `name`.
+    pub fn policy_id(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.name == name)
+    }
+}
+
+/// Turns byte offsets into 1-based line and column.
+struct Locator<'a> {
+    text: &'a str,
+    file: PathBuf,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str, file: &Path) -> Self {
+        Self {
+            text,
+            file: file.to_path_buf(),
+        }
+    }
+
+    fn error(&self, offset: usize, message: String) -> ConfigError {
+        let before = self.text.get(..offset.min(self.text.len())).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn at<T>(&self, spanned: &Spanned<T>, message: String) -> ConfigError {
+        self.error(spanned.span().start, message)
+    }
+}
+
+fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+
+    let bpffs = match &raw.gateway.bpffs {
+        Some(p) if !p.get_ref().is_absolute() => {
+            errors.push(loc.at(
+                p,
+                format!(
+                    "bpffs: \"{}\" must be an absolute path",
+                    p.get_ref().display()
+                ),
+            ));
+            PathBuf::from(DEFAULT_BPFFS)
+        }
+        Some(p) => p.get_ref().clone(),
+        None => PathBuf::from(DEFAULT_BPFFS),
+    };
+
+    let mut interfaces: Vec<Interface> = Vec::new();
+    for i in &raw.interfaces {
+        let name = i.name.get_ref();
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            errors.push(loc.at(&i.name, format!("interface name \"{name}\" is not a valid interface name (1-15 characters, no '/' or spaces)")));
+        } else if interfaces.iter().any(|x| &x.name == name) {
+            errors.push(loc.at(&i.name, format!("interface \"{name}\" is listed twice")));
+        } else {
+            interfaces.push(Interface {
+                name: name.clone(),
+                link: i.link,
+            });
+        }
+    }
+
+    let mut policies: Vec<Policy> = Vec::new();
+    for p in &raw.policies {
+        let name = p.name.get_ref();
+        if let Err(why) = check_name(name) {
+            errors.push(loc.at(&p.name, format!("policy name \"{name}\" {why}")));
+        } else if policies.iter().any(|x| &x.name == name) {
+            errors.push(loc.at(&p.name, format!("policy \"{name}\" is defined twice")));
+        } else {
+            policies.push(Policy {
+                name: name.clone(),
+                mode: p.mode.unwrap_or(raw.gateway.mode),
+            });
+        }
+    }
+    let unknown_name = raw
+        .gateway
+        .unknown_devices
+        .as_ref()
+        .map(|s| s.get_ref().as_str());
+    let unknown_policy = match unknown_name {
+        Some(name) => match policies.iter().position(|p| p.name == name) {
+            Some(id) => id,
+            None => {
+                if let Some(s) = &raw.gateway.unknown_devices {
+                    errors.push(loc.at(
+                        s,
+                        format!(
+                            "unknown_devices: no policy named \"{name}\" (defined: {})",
+                            list_names(&policies)
+                        ),
+                    ));
+                }
+                0
+            }
+        },
+        None => match policies.iter().position(|p| p.name == DEFAULT_POLICY) {
+            Some(id) => id,
+            None => {
+                // The implicit allow-all policy for devices in no inventory.
+                policies.push(Policy {
+                    name: DEFAULT_POLICY.to_string(),
+                    mode: raw.gateway.mode,
+                });
+                policies.len() - 1
+            }
+        },
+    };
+    if policies.len() > MAX_POLICIES as usize {
+        errors.push(loc.error(
+            0,
+            format!(
+                "{} policies defined; at most {MAX_POLICIES} are supported",
+                policies.len()
+            ),
+        ));
+    }
+
+    let mut devices: Vec<Device> = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut macs: HashMap<[u8; 6], String> = HashMap::new();
+    let mut ips: HashMap<[u8; 16], String> = HashMap::new();
+    let mut cidrs: HashMap<Cidr, String> = HashMap::new();
+    for d in &raw.devices {
+        let name = d.name.get_ref();
+        if let Err(why) = check_name(name) {
+            errors.push(loc.at(&d.name, format!("device name \"{name}\" {why}")));
+            continue;
+        }
+        if names.insert(name.clone(), devices.len()).is_some() {
+            errors.push(loc.at(&d.name, format!("device \"{name}\" is defined twice")));
+            continue;
+        }
+        let policy = match policies.iter().position(|p| &p.name == d.policy.get_ref()) {
+            Some(id) => id,
+            None => {
+                errors.push(loc.at(
+                    &d.policy,
+                    format!(
+                        "device \"{name}\": no policy named \"{}\" (defined: {})",
+                        d.policy.get_ref(),
+                        list_names(&policies)
+                    ),
+                ));
+                0
+            }
+        };
+        let mut dev = Device {
+            name: name.clone(),
+            macs: Vec::new(),
+            ips: Vec::new(),
+            cidrs: Vec::new(),
+            policy,
+            suspended: d.suspended,
+            metadata: BTreeMap::new(),
+        };
+        if let Some(list) = &d.mac {
+            for (i, s) in list.get_ref().items().into_iter().enumerate() {
+                match parse_mac(s) {
+                    Ok(mac) => match macs.get(&mac) {
+                        Some(other) => errors.push(loc.at(
+                            list,
+                            format!(
+                                "device \"{name}\": mac[{i}] {s} is already device \"{other}\"'s"
+                            ),
+                        )),
+                        None => {
+                            macs.insert(mac, name.clone());
+                            dev.macs.push(mac);
+                        }
+                    },
+                    Err(why) => errors
+                        .push(loc.at(list, format!("device \"{name}\": mac[{i}] \"{s}\": {why}"))),
+                }
+            }
+        }
+        if let Some(list) = &d.ip {
+            for (i, s) in list.get_ref().items().into_iter().enumerate() {
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_unspecified() || ip.is_multicast() => errors.push(loc.at(
+                        list,
+                        format!(
+                            "device \"{name}\": ip[{i}] {s} cannot be a device's source address"
+                        ),
+                    )),
+                    Ok(ip) => {
+                        let addr = mapped(ip);
+                        match ips.get(&addr) {
+                            Some(other) => errors.push(loc.at(
+                                list,
+                                format!(
+                                    "device \"{name}\": ip[{i}] {s} is already device \"{other}\"'s"
+                                ),
+                            )),
+                            None => {
+                                ips.insert(addr, name.clone());
+                                dev.ips.push(addr);
+                            }
+                        }
+                    }
+                    Err(_) => errors.push(loc.at(
+                        list,
+                        format!(
+                            "device \"{name}\": ip[{i}] \"{s}\" is not an IPv4 or IPv6 address"
+                        ),
+                    )),
+                }
+            }
+        }
+        if let Some(list) = &d.cidr {
+            for (i, s) in list.get_ref().items().into_iter().enumerate() {
+                match parse_cidr(s) {
+                    Ok(c) => match cidrs.get(&c) {
+                        Some(other) => errors.push(loc.at(
+                            list,
+                            format!(
+                                "device \"{name}\": cidr[{i}] {s} is already device \"{other}\"'s"
+                            ),
+                        )),
+                        None => {
+                            cidrs.insert(c, name.clone());
+                            dev.cidrs.push(c);
+                        }
+                    },
+                    Err(why) => errors
+                        .push(loc.at(list, format!("device \"{name}\": cidr[{i}] \"{s}\": {why}"))),
+                }
+            }
+        }
+        if dev.macs.is_empty()
+            && dev.ips.is_empty()
+            && dev.cidrs.is_empty()
+            && d.mac.is_none()
+            && d.ip.is_none()
+            && d.cidr.is_none()
+        {
+            errors.push(loc.at(
+                &d.name,
+                format!("device \"{name}\" has no identifier: give mac, ip or cidr"),
+            ));
+        }
+        for (key, value) in [
+            ("imei", &d.imei),
+            ("mdn", &d.mdn),
+            ("iccid", &d.iccid),
+            ("nickname", &d.nickname),
+            ("type", &d.kind),
+            ("notes", &d.notes),
+        ] {
+            if let Some(v) = value {
+                dev.metadata.insert(key.to_string(), v.clone());
+            }
+        }
+        devices.push(dev);
+    }
+    if devices.len() > MAX_DEVICES as usize {
+        errors.push(loc.error(
+            0,
+            format!(
+                "{} devices defined; at most {MAX_DEVICES} are supported",
+                devices.len()
+            ),
+        ));
+    }
+
+    if errors.is_empty() {
+        Ok(Config {
+            source: loc.file.clone(),
+            mode: raw.gateway.mode,
+            bpffs,
+            interfaces,
+            policies,
+            unknown_policy,
+            devices,
+        })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn list_names(policies: &[Policy]) -> String {
+    if policies.is_empty() {
+        return "none".to_string();
+    }
+    policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Device and policy names: 1 to 60 bytes, printable, no whitespace.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.len() > DeviceName::MAX_LEN {
+        return Err("is longer than 60 bytes");
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("contains whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`, any case.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err("expected six hex octets like 02:00:00:00:00:17");
+    }
+    let mut mac = [0u8; 6];
+    for (out, part) in mac.iter_mut().zip(&parts) {
+        if part.len() != 2 {
+            return Err("expected six hex octets like 02:00:00:00:00:17");
+        }
+        *out = u8::from_str_radix(part, 16)
+            .map_err(|_| "expected six hex octets like 02:00:00:00:00:17")?;
+    }
+    if mac == [0; 6] || mac[0] & 1 == 1 {
+        return Err("not a unicast device address");
+    }
+    Ok(mac)
+}
+
+/// `10.0.1.0/24` or `fd00::/64`; host bits must be zero.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX, like 10.0.1.0/24")?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("\"{addr}\" is not an IPv4 or IPv6 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("prefix \"{len}\" is not a number"))?;
+    let (max, offset) = if ip.is_ipv4() { (32, 96) } else { (128, 0) };
+    if len > max {
+        return Err(format!("prefix /{len} is longer than /{max}"));
+    }
+    let prefix = len + offset;
+    let addr = mapped(ip);
+    let masked = mask(&addr, prefix);
+    if masked != addr {
+        let net = match ip {
+            IpAddr::V4(_) => IpAddr::from([masked[12], masked[13], masked[14], masked[15]]),
+            IpAddr::V6(_) => IpAddr::from(masked),
+        };
+        return Err(format!("host bits are set; the network is {net}/{len}"));
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+/// IPv4 as IPv4-mapped IPv6; IPv6 as is.
+pub fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn mask(addr: &[u8; 16], prefix: u8) -> [u8; 16] {
+    let mut out = *addr;
+    for (i, b) in out.iter_mut().enumerate() {
+        let bits = (prefix as usize).saturating_sub(i * 8).min(8);
+        *b &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+    }
+    out
+}
+
+/// Renders an IPv4-mapped or IPv6 address the way people write it.
+pub fn display_addr(addr: &[u8; 16]) -> String {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    fn first_error(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.0[0].to_string(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded().expect("valid");
+        assert_eq!(c.policies[c.unknown_policy].name, "default");
+        assert!(c.devices.is_empty());
+        assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS));
+    }
+
+    #[test]
+    fn full_foundation_config() {
+        let c = parse(
+            r#"
+[gateway]
+mode = "monitor"
+unknown_devices = "guest"
+bpffs = "/sys/fs/bpf/gw-test"
+
+[[interface]]
+name = "veth0"
+link = "raw-ip"
+
+[[policy]]
+name = "guest"
+
+[[policy]]
+name = "students"
+mode = "enforce"
+
+[[device]]
+name = "bus-17"
+mac = "02:00:00:00:00:17"
+ip = ["10.0.0.17", "fd00::17"]
+cidr = ["10.0.1.0/24"]
+policy = "students"
+imei = "356938035643809"
+suspended = true
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.mode, Mode::Monitor);
+        assert_eq!(
+            c.interfaces,
+            vec![Interface {
+                name: "veth0".into(),
+                link: LinkSetting::RawIp
+            }]
+        );
+        assert_eq!(c.policies[c.unknown_policy].name, "guest");
+        assert_eq!(c.policies[0].mode, Mode::Monitor);
+        assert_eq!(c.policies[1].mode, Mode::Enforce);
+        let d = &c.devices[0];
+        assert_eq!(d.macs, vec![[2, 0, 0, 0, 0, 0x17]]);
+        assert_eq!(display_addr(&d.ips[0]), "10.0.0.17");
+        assert_eq!(display_addr(&d.ips[1]), "fd00::17");
+        assert_eq!(d.cidrs[0].prefix, 96 + 24);
+        assert!(d.suspended);
+        assert_eq!(
+            d.metadata.get("imei").map(String::as_str),
+            Some("356938035643809")
+        );
+        assert_eq!(c.policies[d.policy].name, "students");
+    }
+
+    #[test]
+    fn errors_are_located_and_specific() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[gateway]\nmode = \"loud\"\n",
+                "t.toml:2:8: unknown variant `loud`, expected `enforce` or `monitor`",
+            ),
+            ("[gateway]\nfoo = 1\n", "t.toml:2:1: unknown field `foo`"),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"b\"\n",
+                "t.toml:6:10: device \"d\": no policy named \"b\" (defined: a, default)",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nmac = \"02:00:00:00:00\"\npolicy = \"a\"\n",
+                "t.toml:5:7: device \"d\": mac[0] \"02:00:00:00:00\": expected six hex octets like 02:00:00:00:00:17",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nmac = \"03:00:00:00:00:01\"\npolicy = \"a\"\n",
+                "t.toml:5:7: device \"d\": mac[0] \"03:00:00:00:00:01\": not a unicast device address",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = [\"10.0.0.1\", \"10.0.0.300\"]\npolicy = \"a\"\n",
+                "t.toml:5:6: device \"d\": ip[1] \"10.0.0.300\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\ncidr = \"10.0.1.5/24\"\npolicy = \"a\"\n",
+                "t.toml:5:8: device \"d\": cidr[0] \"10.0.1.5/24\": host bits are set; the network is 10.0.1.0/24",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\ncidr = \"10.0.1.0/33\"\npolicy = \"a\"\n",
+                "t.toml:5:8: device \"d\": cidr[0] \"10.0.1.0/33\": prefix /33 is longer than /32",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"a\"\n[[device]]\nname = \"e\"\nip = \"10.0.0.1\"\npolicy = \"a\"\n",
+                "t.toml:9:6: device \"e\": ip[0] 10.0.0.1 is already device \"d\"'s",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.2\"\npolicy = \"a\"\n",
+                "t.toml:8:8: device \"d\" is defined twice",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\npolicy = \"a\"\n",
+                "t.toml:4:8: device \"d\" has no identifier: give mac, ip or cidr",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\n[[policy]]\nname = \"a\"\n",
+                "t.toml:4:8: policy \"a\" is defined twice",
+            ),
+            (
+                "[gateway]\nunknown_devices = \"nope\"\n",
+                "t.toml:2:19: unknown_devices: no policy named \"nope\" (defined: none)",
+            ),
+            (
+                "[[interface]]\nname = \"a-very-long-interface\"\n",
+                "t.toml:2:8: interface name \"a-very-long-interface\" is not a valid interface name (1-15 characters, no '/' or spaces)",
+            ),
+            (
+                "[gateway]\nbpffs = \"relative/dir\"\n",
+                "t.toml:2:9: bpffs: \"relative/dir\" must be an absolute path",
+            ),
+            (
+                "[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\n",
+                "t.toml:1:1: missing field `policy`",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&first_error(text), want, "for config:\n{text}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let e = parse(
+            "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"x\"\npolicy = \"b\"\n",
+        )
+        .expect_err("invalid");
+        assert_eq!(e.0.len(), 2);
+    }
+
+    #[test]
+    fn cidr_masks() {
+        assert_eq!(parse_cidr("10.0.0.0/8").map(|c| c.prefix), Ok(104));
+        assert_eq!(parse_cidr("fd00::/64").map(|c| c.prefix), Ok(64));
+        assert!(parse_cidr("fd00::1/64").is_err());
+        assert_eq!(parse_cidr("0.0.0.0/0").map(|c| c.prefix), Ok(96));
+        assert!(parse_cidr("10.0.0.0").is_err());
+    }
+}

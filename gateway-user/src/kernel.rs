@@ -1,0 +1,274 @@
+//! The kernel objects: loading the filter (pinned or private), and typed handles on its maps.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::Xdp,
+};
+use gateway_common::{
+    enums::LinkType,
+    maps::{
+        CidrData, Control, Counter, DecisionKey, DeviceName, DeviceRef, DeviceTraffic, GenSettings,
+        IfaceInfo, Meta, PolicyEntry, Trace, globals, names,
+    },
+    table::{IpBucket, MacBucket},
+};
+
+use crate::mmap::MmapArray;
+
+/// The filter's object file, built by `build.rs` from `gateway-ebpf`.
+pub static FILTER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+/// The empty XDP program (benchmark floor).
+pub static EMPTY_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-empty"));
+
+/// Name of the filter's XDP program in its object.
+pub const FILTER_PROGRAM: &str = "gateway";
+/// Name of the empty XDP program in its object.
+pub const EMPTY_PROGRAM: &str = "empty";
+
+/// How a filter instance is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub link: LinkType,
+    /// Share the maps pinned in this directory (creating and pinning missing ones); `None` gives
+    /// the instance private maps (replay, fixtures, benchmarks).
+    pub map_pins: Option<PathBuf>,
+    /// Record every outcome in `TRACE`.
+    pub trace: bool,
+}
+
+/// A loaded filter program for one link type.
+pub struct Filter {
+    pub ebpf: Ebpf,
+    pub link: LinkType,
+}
+
+impl Filter {
+    /// Loads and verifies the filter.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        let link = opts.link as u32;
+        let trace = u32::from(opts.trace);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(globals::LINK_TYPE, &link, true)
+            .override_global(globals::TRACE_ENABLED, &trace, true);
+        let paths: Vec<(&str, PathBuf)> = match &opts.map_pins {
+            Some(dir) => names::PINNED.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(FILTER_OBJECT)
+            .context("loading the filter object")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(FILTER_PROGRAM)
+            .ok_or_else(|| anyhow!("the object has no program {FILTER_PROGRAM}"))?
+            .try_into()?;
+        prog.load().map_err(verifier_error)?;
+        Ok(Self {
+            ebpf,
+            link: opts.link,
+        })
+    }
+
+    /// The loaded XDP program.
+    pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(FILTER_PROGRAM)
+            .ok_or_else(|| anyhow!("the object has no program {FILTER_PROGRAM}"))?
+            .try_into()?)
+    }
+
+    /// Takes typed handles on the maps out of this instance (the program keeps using them).
+    pub fn take_maps(&mut self) -> anyhow::Result<Maps> {
+        Maps::from_source(|name| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the object has no map {name}"))
+        })
+    }
+
+    /// Takes the `TRACE` map (only meaningful when loaded with `trace`).
+    pub fn take_trace(&mut self) -> anyhow::Result<Array<MapData, Trace>> {
+        let map = self
+            .ebpf
+            .take_map(names::TRACE)
+            .ok_or_else(|| anyhow!("the object has no map TRACE"))?;
+        Ok(Array::try_from(map)?)
+    }
+}
+
+/// Loads the empty XDP program.
+pub fn load_empty() -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(EMPTY_OBJECT).context("loading the empty object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(EMPTY_PROGRAM)
+        .ok_or_else(|| anyhow!("the object has no program {EMPTY_PROGRAM}"))?
+        .try_into()?;
+    prog.load().map_err(verifier_error)?;
+    Ok(ebpf)
+}
+
+/// Keeps the verifier's log in the error: it is the only useful part when loading fails.
+fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            anyhow!("the kernel rejected the program: {io_error}\n{verifier_log}")
+        }
+        other => anyhow::Error::new(other).context("loading the program"),
+    }
+}
+
+/// Typed handles on every shared map.
+pub struct Maps {
+    pub meta: Array<MapData, Meta>,
+    pub control: MmapArray<Control>,
+    pub policies: Array<MapData, PolicyEntry>,
+    pub by_mac: MmapArray<MacBucket>,
+    pub by_ip: MmapArray<IpBucket>,
+    pub by_cidr: LpmTrie<MapData, CidrData, DeviceRef>,
+    pub stats: PerCpuArray<MapData, Counter>,
+    pub device_traffic: PerCpuArray<MapData, DeviceTraffic>,
+    pub decisions: PerCpuHashMap<MapData, DecisionKey, u64>,
+    pub global: PerCpuArray<MapData, u64>,
+    pub device_names: Array<MapData, DeviceName>,
+    pub ifaces: Array<MapData, IfaceInfo>,
+}
+
+impl Maps {
+    /// Opens the maps pinned in `dir`.
+    pub fn from_pins(dir: &Path) -> anyhow::Result<Self> {
+        Self::from_source(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        })
+    }
+
+    fn from_source(mut take: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        Ok(Self {
+            meta: Array::try_from(take(names::META)?)?,
+            control: mmap_array(take(names::CONTROL)?)?,
+            policies: Array::try_from(take(names::POLICIES)?)?,
+            by_mac: mmap_array(take(names::DEVICE_BY_MAC)?)?,
+            by_ip: mmap_array(take(names::DEVICE_BY_IP)?)?,
+            by_cidr: LpmTrie::try_from(take(names::DEVICE_BY_CIDR)?)?,
+            stats: PerCpuArray::try_from(take(names::STATS)?)?,
+            device_traffic: PerCpuArray::try_from(take(names::DEVICE_TRAFFIC)?)?,
+            decisions: PerCpuHashMap::try_from(take(names::DECISIONS)?)?,
+            global: PerCpuArray::try_from(take(names::GLOBAL_COUNTERS)?)?,
+            device_names: Array::try_from(take(names::DEVICE_NAMES)?)?,
+            ifaces: Array::try_from(take(names::IFACES)?)?,
+        })
+    }
+
+    /// The generation packets are judged with now.
+    pub fn active_generation(&self) -> anyhow::Result<u32> {
+        Ok(self.control()?.active & 1)
+    }
+
+    /// The control record.
+    pub fn control(&self) -> anyhow::Result<Control> {
+        self.control
+            .get(0)
+            .ok_or_else(|| anyhow!("CONTROL has no entry"))
+    }
+
+    /// The settings of `generation`.
+    pub fn settings(&self, generation: u32) -> anyhow::Result<GenSettings> {
+        Ok(self.control()?.generations[(generation & 1) as usize])
+    }
+
+    /// Writes the settings of `generation` (which must not be the active one).
+    pub fn set_settings(&mut self, generation: u32, settings: GenSettings) -> anyhow::Result<()> {
+        let mut c = self.control()?;
+        anyhow::ensure!(
+            c.active & 1 != generation & 1,
+            "refusing to rewrite the active generation's settings"
+        );
+        c.generations[(generation & 1) as usize] = settings;
+        anyhow::ensure!(self.control.set(0, c), "CONTROL has no entry");
+        Ok(())
+    }
+
+    /// Makes `generation` the one packets are judged with.
+    pub fn activate(&mut self, generation: u32) -> anyhow::Result<()> {
+        let mut c = self.control()?;
+        c.active = generation & 1;
+        anyhow::ensure!(self.control.set(0, c), "CONTROL has no entry");
+        Ok(())
+    }
+}
+
+fn mmap_array<T: aya::Pod>(map: Map) -> anyhow::Result<MmapArray<T>> {
+    match map {
+        Map::Array(data) => MmapArray::new(data),
+        other => Err(anyhow!("expected an array map, found {other:?}")),
+    }
+}
+
+/// Number of possible CPUs: the length of every per-CPU value.
+pub fn cpu_count() -> anyhow::Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))
+}
+
+/// A per-CPU value that is zero on every CPU.
+pub fn zeroed_per_cpu<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>> {
+    Ok(PerCpuValues::try_from(vec![T::default(); cpu_count()?])?)
+}
+
+/// Checks that the pinned maps in `dir` have the layout this build expects. Returns the names of
+/// those that do not (they must be replaced; their counters are lost).
+pub fn incompatible_pins(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let object = aya_obj::Object::parse(FILTER_OBJECT)
+        .map_err(|e| anyhow!("parsing the filter object: {e}"))?;
+    let mut bad = Vec::new();
+    for name in names::PINNED {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let def = object
+            .maps
+            .get(*name)
+            .ok_or_else(|| anyhow!("the object has no map {name}"))?;
+        let compatible = match MapData::from_pin(&path).and_then(|m| m.info()) {
+            Ok(info) => {
+                info.key_size() == def.key_size()
+                    && info.value_size() == def.value_size()
+                    && info.max_entries() == def.max_entries()
+                    && info.map_flags() == def.map_flags()
+            }
+            Err(_) => false,
+        };
+        if !compatible {
+            bad.push((*name).to_string());
+        }
+    }
+    if bad.is_empty() && dir.join(names::META).exists() {
+        let meta: Array<MapData, Meta> = Array::try_from(Map::from_map_data(MapData::from_pin(
+            dir.join(names::META),
+        )?)?)?;
+        let m = meta.get(&0, 0)?;
+        if m.abi_version != gateway_common::maps::ABI_VERSION {
+            // Same sizes, different meaning: replace the whole set.
+            bad = names::PINNED
+                .iter()
+                .filter(|n| dir.join(n).exists())
+                .map(|n| (*n).to_string())
+                .collect();
+        }
+    }
+    Ok(bad)
+}

@@ -1,0 +1,149 @@
+//! `gateway replay`: every frame of a capture through the real kernel program, with the maps
+//! loaded from a configuration, and what it decided.
+
+use std::{collections::BTreeMap, path::Path};
+
+use gateway_common::{
+    enums::{LinkType, Reason, Verdict},
+    packet::{
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, parse_l2, parse_l3, parse_l4,
+    },
+};
+use serde::Serialize;
+
+use crate::{
+    BadInput,
+    capture::{self, Frame},
+    config::Config,
+    testrun::{MIN_FRAME, TestRunner},
+};
+
+/// One frame's decision.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Record {
+    pub frame: u64,
+    /// Seconds since the epoch, as captured.
+    pub time: f64,
+    pub device: String,
+    pub policy: String,
+    /// What was judged: the decision's protocol, else the frame's transport.
+    pub proto: &'static str,
+    /// `allow`, `block` or `monitor` for decisions; `pass` for traffic nothing judged.
+    pub action: &'static str,
+    /// The XDP verdict.
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub bytes: usize,
+}
+
+/// Totals over a replay.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub frames: u64,
+    pub skipped: u64,
+    pub by_verdict: BTreeMap<&'static str, u64>,
+    pub by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// Replays `capture` with `config`, calling `emit` for each frame in order.
+pub fn replay(
+    config: &Config,
+    path: &Path,
+    mut emit: impl FnMut(&Record),
+) -> anyhow::Result<Summary> {
+    let (frames, skipped) = capture::read(path).map_err(|e| BadInput(format!("{e:#}")))?;
+    capture::require_frames(path, &frames, &skipped).map_err(|e| BadInput(format!("{e:#}")))?;
+    let mut summary = Summary {
+        skipped: skipped.len() as u64,
+        ..Summary::default()
+    };
+    for s in &skipped {
+        tracing::warn!(frame = s.number, reason = %s.why, "frame skipped");
+    }
+    let mut runners: BTreeMap<LinkType, TestRunner> = BTreeMap::new();
+    for frame in &frames {
+        if frame.data.len() < MIN_FRAME {
+            tracing::warn!(
+                frame = frame.number,
+                bytes = frame.data.len(),
+                "frame skipped: shorter than BPF_PROG_TEST_RUN accepts"
+            );
+            summary.skipped += 1;
+            continue;
+        }
+        let runner = match runners.entry(frame.link) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(TestRunner::new(config, frame.link)?)
+            }
+        };
+        let r = runner.run(&frame.data)?;
+        let record = Record {
+            frame: frame.number,
+            time: frame.time.as_secs_f64(),
+            device: runner.device_name(r.slot),
+            policy: runner.policy_name(r.policy),
+            proto: proto_of(frame, r.reason),
+            action: action_of(r.verdict, r.reason),
+            verdict: r.verdict.label(),
+            reason: r.reason.label(),
+            bytes: frame.data.len(),
+        };
+        summary.frames += 1;
+        *summary.by_verdict.entry(record.verdict).or_default() += 1;
+        *summary.by_reason.entry(record.reason).or_default() += 1;
+        emit(&record);
+    }
+    Ok(summary)
+}
+
+fn action_of(verdict: Verdict, reason: Reason) -> &'static str {
+    match (verdict, reason) {
+        (Verdict::Pass, _) => "pass",
+        _ => "block",
+    }
+}
+
+/// The decision's protocol, or the frame's transport described with the shared parser.
+fn proto_of(frame: &Frame, reason: Reason) -> &'static str {
+    if reason == Reason::Suspended {
+        return "suspended";
+    }
+    let b = frame.data.as_slice();
+    let Ok(l2) = parse_l2(b, frame.link) else {
+        return "malformed";
+    };
+    match l2.ethertype {
+        ETH_P_ARP => return "arp",
+        ETH_P_IP | ETH_P_IPV6 => {}
+        _ => return "non-ip",
+    }
+    let Ok(l3) = parse_l3(b, &l2) else {
+        return "malformed";
+    };
+    if l3.fragment == Fragment::Later {
+        return "fragment";
+    }
+    if parse_l4(b, &l3).is_err() {
+        return "malformed";
+    }
+    match l3.proto {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
+        _ => "ip",
+    }
+}
+
+/// A record as one line for people.
+pub fn render(r: &Record) -> String {
+    format!(
+        "{:>6} {:<20} {:<12} {:<10} {:<6} {:<5} {}",
+        r.frame, r.device, r.policy, r.proto, r.action, r.verdict, r.reason
+    )
+}
+
+/// The header line for `render`.
+pub const HEADER: &str = " FRAME DEVICE               POLICY       PROTO      ACTION VERD  REASON";

@@ -1,0 +1,305 @@
+//! Reading the kernel counters. Per-CPU values are summed here and nowhere else.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use aya::maps::PerCpuValues;
+use gateway_common::{
+    enums::{
+        Action, AttachMode, GLOBAL_SLOTS, Global, LinkType, Proto, REASON_SLOTS, Reason, Verdict,
+        stats_index,
+    },
+    maps::{Counter, DeviceTraffic, IfaceInfo, MAX_IFACES, NO_CATEGORY, UNKNOWN_SLOT},
+};
+use serde::Serialize;
+
+use crate::{apply::slot_names, kernel::Maps};
+
+/// Values that per-CPU maps hold and that add up across CPUs.
+pub trait Summable: aya::Pod + Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl Summable for u64 {
+    fn add(&mut self, other: &Self) {
+        *self = self.wrapping_add(*other);
+    }
+}
+
+impl Summable for Counter {
+    fn add(&mut self, o: &Self) {
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+    }
+}
+
+impl Summable for DeviceTraffic {
+    fn add(&mut self, o: &Self) {
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+        self.dropped_packets = self.dropped_packets.wrapping_add(o.dropped_packets);
+        self.dropped_bytes = self.dropped_bytes.wrapping_add(o.dropped_bytes);
+    }
+}
+
+/// The sum over CPUs.
+pub fn sum<T: Summable>(values: &PerCpuValues<T>) -> T {
+    let mut total = T::default();
+    for v in values.iter() {
+        total.add(v);
+    }
+    total
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReasonRow {
+    pub reason: &'static str,
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub device: String,
+    pub slot: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub device: String,
+    pub proto: &'static str,
+    pub action: &'static str,
+    pub reason: &'static str,
+    pub category: Option<u8>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InterfaceRow {
+    pub name: String,
+    pub ifindex: u32,
+    pub link: &'static str,
+    pub mode: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub transmitted: u64,
+}
+
+/// Everything the counters say, at one moment.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Snapshot {
+    pub generation: u32,
+    pub totals: Totals,
+    pub reasons: Vec<ReasonRow>,
+    pub devices: Vec<DeviceRow>,
+    pub decisions: Vec<DecisionRow>,
+    pub global: BTreeMap<&'static str, u64>,
+    pub interfaces: Vec<InterfaceRow>,
+}
+
+impl Snapshot {
+    /// The device row called `name`.
+    pub fn device(&self, name: &str) -> Option<&DeviceRow> {
+        self.devices.iter().find(|d| d.device == name)
+    }
+
+    /// Packets counted for (reason, verdict).
+    pub fn reason_packets(&self, reason: Reason, verdict: Verdict) -> u64 {
+        self.reasons
+            .iter()
+            .find(|r| r.reason == reason.label() && r.verdict == verdict.label())
+            .map_or(0, |r| r.packets)
+    }
+}
+
+/// Name shown for slot 0.
+pub const UNKNOWN_DEVICE: &str = "(unknown)";
+
+/// Reads every counter.
+pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
+    let mut s = Snapshot {
+        generation: maps.active_generation()?,
+        ..Snapshot::default()
+    };
+
+    for reason_id in 0..REASON_SLOTS {
+        let Some(reason) = Reason::from_u32(reason_id) else {
+            continue;
+        };
+        for verdict in Verdict::ALL {
+            let c = sum(&maps.stats.get(&stats_index(reason, *verdict), 0)?);
+            if c.packets == 0 {
+                continue;
+            }
+            s.totals.packets += c.packets;
+            s.totals.bytes += c.bytes;
+            match verdict {
+                Verdict::Pass => s.totals.passed += c.packets,
+                Verdict::Drop => s.totals.dropped += c.packets,
+                Verdict::Tx => s.totals.transmitted += c.packets,
+            }
+            s.reasons.push(ReasonRow {
+                reason: reason.label(),
+                verdict: verdict.label(),
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+    }
+
+    let mut names = slot_names(maps)?;
+    names.insert(UNKNOWN_SLOT, UNKNOWN_DEVICE.to_string());
+    for (slot, name) in &names {
+        let t = sum(&maps.device_traffic.get(slot, 0)?);
+        s.devices.push(DeviceRow {
+            device: name.clone(),
+            slot: *slot,
+            packets: t.packets,
+            bytes: t.bytes,
+            dropped_packets: t.dropped_packets,
+            dropped_bytes: t.dropped_bytes,
+        });
+    }
+
+    for item in maps.decisions.iter() {
+        let (k, v) = item?;
+        let count = sum(&v);
+        let (Some(proto), Some(action), Some(reason)) = (
+            Proto::from_u32(k.proto.into()),
+            Action::from_u32(k.action.into()),
+            Reason::from_u32(k.reason.into()),
+        ) else {
+            continue;
+        };
+        if count == 0 {
+            continue;
+        }
+        s.decisions.push(DecisionRow {
+            device: names
+                .get(&k.slot)
+                .cloned()
+                .unwrap_or_else(|| format!("slot-{}", k.slot)),
+            proto: proto.label(),
+            action: action.label(),
+            reason: reason.label(),
+            category: (k.category != NO_CATEGORY).then_some(k.category),
+            count,
+        });
+    }
+    s.decisions.sort_by(|a, b| {
+        (&a.device, a.proto, a.action, a.reason).cmp(&(&b.device, b.proto, b.action, b.reason))
+    });
+
+    for g in Global::ALL {
+        if (*g as u32) < GLOBAL_SLOTS {
+            s.global
+                .insert(g.label(), sum(&maps.global.get(&(*g as u32), 0)?));
+        }
+    }
+
+    for i in 0..MAX_IFACES {
+        let info: IfaceInfo = maps.ifaces.get(&i, 0)?;
+        if info.ifindex == 0 {
+            continue;
+        }
+        let len = info
+            .name
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(info.name.len());
+        s.interfaces.push(InterfaceRow {
+            name: String::from_utf8_lossy(&info.name[..len]).into_owned(),
+            ifindex: info.ifindex,
+            link: LinkType::from_u32(info.link).map_or("unknown", LinkType::label),
+            mode: AttachMode::from_u32(info.mode).map_or("unknown", AttachMode::label),
+        });
+    }
+    Ok(s)
+}
+
+/// The snapshot as tables for people.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "frames {}  bytes {}  passed {}  dropped {}  answered {}  (generation {})",
+        s.totals.packets,
+        s.totals.bytes,
+        s.totals.passed,
+        s.totals.dropped,
+        s.totals.transmitted,
+        s.generation
+    );
+    if !s.interfaces.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:<16} {:>8} {:<10} {:<8}",
+            "INTERFACE", "IFINDEX", "LINK", "MODE"
+        );
+        for i in &s.interfaces {
+            let _ = writeln!(
+                o,
+                "{:<16} {:>8} {:<10} {:<8}",
+                i.name, i.ifindex, i.link, i.mode
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<20} {:<8} {:>12} {:>14}",
+        "REASON", "VERDICT", "FRAMES", "BYTES"
+    );
+    for r in &s.reasons {
+        let _ = writeln!(
+            o,
+            "{:<20} {:<8} {:>12} {:>14}",
+            r.reason, r.verdict, r.packets, r.bytes
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<24} {:>12} {:>14} {:>12} {:>14}",
+        "DEVICE", "FRAMES", "BYTES", "DROPPED", "DROPPED_BYTES"
+    );
+    for d in &s.devices {
+        let _ = writeln!(
+            o,
+            "{:<24} {:>12} {:>14} {:>12} {:>14}",
+            d.device, d.packets, d.bytes, d.dropped_packets, d.dropped_bytes
+        );
+    }
+    if !s.decisions.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:<24} {:<10} {:<8} {:<16} {:>12}",
+            "DEVICE", "PROTO", "ACTION", "REASON", "COUNT"
+        );
+        for d in &s.decisions {
+            let _ = writeln!(
+                o,
+                "{:<24} {:<10} {:<8} {:<16} {:>12}",
+                d.device, d.proto, d.action, d.reason, d.count
+            );
+        }
+    }
+    let lost: Vec<String> = s
+        .global
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !lost.is_empty() {
+        let _ = writeln!(o, "\n{}", lost.join("  "));
+    }
+    o
+}

@@ -1,0 +1,160 @@
+//! The few system interfaces aya does not wrap: bpffs mounting, forced link detach, interface
+//! link types.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya_obj::generated::bpf_cmd;
+use gateway_common::enums::LinkType;
+
+/// `statfs.f_type` of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is conventionally mounted.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` is on a bpffs and exists: mounts bpffs on /sys/fs/bpf if it is not mounted
+/// (minimal systems and fresh namespaces often lack it), then creates `dir`.
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            bail!("{}: no existing parent directory", dir.display());
+        }
+    }
+    if !is_bpffs(&probe).with_context(|| format!("statfs {}", probe.display()))? {
+        if dir.starts_with(BPFFS_ROOT)
+            && Path::new(BPFFS_ROOT).exists()
+            && !is_bpffs(Path::new(BPFFS_ROOT))?
+        {
+            let target = CString::new(BPFFS_ROOT)?;
+            let fstype = CString::new("bpf")?;
+            let opts = CString::new("mode=0700")?;
+            // SAFETY: all pointers are valid C strings for the duration of the call.
+            let rc = unsafe {
+                libc::mount(
+                    fstype.as_ptr(),
+                    target.as_ptr(),
+                    fstype.as_ptr(),
+                    0,
+                    opts.as_ptr().cast(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+            }
+            tracing::info!("mounted bpffs on {BPFFS_ROOT}");
+        } else {
+            bail!(
+                "{} is not on a bpffs (mount -t bpf bpf {BPFFS_ROOT})",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(())
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut [u64; 4]) -> io::Result<i64> {
+    // SAFETY: `attr` is a zero-initialised buffer at least as large as the attribute struct of
+    // the commands used here (BPF_OBJ_GET: 20 bytes, BPF_LINK_DETACH: 4 bytes); the kernel
+    // reads only `size` bytes of it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Opens a pinned BPF object.
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u64; 4];
+    attr[0] = c.as_ptr() as u64;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches the link pinned at `path` from its hook even if other processes (a running daemon)
+/// still hold it open, then removes the pin.
+pub fn force_detach_link(path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = obj_get(path).with_context(|| format!("opening pinned link {}", path.display()))?;
+    let mut attr = [0u64; 4];
+    attr[0] = fd.as_raw_fd() as u64;
+    match bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr) {
+        Ok(_) => {}
+        // Already detached (its interface went away): only the pin is left.
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
+        Err(e) => return Err(e).with_context(|| format!("detaching link {}", path.display())),
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing pin {}", path.display()))?;
+    Ok(())
+}
+
+/// The interface index of `name`.
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = CString::new(name)?;
+    // SAFETY: `c` is a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface {name} does not exist");
+    }
+    Ok(idx)
+}
+
+/// ARPHRD types of links whose frames start at the IP header.
+const ARPHRD_RAW_IP: &[u32] = &[
+    519,   // ARPHRD_RAWIP (rmnet, some modems)
+    65534, // ARPHRD_NONE (tun, qmi_wwan in raw-ip mode)
+    512,   // ARPHRD_PPP
+    776,   // ARPHRD_SIT
+    778,   // ARPHRD_IPGRE
+];
+const ARPHRD_ETHER: u32 = 1;
+
+/// The link type of interface `name`, from its ARPHRD type.
+pub fn detect_link(name: &str) -> anyhow::Result<LinkType> {
+    let path = format!("/sys/class/net/{name}/type");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("interface {name}: reading {path}"))?;
+    let arphrd: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("{path}: unexpected content {text:?}"))?;
+    if arphrd == ARPHRD_ETHER {
+        Ok(LinkType::Ethernet)
+    } else if ARPHRD_RAW_IP.contains(&arphrd) {
+        Ok(LinkType::RawIp)
+    } else {
+        bail!(
+            "interface {name} has link type ARPHRD {arphrd}, which the filter does not parse; set link = \"ethernet\" or \"raw-ip\" if you know better"
+        )
+    }
+}
