@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    apply,
+    apply, notify::notify,
     attach::{self, Running},
     config::{Config, Interface, LinkSetting},
 };
@@ -53,6 +53,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "gateway running"
     );
 
+    notify(&format!("READY=1\nSTATUS=filtering on {} interface(s)", running.attachments.len()));
+
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -61,7 +63,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&opts, &mut running),
+            _ = hup.recv() => {
+                notify("RELOADING=1");
+                reload(&opts, &mut running);
+                notify("READY=1");
+            }
             _ = tick.tick() => {
                 if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
                     tracing::info!("the filter was detached (gateway detach); exiting");
@@ -70,6 +76,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
+    notify("STOPPING=1");
     tracing::info!("exiting; the filter stays attached and enforcing (gateway detach removes it)");
     Ok(())
 }

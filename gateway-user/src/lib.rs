@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod frames;
 pub mod kernel;
 pub mod mmap;
+pub mod notify;
 pub mod replay;
 pub mod stats;
 pub mod sys;

@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use aya_obj::generated::bpf_cmd;
 use gateway_common::enums::LinkType;
 
@@ -139,15 +139,38 @@ const ARPHRD_RAW_IP: &[u32] = &[
 ];
 const ARPHRD_ETHER: u32 = 1;
 
+/// The ARPHRD type of interface `name`, asked of the kernel (SIOCGIFHWADDR) in this process's
+/// network namespace. (/sys/class/net shows the namespace that mounted /sys, which is not ours
+/// when the daemon runs in a namespace entered with setns.)
+fn arphrd(name: &str) -> anyhow::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    if name.len() >= libc::IFNAMSIZ {
+        bail!("interface name {name} is too long");
+    }
+    // SAFETY: plain socket creation; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name (the rest is zero).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("interface {name}: SIOCGIFHWADDR"));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+    Ok(u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family }))
+}
+
 /// The link type of interface `name`, from its ARPHRD type.
 pub fn detect_link(name: &str) -> anyhow::Result<LinkType> {
-    let path = format!("/sys/class/net/{name}/type");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("interface {name}: reading {path}"))?;
-    let arphrd: u32 = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow!("{path}: unexpected content {text:?}"))?;
+    let arphrd = arphrd(name)?;
     if arphrd == ARPHRD_ETHER {
         Ok(LinkType::Ethernet)
     } else if ARPHRD_RAW_IP.contains(&arphrd) {

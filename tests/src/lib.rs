@@ -1,1 +1,399 @@
+//! A test bed of network namespaces: simulated devices, the gateway, and an upstream, joined by
+//! veth pairs. Used by the integration tests in this crate and by `cargo xtask demo`.
+//!
+//! Every namespace and bpffs directory gets a unique name and is removed when its guard drops,
+//! also when a test fails. Commands run inside a namespace through `nsenter --net`, which keeps
+//! the host's mounts (`ip netns exec` would remount /sys and hide bpffs). Traffic only ever goes
+//! to addresses inside the namespaces made here.
 
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `<prefix><pid>x<n>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Fails unless running as root.
+pub fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("network-namespace tests need root (CI runs `cargo xtask test` as root)");
+    }
+    Ok(())
+}
+
+fn check(what: &str, out: Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `program args` on the host and returns its stdout; fails on a non-zero exit.
+pub fn host(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    check(&format!("{program} {}", args.join(" ")), out)
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let name = unique(prefix);
+        host("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `program args` inside; stdout, or an error with stderr on failure.
+    pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command(program).args(args).output().with_context(|| format!("running {program} in {}", self.name))?;
+        check(&format!("[{}] {program} {}", self.name, args.join(" ")), out)
+    }
+
+    /// Runs `program args` inside and returns the whole output, whatever the exit status.
+    pub fn output(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.command(program).args(args).output().with_context(|| format!("running {program} in {}", self.name))
+    }
+
+    /// `ip -n <ns> args`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        host("ip", &a)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+    }
+
+    /// The MAC address of `iface`.
+    pub fn mac(&self, iface: &str) -> anyhow::Result<String> {
+        let out = self.ip(&["-br", "link", "show", iface])?;
+        out.split_whitespace().nth(2).map(str::to_string).ok_or_else(|| anyhow!("no MAC in {out:?}"))
+    }
+
+    /// An interface counter (`tx_packets`, `rx_bytes`, ...), from `ip -s -j link`. (Not from
+    /// /sys/class/net: under `nsenter --net` that still shows the host's interfaces.)
+    pub fn stat(&self, iface: &str, counter: &str) -> anyhow::Result<u64> {
+        let out = self.ip(&["-s", "-j", "link", "show", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let (dir, name) = counter.split_once('_').ok_or_else(|| anyhow!("counter {counter}: expected tx_* or rx_*"))?;
+        v[0]["stats64"][dir][name].as_u64().ok_or_else(|| anyhow!("no {counter} in {out}"))
+    }
+
+    /// Whether an XDP program is attached to `iface`.
+    pub fn has_xdp(&self, iface: &str) -> anyhow::Result<bool> {
+        let out = self.ip(&["-d", "link", "show", iface])?;
+        Ok(out.contains("prog/xdp"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill whatever still runs inside (clients, servers), then delete it.
+        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Joins `a:a_if` and `b:b_if` with a veth pair, brings both up, and turns offloads off so
+/// segments cross it as they would a wire.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
+    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    for (ns, iface) in [(a, a_if), (b, b_if)] {
+        ns.ip(&["link", "set", iface, "up"])?;
+        // Best effort: not every offload exists on every kernel.
+        let _ = ns.output("ethtool", &["-K", iface, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"]);
+    }
+    Ok(())
+}
+
+/// A device namespace on the bed.
+pub struct Device {
+    pub ns: Netns,
+    /// Its address.
+    pub ip: String,
+    /// The MAC of its interface (`eth0`).
+    pub mac: String,
+    /// The gateway-side interface facing it.
+    pub gw_if: String,
+}
+
+/// Two (or more) devices, a gateway and an upstream:
+///
+/// ```text
+/// dev<i>:eth0 10.201.<i>.2/24 -- gw:d<i> 10.201.<i>.1/24
+///                                  gw:up0 10.201.99.1/24 -- up:eth0 10.201.99.2/24
+/// ```
+/// IPv6 is off on the devices and neighbours are static, so devices send exactly what a test
+/// makes them send.
+pub struct Bed {
+    pub devices: Vec<Device>,
+    pub gw: Netns,
+    pub up: Netns,
+    pub upstream_ip: String,
+}
+
+impl Bed {
+    pub fn new(devices: usize) -> anyhow::Result<Self> {
+        require_root()?;
+        let gw = Netns::new("gwg")?;
+        let up = Netns::new("gwu")?;
+        gw.sysctl("net.ipv4.ip_forward", "1")?;
+        veth(&gw, "up0", &up, "eth0")?;
+        gw.ip(&["addr", "add", "10.201.99.1/24", "dev", "up0"])?;
+        up.ip(&["addr", "add", "10.201.99.2/24", "dev", "eth0"])?;
+        up.ip(&["route", "add", "10.201.0.0/16", "via", "10.201.99.1"])?;
+        let mut list = Vec::new();
+        for i in 1..=devices {
+            let ns = Netns::new("gwd")?;
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            let gw_if = format!("d{i}");
+            veth(&ns, "eth0", &gw, &gw_if)?;
+            let ip = format!("10.201.{i}.2");
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            gw.ip(&["addr", "add", &format!("10.201.{i}.1/24"), "dev", &gw_if])?;
+            ns.ip(&["route", "add", "default", "via", &format!("10.201.{i}.1")])?;
+            let mac = ns.mac("eth0")?;
+            let gw_mac = gw.mac(&gw_if)?;
+            ns.ip(&["neigh", "replace", &format!("10.201.{i}.1"), "lladdr", &gw_mac, "dev", "eth0", "nud", "permanent"])?;
+            gw.ip(&["neigh", "replace", &ip, "lladdr", &mac, "dev", &gw_if, "nud", "permanent"])?;
+            list.push(Device { ns, ip, mac, gw_if });
+        }
+        Ok(Self { devices: list, gw, up, upstream_ip: "10.201.99.2".into() })
+    }
+
+    /// Pings the upstream `count` times from device `i` (0-based); returns replies received.
+    pub fn ping(&self, i: usize, count: u32) -> anyhow::Result<u32> {
+        let dev = self.devices.get(i).context("no such device")?;
+        let out = dev.ns.output("ping", &["-n", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", &self.upstream_ip])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let received = text
+            .lines()
+            .find(|l| l.contains("received"))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected ping output: {text}"))?;
+        Ok(received)
+    }
+}
+
+/// The `gateway` binary under test: `$GATEWAY_BIN`, else the workspace's debug build.
+pub fn gateway_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gateway");
+    if !p.exists() {
+        bail!("{} does not exist: build it first (cargo xtask test does)", p.display());
+    }
+    Ok(p)
+}
+
+/// A bpffs directory for one test, removed (with `gateway detach`) on drop.
+pub struct Pins {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Pins {
+    /// A unique pin directory and a configuration file that uses it. `body` is the rest of
+    /// the configuration; `[gateway]` with `bpffs` is prepended.
+    pub fn with_config(gateway_section: &str, body: &str) -> anyhow::Result<Self> {
+        let dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest"));
+        let config = std::env::temp_dir().join(format!("{}.toml", unique("gwtest")));
+        fs::write(&config, format!("[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}", dir.display()))?;
+        Ok(Self { dir, config })
+    }
+
+    /// Rewrites the configuration (for reloads).
+    pub fn rewrite(&self, gateway_section: &str, body: &str) -> anyhow::Result<()> {
+        fs::write(&self.config, format!("[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}", self.dir.display()))?;
+        Ok(())
+    }
+
+    /// `gateway <verb> --config <this> args` on the host.
+    pub fn gateway(&self, verb: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut c = Command::new(gateway_bin()?);
+        c.arg(verb).arg("--config").arg(&self.config).args(args);
+        c.output().context("running gateway")
+    }
+
+    /// `gateway stats --json`, parsed.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.gateway("stats", &["--json"])?;
+        let text = check("gateway stats", out)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// A device's counters from `stats`: (packets, bytes, dropped packets).
+    pub fn device(&self, name: &str) -> anyhow::Result<(u64, u64, u64)> {
+        let s = self.stats()?;
+        let row = s["devices"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["device"] == name))
+            .ok_or_else(|| anyhow!("device {name} not in stats: {s}"))?;
+        let n = |k: &str| row[k].as_u64().unwrap_or(0);
+        Ok((n("packets"), n("bytes"), n("dropped_packets")))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = self.gateway("detach", &[]);
+        }
+        let _ = fs::remove_file(&self.config);
+    }
+}
+
+/// A `gateway run` process inside a namespace, SIGKILLed on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `gateway run --config <pins.config>` in `ns` and waits for it to report ready
+    /// (sd_notify `READY=1`) with `ifaces` attached.
+    pub fn start(ns: &Netns, pins: &Pins, ifaces: &[&str]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("gwdaemon")));
+        let file = fs::File::create(&log)?;
+        let socket_path = std::env::temp_dir().join(format!("{}.sock", unique("gwnotify")));
+        let notify = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let child = ns
+            .command(gateway_bin()?)
+            .args(["run", "--config"])
+            .arg(&pins.config)
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting gateway run")?;
+        let mut d = Self { child: Some(child), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 512];
+        let ready = loop {
+            if let Some(c) = d.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                break Err(anyhow!("gateway run exited ({status}):\n{}", d.log_text()));
+            }
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+            {
+                break Ok(());
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow!("gateway run did not report ready within 20 s:\n{}", d.log_text()));
+            }
+        };
+        let _ = fs::remove_file(&socket_path);
+        ready?;
+        for iface in ifaces {
+            if !ns.has_xdp(iface)? {
+                bail!("gateway run reported ready but {iface} has no XDP program:\n{}", d.log_text());
+            }
+        }
+        Ok(d)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let pid = self.pid().context("not running")? as i32;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut().context("not running")?;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("gateway run still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        let _ = fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_file(&self.log);
+    }
+}
