@@ -60,19 +60,36 @@ fn counters_suspension_survive_kill_restart_and_detach() -> anyhow::Result<()> {
 
     // Both interfaces report their attach mode; veth supports native XDP.
     let stats = pins.stats()?;
-    let modes: Vec<&str> = stats["interfaces"].as_array().into_iter().flatten().filter_map(|i| i["mode"].as_str()).collect();
+    let modes: Vec<&str> = stats["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["mode"].as_str())
+        .collect();
     assert_eq!(modes, ["native", "native"], "{stats}");
 
     let (l0, s0) = (pins.device("laptop")?, pins.device("sensor")?);
     let (ltx0, stx0) = (tx(laptop)?, tx(sensor)?);
     assert_eq!(bed.ping(0, 5)?, 5, "the laptop's pings pass");
-    assert_eq!(bed.ping(1, 4)?, 0, "the suspended sensor's pings are dropped");
+    assert_eq!(
+        bed.ping(1, 4)?,
+        0,
+        "the suspended sensor's pings are dropped"
+    );
     let (l1, s1) = (pins.device("laptop")?, pins.device("sensor")?);
     let (ltx1, stx1) = (tx(laptop)?, tx(sensor)?);
     assert!(ltx1 - ltx0 >= 5 && stx1 - stx0 >= 4);
-    assert_eq!(l1.0 - l0.0, ltx1 - ltx0, "laptop: counted frames = frames its interface sent");
+    assert_eq!(
+        l1.0 - l0.0,
+        ltx1 - ltx0,
+        "laptop: counted frames = frames its interface sent"
+    );
     assert_eq!(l1.2 - l0.2, 0, "laptop: nothing dropped");
-    assert_eq!(s1.0 - s0.0, stx1 - stx0, "sensor: counted frames = frames its interface sent");
+    assert_eq!(
+        s1.0 - s0.0,
+        stx1 - stx0,
+        "sensor: counted frames = frames its interface sent"
+    );
     assert_eq!(s1.2 - s0.2, stx1 - stx0, "sensor: every frame dropped");
     let suspended_decisions: u64 = pins.stats()?["decisions"]
         .as_array()
@@ -81,11 +98,17 @@ fn counters_suspension_survive_kill_restart_and_detach() -> anyhow::Result<()> {
         .filter(|d| d["device"] == "sensor" && d["proto"] == "suspended" && d["action"] == "block")
         .filter_map(|d| d["count"].as_u64())
         .sum();
-    assert_eq!(suspended_decisions, s1.2, "each dropped frame is a counted decision");
+    assert_eq!(
+        suspended_decisions, s1.2,
+        "each dropped frame is a counted decision"
+    );
 
     // kill -9: the filter stays attached and enforcing; counters keep counting.
     daemon.kill9()?;
-    assert!(bed.gw.has_xdp("d1")? && bed.gw.has_xdp("d2")?, "XDP stays attached after kill -9");
+    assert!(
+        bed.gw.has_xdp("d1")? && bed.gw.has_xdp("d2")?,
+        "XDP stays attached after kill -9"
+    );
     assert_eq!(bed.ping(1, 3)?, 0, "still dropped without the daemon");
     assert_eq!(bed.ping(0, 2)?, 2, "still passed without the daemon");
     let (l2, s2) = (pins.device("laptop")?, pins.device("sensor")?);
@@ -96,8 +119,16 @@ fn counters_suspension_survive_kill_restart_and_detach() -> anyhow::Result<()> {
     let (ltx2, stx2) = (tx(laptop)?, tx(sensor)?);
     let daemon2 = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     let (l3, s3) = (pins.device("laptop")?, pins.device("sensor")?);
-    assert_eq!((l3.0, s3.0), (l2.0, s2.0), "counters are not reset by a restart");
-    assert!(daemon2.log_text().contains("adopted the pinned maps"), "{}", daemon2.log_text());
+    assert_eq!(
+        (l3.0, s3.0),
+        (l2.0, s2.0),
+        "counters are not reset by a restart"
+    );
+    assert!(
+        daemon2.log_text().contains("adopted the pinned maps"),
+        "{}",
+        daemon2.log_text()
+    );
     assert_eq!(bed.ping(0, 3)?, 3);
     assert_eq!(bed.ping(1, 2)?, 0);
     let (l4, s4) = (pins.device("laptop")?, pins.device("sensor")?);
@@ -106,9 +137,20 @@ fn counters_suspension_survive_kill_restart_and_detach() -> anyhow::Result<()> {
 
     // Detach: nothing attached, no pins, and the sensor's traffic flows again.
     let out = pins.gateway("detach", &[])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!bed.gw.has_xdp("d1")? && !bed.gw.has_xdp("d2")?, "no XDP program left");
-    assert!(!pins.dir.exists(), "no pins left under {}", pins.dir.display());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !bed.gw.has_xdp("d1")? && !bed.gw.has_xdp("d2")?,
+        "no XDP program left"
+    );
+    assert!(
+        !pins.dir.exists(),
+        "no pins left under {}",
+        pins.dir.display()
+    );
     assert_eq!(bed.ping(1, 2)?, 2, "detached: nothing filters any more");
     // The running daemon notices it was detached and exits on its own.
     let mut daemon2 = daemon2;
@@ -136,11 +178,24 @@ fn sighup_reload_applies_and_a_bad_config_keeps_the_running_one() -> anyhow::Res
     assert_eq!(bed.ping(0, 2)?, 2, "the laptop is unaffected");
 
     // A configuration that does not validate is rejected; the running one stays.
-    pins.rewrite(gateway, &format!("{body}\n[[device]]\nname = \"broken\"\nip = \"10.0.0.300\"\npolicy = \"students\"\n"))?;
+    pins.rewrite(
+        gateway,
+        &format!(
+            "{body}\n[[device]]\nname = \"broken\"\nip = \"10.0.0.300\"\npolicy = \"students\"\n"
+        ),
+    )?;
     daemon.signal(libc::SIGHUP)?;
     wait_for(|| daemon.log_text().contains("reload rejected"))?;
-    assert!(daemon.log_text().contains("10.0.0.300"), "the error names the bad value: {}", daemon.log_text());
-    assert_eq!(bed.ping(1, 2)?, 0, "still suspended: the old configuration is enforced");
+    assert!(
+        daemon.log_text().contains("10.0.0.300"),
+        "the error names the bad value: {}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        bed.ping(1, 2)?,
+        0,
+        "still suspended: the old configuration is enforced"
+    );
     assert_eq!(bed.ping(0, 2)?, 2);
     Ok(())
 }

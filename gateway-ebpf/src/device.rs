@@ -59,11 +59,11 @@ impl Device {
         if self.known {
             return;
         }
-        if settings.flags & SETTINGS_HAS_IP != 0 {
-            if let Some(d) = maps::device_by_ip(generation, settings.table_seed, src) {
-                self.set(d);
-                return;
-            }
+        if settings.flags & SETTINGS_HAS_IP != 0
+            && let Some(d) = maps::device_by_ip(generation, settings.table_seed, src)
+        {
+            self.set(d);
+            return;
         }
         if settings.flags & SETTINGS_HAS_CIDR != 0
             && let Some(d) = maps::device_by_cidr(generation, src)

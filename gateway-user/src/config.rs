@@ -13,9 +13,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use gateway_common::maps::{DeviceName, MAX_DEVICES, MAX_POLICIES};
+use gateway_common::maps::{
+    DeviceName, MAX_CIDR_IDS, MAX_DEVICES, MAX_IP_IDS, MAX_MAC_IDS, MAX_POLICIES,
+};
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::BadInput;
 
 /// Where `gateway` looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
@@ -210,7 +214,7 @@ impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+            .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
         Ok(Self::parse(&text, path)?)
     }
 
@@ -232,6 +236,44 @@ impl Config {
                 );
                 Ok(Self::embedded()?)
             }
+        }
+    }
+
+    /// Only the bpffs directory of the configuration at `path` (or of the embedded default):
+    /// what `detach` and `stats` need. Deliberately lenient: a configuration that fails
+    /// validation must not stop an operator from inspecting or removing the filter. Only a file
+    /// that is not TOML at all (so the directory cannot be known) is an error.
+    pub fn bpffs_of(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+        let (text, file) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| BadInput(format!("{}: cannot read: {e}", p.display())))?,
+                p.to_path_buf(),
+            ),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                (
+                    std::fs::read_to_string(p)
+                        .map_err(|e| BadInput(format!("{}: cannot read: {e}", p.display())))?,
+                    p.to_path_buf(),
+                )
+            }
+            None => return Ok(PathBuf::from(DEFAULT_BPFFS)),
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            ConfigErrors(vec![
+                Locator::new(&text, &file).error(at, e.message().to_string()),
+            ])
+        })?;
+        match table.get("gateway").and_then(|g| g.get("bpffs")) {
+            Some(toml::Value::String(s)) if Path::new(s).is_absolute() => Ok(PathBuf::from(s)),
+            Some(other) => Err(BadInput(format!(
+                "{}: [gateway] bpffs = {other} is not an absolute path",
+                file.display()
+            ))
+            .into()),
+            None => Ok(PathBuf::from(DEFAULT_BPFFS)),
         }
     }
 
@@ -329,38 +371,32 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
             });
         }
     }
-    let unknown_name = raw
-        .gateway
-        .unknown_devices
-        .as_ref()
-        .map(|s| s.get_ref().as_str());
-    let unknown_policy = match unknown_name {
-        Some(name) => match policies.iter().position(|p| p.name == name) {
+    // A `default` policy that allows everything always exists, unless the file defines its own.
+    if !policies.iter().any(|p| p.name == DEFAULT_POLICY) {
+        policies.push(Policy {
+            name: DEFAULT_POLICY.to_string(),
+            mode: raw.gateway.mode,
+        });
+    }
+    let unknown_policy = match &raw.gateway.unknown_devices {
+        Some(s) => match policies.iter().position(|p| &p.name == s.get_ref()) {
             Some(id) => id,
             None => {
-                if let Some(s) = &raw.gateway.unknown_devices {
-                    errors.push(loc.at(
-                        s,
-                        format!(
-                            "unknown_devices: no policy named \"{name}\" (defined: {})",
-                            list_names(&policies)
-                        ),
-                    ));
-                }
+                errors.push(loc.at(
+                    s,
+                    format!(
+                        "unknown_devices: no policy named \"{}\" (defined: {})",
+                        s.get_ref(),
+                        list_names(&policies)
+                    ),
+                ));
                 0
             }
         },
-        None => match policies.iter().position(|p| p.name == DEFAULT_POLICY) {
-            Some(id) => id,
-            None => {
-                // The implicit allow-all policy for devices in no inventory.
-                policies.push(Policy {
-                    name: DEFAULT_POLICY.to_string(),
-                    mode: raw.gateway.mode,
-                });
-                policies.len() - 1
-            }
-        },
+        None => policies
+            .iter()
+            .position(|p| p.name == DEFAULT_POLICY)
+            .unwrap_or(0),
     };
     if policies.len() > MAX_POLICIES as usize {
         errors.push(loc.error(
@@ -517,6 +553,19 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                 devices.len()
             ),
         ));
+    }
+
+    for (what, n, max) in [
+        ("MAC addresses", macs.len(), MAX_MAC_IDS),
+        ("device addresses", ips.len(), MAX_IP_IDS),
+        ("CIDRs", cidrs.len(), MAX_CIDR_IDS),
+    ] {
+        if n > max as usize {
+            errors.push(loc.error(
+                0,
+                format!("{n} {what} configured; at most {max} are supported"),
+            ));
+        }
     }
 
     if errors.is_empty() {
@@ -718,7 +767,10 @@ suspended = true
                 "[gateway]\nmode = \"loud\"\n",
                 "t.toml:2:8: unknown variant `loud`, expected `enforce` or `monitor`",
             ),
-            ("[gateway]\nfoo = 1\n", "t.toml:2:1: unknown field `foo`"),
+            (
+                "[gateway]\nfoo = 1\n",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`",
+            ),
             (
                 "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"b\"\n",
                 "t.toml:6:10: device \"d\": no policy named \"b\" (defined: a, default)",
@@ -761,7 +813,7 @@ suspended = true
             ),
             (
                 "[gateway]\nunknown_devices = \"nope\"\n",
-                "t.toml:2:19: unknown_devices: no policy named \"nope\" (defined: none)",
+                "t.toml:2:19: unknown_devices: no policy named \"nope\" (defined: default)",
             ),
             (
                 "[[interface]]\nname = \"a-very-long-interface\"\n",
@@ -788,6 +840,27 @@ suspended = true
         )
         .expect_err("invalid");
         assert_eq!(e.0.len(), 2);
+    }
+
+    #[test]
+    fn bpffs_is_found_even_in_a_config_that_does_not_validate() {
+        let dir = std::env::temp_dir().join(format!("gw-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("broken.toml");
+        std::fs::write(
+            &f,
+            "[gateway]\nbpffs = \"/sys/fs/bpf/x\"\n[[device]]\nname = 1\n",
+        )
+        .expect("write");
+        assert!(Config::load(&f).is_err());
+        assert_eq!(
+            Config::bpffs_of(Some(&f)).expect("lenient"),
+            PathBuf::from("/sys/fs/bpf/x")
+        );
+        std::fs::write(&f, "[gateway\n").expect("write");
+        let e = Config::bpffs_of(Some(&f)).expect_err("not TOML");
+        assert!(e.to_string().contains("broken.toml:1:"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    apply, notify::notify,
+    apply,
     attach::{self, Running},
     config::{Config, Interface, LinkSetting},
+    notify::notify,
 };
 
 /// What `run` was asked to do.
@@ -53,7 +54,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "gateway running"
     );
 
-    notify(&format!("READY=1\nSTATUS=filtering on {} interface(s)", running.attachments.len()));
+    notify(&format!(
+        "READY=1\nSTATUS=filtering on {} interface(s)",
+        running.attachments.len()
+    ));
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

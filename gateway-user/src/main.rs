@@ -101,8 +101,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }))
         }
         Command::Detach { config, json } => {
-            let config = Config::resolve(config.as_deref())?;
-            let report = attach::detach_all(&config.bpffs)?;
+            let bpffs = Config::bpffs_of(config.as_deref())?;
+            let report = attach::detach_all(&bpffs)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -115,18 +115,17 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                         format!(" ({})", report.links.join(", "))
                     },
                     report.pins_removed,
-                    config.bpffs.display()
+                    bpffs.display()
                 );
             }
             Ok(())
         }
         Command::Stats { config, json } => {
-            let config = Config::resolve(config.as_deref())?;
-            let maps_dir = attach::Pins::new(&config.bpffs).maps();
-            let maps = Maps::from_pins(&maps_dir).with_context(|| {
+            let bpffs = Config::bpffs_of(config.as_deref())?;
+            let maps = Maps::from_pins(&attach::Pins::new(&bpffs).maps()).with_context(|| {
                 format!(
                     "no filter pinned under {} (is `gateway run` started?)",
-                    config.bpffs.display()
+                    bpffs.display()
                 )
             })?;
             let snap = stats::snapshot(&maps)?;

@@ -24,7 +24,7 @@ impl<T: aya::Pod> MmapArray<T> {
     /// Maps `map`, which must be an mmapable array of `T`.
     pub fn new(map: MapData) -> anyhow::Result<Self> {
         let info = map.info()?;
-        if info.value_size() as usize != size_of::<T>() || size_of::<T>() % 8 != 0 {
+        if info.value_size() as usize != size_of::<T>() || !size_of::<T>().is_multiple_of(8) {
             bail!(
                 "array value size {} does not match {} bytes",
                 info.value_size(),

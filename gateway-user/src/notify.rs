@@ -6,7 +6,9 @@ use std::os::unix::net::UnixDatagram;
 /// Sends `state` (e.g. `"READY=1"`) to `$NOTIFY_SOCKET`, if there is one. Failures are logged,
 /// not fatal: supervision is optional.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let result = UnixDatagram::unbound().and_then(|sock| {
         let bytes = path.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {

@@ -21,7 +21,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call: `<prefix><pid>x<n>`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Fails unless running as root.
@@ -47,7 +51,10 @@ fn check(what: &str, out: Output) -> anyhow::Result<String> {
 
 /// Runs `program args` on the host and returns its stdout; fails on a non-zero exit.
 pub fn host(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     check(&format!("{program} {}", args.join(" ")), out)
 }
 
@@ -72,19 +79,31 @@ impl Netns {
     /// A command that runs `program` inside this namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
         c
     }
 
     /// Runs `program args` inside; stdout, or an error with stderr on failure.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.command(program).args(args).output().with_context(|| format!("running {program} in {}", self.name))?;
-        check(&format!("[{}] {program} {}", self.name, args.join(" ")), out)
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program} in {}", self.name))?;
+        check(
+            &format!("[{}] {program} {}", self.name, args.join(" ")),
+            out,
+        )
     }
 
     /// Runs `program args` inside and returns the whole output, whatever the exit status.
     pub fn output(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        self.command(program).args(args).output().with_context(|| format!("running {program} in {}", self.name))
+        self.command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program} in {}", self.name))
     }
 
     /// `ip -n <ns> args`.
@@ -95,13 +114,17 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+        self.run("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// The MAC address of `iface`.
     pub fn mac(&self, iface: &str) -> anyhow::Result<String> {
         let out = self.ip(&["-br", "link", "show", iface])?;
-        out.split_whitespace().nth(2).map(str::to_string).ok_or_else(|| anyhow!("no MAC in {out:?}"))
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no MAC in {out:?}"))
     }
 
     /// An interface counter (`tx_packets`, `rx_bytes`, ...), from `ip -s -j link`. (Not from
@@ -109,8 +132,12 @@ impl Netns {
     pub fn stat(&self, iface: &str, counter: &str) -> anyhow::Result<u64> {
         let out = self.ip(&["-s", "-j", "link", "show", iface])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        let (dir, name) = counter.split_once('_').ok_or_else(|| anyhow!("counter {counter}: expected tx_* or rx_*"))?;
-        v[0]["stats64"][dir][name].as_u64().ok_or_else(|| anyhow!("no {counter} in {out}"))
+        let (dir, name) = counter
+            .split_once('_')
+            .ok_or_else(|| anyhow!("counter {counter}: expected tx_* or rx_*"))?;
+        v[0]["stats64"][dir][name]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no {counter} in {out}"))
     }
 
     /// Whether an XDP program is attached to `iface`.
@@ -123,26 +150,38 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Kill whatever still runs inside (clients, servers), then delete it.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
                 }
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// Joins `a:a_if` and `b:b_if` with a veth pair, brings both up, and turns offloads off so
 /// segments cross it as they would a wire.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
-    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ])?;
     for (ns, iface) in [(a, a_if), (b, b_if)] {
         ns.ip(&["link", "set", iface, "up"])?;
         // Best effort: not every offload exists on every kernel.
-        let _ = ns.output("ethtool", &["-K", iface, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"]);
+        let _ = ns.output(
+            "ethtool",
+            &[
+                "-K", iface, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off",
+            ],
+        );
     }
     Ok(())
 }
@@ -196,17 +235,55 @@ impl Bed {
             ns.ip(&["route", "add", "default", "via", &format!("10.201.{i}.1")])?;
             let mac = ns.mac("eth0")?;
             let gw_mac = gw.mac(&gw_if)?;
-            ns.ip(&["neigh", "replace", &format!("10.201.{i}.1"), "lladdr", &gw_mac, "dev", "eth0", "nud", "permanent"])?;
-            gw.ip(&["neigh", "replace", &ip, "lladdr", &mac, "dev", &gw_if, "nud", "permanent"])?;
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &format!("10.201.{i}.1"),
+                "lladdr",
+                &gw_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            gw.ip(&[
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &mac,
+                "dev",
+                &gw_if,
+                "nud",
+                "permanent",
+            ])?;
             list.push(Device { ns, ip, mac, gw_if });
         }
-        Ok(Self { devices: list, gw, up, upstream_ip: "10.201.99.2".into() })
+        Ok(Self {
+            devices: list,
+            gw,
+            up,
+            upstream_ip: "10.201.99.2".into(),
+        })
     }
 
     /// Pings the upstream `count` times from device `i` (0-based); returns replies received.
     pub fn ping(&self, i: usize, count: u32) -> anyhow::Result<u32> {
         let dev = self.devices.get(i).context("no such device")?;
-        let out = dev.ns.output("ping", &["-n", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", &self.upstream_ip])?;
+        let out = dev.ns.output(
+            "ping",
+            &[
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                &self.upstream_ip,
+            ],
+        )?;
         let text = String::from_utf8_lossy(&out.stdout);
         let received = text
             .lines()
@@ -219,22 +296,21 @@ impl Bed {
     }
 }
 
-/// The `gateway` binary under test: `$GATEWAY_BIN`, else the workspace's debug build.
-pub fn gateway_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
-        return Ok(PathBuf::from(p));
+/// The `gateway` binary under test: `$GATEWAY_BIN`, else the workspace's debug build (which
+/// `cargo xtask test` builds first).
+pub fn gateway_bin() -> PathBuf {
+    match std::env::var_os("GATEWAY_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gateway"),
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gateway");
-    if !p.exists() {
-        bail!("{} does not exist: build it first (cargo xtask test does)", p.display());
-    }
-    Ok(p)
 }
 
 /// A bpffs directory for one test, removed (with `gateway detach`) on drop.
 pub struct Pins {
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// The `gateway` binary used for this directory (`gateway_bin()` unless replaced).
+    pub bin: PathBuf,
 }
 
 impl Pins {
@@ -243,21 +319,42 @@ impl Pins {
     pub fn with_config(gateway_section: &str, body: &str) -> anyhow::Result<Self> {
         let dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest"));
         let config = std::env::temp_dir().join(format!("{}.toml", unique("gwtest")));
-        fs::write(&config, format!("[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}", dir.display()))?;
-        Ok(Self { dir, config })
+        fs::write(
+            &config,
+            format!(
+                "[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}",
+                dir.display()
+            ),
+        )?;
+        Ok(Self {
+            dir,
+            config,
+            bin: gateway_bin(),
+        })
     }
 
     /// Rewrites the configuration (for reloads).
     pub fn rewrite(&self, gateway_section: &str, body: &str) -> anyhow::Result<()> {
-        fs::write(&self.config, format!("[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}", self.dir.display()))?;
+        fs::write(
+            &self.config,
+            format!(
+                "[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}",
+                self.dir.display()
+            ),
+        )?;
         Ok(())
     }
 
     /// `gateway <verb> --config <this> args` on the host.
     pub fn gateway(&self, verb: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let mut c = Command::new(gateway_bin()?);
+        let mut c = Command::new(&self.bin);
         c.arg(verb).arg("--config").arg(&self.config).args(args);
-        c.output().context("running gateway")
+        c.output().with_context(|| {
+            format!(
+                "running {} (build it first: cargo xtask test does)",
+                self.bin.display()
+            )
+        })
     }
 
     /// `gateway stats --json`, parsed.
@@ -304,7 +401,7 @@ impl Daemon {
         let notify = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
         let child = ns
-            .command(gateway_bin()?)
+            .command(&pins.bin)
             .args(["run", "--config"])
             .arg(&pins.config)
             .env("RUST_LOG", "info")
@@ -313,8 +410,11 @@ impl Daemon {
             .stderr(file)
             .stdin(Stdio::null())
             .spawn()
-            .context("starting gateway run")?;
-        let mut d = Self { child: Some(child), log };
+            .with_context(|| format!("starting {} run", pins.bin.display()))?;
+        let mut d = Self {
+            child: Some(child),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut buf = [0u8; 512];
         let ready = loop {
@@ -324,19 +424,27 @@ impl Daemon {
                 break Err(anyhow!("gateway run exited ({status}):\n{}", d.log_text()));
             }
             if let Ok(n) = notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
             {
                 break Ok(());
             }
             if Instant::now() > deadline {
-                break Err(anyhow!("gateway run did not report ready within 20 s:\n{}", d.log_text()));
+                break Err(anyhow!(
+                    "gateway run did not report ready within 20 s:\n{}",
+                    d.log_text()
+                ));
             }
         };
         let _ = fs::remove_file(&socket_path);
         ready?;
         for iface in ifaces {
             if !ns.has_xdp(iface)? {
-                bail!("gateway run reported ready but {iface} has no XDP program:\n{}", d.log_text());
+                bail!(
+                    "gateway run reported ready but {iface} has no XDP program:\n{}",
+                    d.log_text()
+                );
             }
         }
         Ok(d)

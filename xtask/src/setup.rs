@@ -1,0 +1,131 @@
+//! `cargo xtask setup`: makes a fresh machine of this kind (Debian 12, rustup with a nightly
+//! toolchain) able to build and test the gateway. Each step checks first and does nothing when
+//! its result is already there.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// The bpf-linker release that links with LLVM 22 (see TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// What bpf-linker needs to build against LLVM 22.
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// What the tests, the demo and the benchmarks run.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",     // ip, namespaces, veth
+    "iputils-ping", // ping from simulated devices
+    "ethtool",      // offloads off on veths
+    "util-linux",   // nsenter
+    "procps",       // sysctl
+    "bpftool",      // inspecting programs and maps when a test fails
+];
+
+fn quiet(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    quiet("id", &["-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn missing_packages(packages: &[&str]) -> Vec<String> {
+    packages
+        .iter()
+        .filter(|p| {
+            !quiet("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .map(|p| (*p).to_string())
+        .collect()
+}
+
+fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `cargo xtask setup` as root",
+            packages.join(" ")
+        );
+    }
+    eprintln!("installing {}", packages.join(" "));
+    crate::step("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(packages.iter().map(String::as_str));
+    let status = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {} failed ({status})", packages.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run() -> anyhow::Result<()> {
+    // 1. The nightly toolchain with rust-src (the eBPF crate is built with -Z build-std=core).
+    let installed = quiet(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context("the nightly toolchain is not installed (rustup toolchain install nightly)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        crate::step(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
+    }
+    if !installed.lines().any(|l| l.starts_with("clippy")) {
+        crate::step(
+            "rustup",
+            &["component", "add", "clippy", "--toolchain", "nightly"],
+        )?;
+    }
+
+    // 2. bpf-linker, built against LLVM 22 from Debian's packages.
+    let linker_ok =
+        quiet("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        apt_install(&missing_packages(LLVM_PACKAGES))?;
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        eprintln!(
+            "$ cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22"
+        );
+        let status = Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path)
+            .status()
+            .context("running cargo install bpf-linker")?;
+        if !status.success() {
+            bail!("installing bpf-linker failed ({status})");
+        }
+    }
+
+    // 3. The tools the tests and the demo use.
+    apt_install(&missing_packages(TEST_PACKAGES))?;
+    Ok(())
+}
