@@ -10,49 +10,20 @@ use std::time::Duration;
 
 use gateway_testbed::{Bed, Daemon, Pins};
 
-fn config(bed: &Bed, sensor_suspended: bool) -> String {
-    format!(
-        r#"unknown_devices = "guest"
-
-[[interface]]
-name = "d1"
-
-[[interface]]
-name = "d2"
-
-[[policy]]
-name = "guest"
-
-[[policy]]
-name = "students"
-
-[[device]]
-name = "laptop"
-mac = "{}"
-policy = "students"
-
-[[device]]
-name = "sensor"
-ip = "{}"
-policy = "students"
-suspended = {sensor_suspended}
-"#,
-        bed.devices[0].mac, bed.devices[1].ip
-    )
-}
-
-fn split(cfg: &str) -> (&str, &str) {
-    // The first line belongs to [gateway]; the rest is the body.
-    cfg.split_once('\n').unwrap_or((cfg, ""))
+/// A two-device bed with the filter running: (bed, pins, daemon).
+fn started(sensor_suspended: bool) -> anyhow::Result<(Bed, Pins, Daemon)> {
+    let bed = Bed::new(2)?;
+    let pins = Pins::with_config(
+        Bed::TWO_DEVICE_GATEWAY,
+        &bed.two_device_config(sensor_suspended),
+    )?;
+    let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    Ok((bed, pins, daemon))
 }
 
 #[test]
 fn counters_suspension_survive_kill_restart_and_detach() -> anyhow::Result<()> {
-    let bed = Bed::new(2)?;
-    let cfg = config(&bed, true);
-    let (gateway, body) = split(&cfg);
-    let pins = Pins::with_config(gateway, body)?;
-    let mut daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let (bed, pins, mut daemon) = started(true)?;
 
     let laptop = &bed.devices[0];
     let sensor = &bed.devices[1];
@@ -161,17 +132,12 @@ fn counters_suspension_survive_kill_restart_and_detach() -> anyhow::Result<()> {
 
 #[test]
 fn sighup_reload_applies_and_a_bad_config_keeps_the_running_one() -> anyhow::Result<()> {
-    let bed = Bed::new(2)?;
-    let cfg = config(&bed, false);
-    let (gateway, body) = split(&cfg);
-    let pins = Pins::with_config(gateway, body)?;
-    let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let (bed, pins, daemon) = started(false)?;
     assert_eq!(bed.ping(1, 2)?, 2, "not suspended yet");
 
     // Suspend by configuration, reload with SIGHUP.
-    let cfg = config(&bed, true);
-    let (gateway, body) = split(&cfg);
-    pins.rewrite(gateway, body)?;
+    let body = bed.two_device_config(true);
+    pins.rewrite(Bed::TWO_DEVICE_GATEWAY, &body)?;
     daemon.signal(libc::SIGHUP)?;
     wait_for(|| daemon.log_text().matches("reloaded").count() >= 1)?;
     assert_eq!(bed.ping(1, 2)?, 0, "suspended after the reload");
@@ -179,7 +145,7 @@ fn sighup_reload_applies_and_a_bad_config_keeps_the_running_one() -> anyhow::Res
 
     // A configuration that does not validate is rejected; the running one stays.
     pins.rewrite(
-        gateway,
+        Bed::TWO_DEVICE_GATEWAY,
         &format!(
             "{body}\n[[device]]\nname = \"broken\"\nip = \"10.0.0.300\"\npolicy = \"students\"\n"
         ),

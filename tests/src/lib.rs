@@ -267,6 +267,45 @@ impl Bed {
         })
     }
 
+    /// The `[gateway]` lines of `two_device_config`.
+    pub const TWO_DEVICE_GATEWAY: &'static str = "unknown_devices = \"guest\"";
+
+    /// A configuration body for a two-device bed: the filter on `d1` and `d2`, the first device
+    /// ("laptop") known by its MAC, the second ("sensor") by its address, both in policy
+    /// "students"; devices in no inventory get "guest".
+    pub fn two_device_config(&self, sensor_suspended: bool) -> String {
+        let (laptop, sensor) = (&self.devices[0], &self.devices[1]);
+        format!(
+            r#"
+[[interface]]
+name = "{}"
+
+[[interface]]
+name = "{}"
+
+[[policy]]
+name = "guest"
+
+[[policy]]
+name = "students"
+
+[[device]]
+name = "laptop"
+mac = "{}"
+policy = "students"
+type = "laptop"
+
+[[device]]
+name = "sensor"
+ip = "{}"
+policy = "students"
+type = "iot"
+suspended = {sensor_suspended}
+"#,
+            laptop.gw_if, sensor.gw_if, laptop.mac, sensor.ip
+        )
+    }
+
     /// Pings the upstream `count` times from device `i` (0-based); returns replies received.
     pub fn ping(&self, i: usize, count: u32) -> anyhow::Result<u32> {
         let dev = self.devices.get(i).context("no such device")?;

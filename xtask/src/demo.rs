@@ -12,35 +12,6 @@ use std::{
 use anyhow::Context as _;
 use gateway_testbed::{Bed, Daemon, Pins};
 
-fn config(bed: &Bed, suspend_sensor: bool) -> String {
-    format!(
-        r#"
-[[interface]]
-name = "d1"
-
-[[interface]]
-name = "d2"
-
-[[policy]]
-name = "students"
-
-[[device]]
-name = "laptop"
-mac = "{}"
-policy = "students"
-type = "laptop"
-
-[[device]]
-name = "sensor"
-ip = "{}"
-policy = "students"
-type = "iot"
-suspended = {suspend_sensor}
-"#,
-        bed.devices[0].mac, bed.devices[1].ip
-    )
-}
-
 /// Children killed on drop: the traffic generators.
 struct Traffic(Vec<Child>);
 
@@ -55,8 +26,8 @@ impl Drop for Traffic {
 
 pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     let bed = Bed::new(2).context("building the namespaces (needs root)")?;
-    let gw_section = "unknown_devices = \"default\"";
-    let mut pins = Pins::with_config(gw_section, &config(&bed, false))?;
+    let gw_section = Bed::TWO_DEVICE_GATEWAY;
+    let mut pins = Pins::with_config(gw_section, &bed.two_device_config(false))?;
     pins.bin = gateway.to_path_buf();
     let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     println!("gateway attached to d1 (laptop, known by MAC) and d2 (sensor, known by address)");
@@ -87,7 +58,7 @@ pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(duration) {
         std::thread::sleep(Duration::from_secs(2));
         if !suspended && start.elapsed() >= Duration::from_secs(duration / 2) {
-            pins.rewrite(gw_section, &config(&bed, true))?;
+            pins.rewrite(gw_section, &bed.two_device_config(true))?;
             daemon.signal(libc::SIGHUP)?;
             suspended = true;
             println!("-- configuration changed: sensor suspended = true; reloaded with SIGHUP --");
