@@ -36,6 +36,37 @@ labelled_enum! {
         Ipv6ExtLimit = 9 => "ipv6_ext_limit",
         /// Frame ends inside the TCP/UDP/ICMP header.
         TruncatedL4 = 10 => "truncated_l4",
+        /// A name decided by the policy's explicit allow or block list.
+        Explicit = 11 => "explicit",
+        /// A name decided by a category the policy blocks (or an exception in it).
+        Category = 12 => "category",
+        /// A name no rule matched: the policy's `default`.
+        Default = 13 => "default",
+        /// An HTTPS/SVCB query answered empty (`https_records = "empty"`).
+        HttpsRecords = 14 => "https_records",
+        /// DNS to port 53 that is not a query (a response, another opcode).
+        DnsNotQuery = 15 => "dns_not_query",
+        /// A DNS query with other than one question.
+        DnsQdcount = 16 => "dns_qdcount",
+        /// A DNS query cut short (header, name or question).
+        DnsTruncated = 17 => "dns_truncated",
+        /// A compression pointer (or an obsolete label type) in the question.
+        DnsCompression = 18 => "dns_compression",
+        /// A label longer than 63 octets.
+        DnsLabelTooLong = 19 => "dns_label_too_long",
+        /// A name longer than 255 octets on the wire or 253 characters of text.
+        DnsNameTooLong = 20 => "dns_name_too_long",
+        /// The root name (no labels).
+        DnsEmptyName = 21 => "dns_empty_name",
+        /// A byte no host name contains.
+        DnsBadChar = 22 => "dns_bad_char",
+    }
+}
+
+impl Reason {
+    /// A malformed DNS query (judged by the policy's `on_parse_error`).
+    pub const fn is_dns_parse_error(self) -> bool {
+        self as u32 >= Reason::DnsNotQuery as u32 && self as u32 <= Reason::DnsBadChar as u32
     }
 }
 

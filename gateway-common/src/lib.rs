@@ -9,7 +9,9 @@
 mod macros;
 
 pub mod bytes;
+pub mod domain;
 pub mod enums;
+pub mod lists;
 pub mod maps;
 pub mod packet;
 pub mod table;

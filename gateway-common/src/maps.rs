@@ -303,6 +303,7 @@ mod pod {
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for crate::table::MacBucket {}
     unsafe impl aya::Pod for crate::table::IpBucket {}
+    unsafe impl aya::Pod for crate::table::DomainBucket {}
     unsafe impl aya::Pod for super::DeviceRef {}
     unsafe impl aya::Pod for super::GenSettings {}
     unsafe impl aya::Pod for super::Control {}

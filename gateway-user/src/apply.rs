@@ -104,7 +104,7 @@ struct Images {
 fn build<B: Bucket>(
     buckets: u32,
     seed: u64,
-    entries: impl Iterator<Item = (B::Key, DeviceRef)>,
+    entries: impl Iterator<Item = (B::Key, B::Value)>,
 ) -> Result<Vec<B>, TableFull> {
     let mut t = vec![B::default(); buckets as usize];
     for (k, v) in entries {
