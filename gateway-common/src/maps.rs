@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -39,6 +39,14 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// CIDR identities per generation.
 pub const MAX_CIDR_IDS: u32 = 8_192;
+/// Distinct rule sets (combinations of categories and explicit entries) per generation.
+pub const MAX_RULESETS: u32 = 16_384;
+/// Domain-table buckets per generation unless the configuration asks for more
+/// (`[gateway] max_domains`): 65,536 buckets of 5 slots, 4 MiB, for up to 262,144 domains.
+pub const DEFAULT_DOMAIN_BUCKETS: u32 = 65_536;
+/// Share of the domain table's slots that may be used (probing stays short below it).
+pub const DOMAIN_LOAD_PERCENT: u32 = 80;
+
 /// Distinct (device, protocol, action, reason, category) decision counters.
 pub const MAX_DECISION_KEYS: u32 = 65_536;
 /// Interfaces the daemon records attach information for.
@@ -48,6 +56,9 @@ pub const MAX_IFACES: u32 = 64;
 pub mod names {
     pub const META: &str = "META";
     pub const CONTROL: &str = "CONTROL";
+    pub const DOMAINS: &str = "DOMAINS";
+    pub const RULESETS: &str = "RULESETS";
+    pub const SCRATCH: &str = "SCRATCH";
     pub const POLICIES: &str = "POLICIES";
     pub const DEVICE_BY_MAC: &str = "DEVICE_BY_MAC";
     pub const DEVICE_BY_IP: &str = "DEVICE_BY_IP";
@@ -65,6 +76,8 @@ pub mod names {
     pub const PINNED: &[&str] = &[
         META,
         CONTROL,
+        DOMAINS,
+        RULESETS,
         POLICIES,
         DEVICE_BY_MAC,
         DEVICE_BY_IP,
@@ -135,10 +148,13 @@ pub struct GenSettings {
     pub unknown_policy: u32,
     /// `SETTINGS_*` bits.
     pub flags: u32,
-    /// Hash seed of this generation's identity tables.
+    /// Hash seed of this generation's identity tables and domain fingerprints.
     pub table_seed: u64,
+    /// Buckets of the domain table per generation (a power of two).
+    pub domain_buckets: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<GenSettings>() == 16);
+const _: () = assert!(size_of::<GenSettings>() == 24);
 
 /// `CONTROL[0]`: the active generation and the settings of both. One record, so a packet gets
 /// both with one lookup. The daemon writes it through mmap: a generation's settings only while
@@ -151,7 +167,7 @@ pub struct Control {
     pub _pad: u32,
     pub generations: [GenSettings; GENERATIONS as usize],
 }
-const _: () = assert!(size_of::<Control>() == 40);
+const _: () = assert!(size_of::<Control>() == 56);
 
 /// `GenSettings::flags`: the MAC table has entries for this generation.
 pub const SETTINGS_HAS_MAC: u32 = 1;
@@ -168,14 +184,45 @@ pub const SETTINGS_VALID: u32 = 1 << 31;
 pub struct PolicyEntry {
     /// `POLICY_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// `DnsAnswer` for blocked names.
+    pub dns_answer: u32,
+    /// Categories the policy blocks (bit = category id).
+    pub block_categories: u64,
+    /// TTL of sinkhole answers, seconds.
+    pub ttl: u32,
+    /// Address of sinkhole A answers.
+    pub sinkhole_v4_be: [u8; 4],
+    /// Address of sinkhole AAAA answers.
+    pub sinkhole_v6_be: [u8; 16],
 }
-const _: () = assert!(size_of::<PolicyEntry>() == 8);
+const _: () = assert!(size_of::<PolicyEntry>() == 40);
 
 /// `PolicyEntry::flags`: the entry is in use.
 pub const POLICY_PRESENT: u32 = 1;
 /// `PolicyEntry::flags`: decide and count, but pass (`mode = "monitor"`).
 pub const POLICY_MONITOR: u32 = 1 << 1;
+/// `PolicyEntry::flags`: names no rule matches are blocked (`default = "block"`).
+pub const POLICY_DEFAULT_BLOCK: u32 = 1 << 2;
+/// `PolicyEntry::flags`: HTTPS and SVCB queries are answered empty (`https_records = "empty"`).
+pub const POLICY_HTTPS_EMPTY: u32 = 1 << 3;
+/// `PolicyEntry::flags`: malformed DNS queries are blocked (`on_parse_error = "block"`).
+pub const POLICY_PARSE_ERROR_BLOCK: u32 = 1 << 4;
+
+/// How a blocked DNS query is answered (`dns_block_answer`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsAnswer {
+    NxDomain = 0,
+    Refused = 1,
+    Sinkhole = 2,
+    Drop = 3,
+}
+
+/// Index of a rule set in `RULESETS`.
+#[inline(always)]
+pub const fn ruleset_index(generation: u32, id: u32) -> u32 {
+    generation * MAX_RULESETS + id
+}
 
 /// Index of a policy in `POLICIES`.
 #[inline(always)]
@@ -292,9 +339,13 @@ pub struct Trace {
     pub reason: u32,
     pub slot: u32,
     pub policy: u32,
-    pub _pad: u32,
+    /// `Action` of a decision on a name, or `TRACE_NO_ACTION`.
+    pub action: u32,
 }
 const _: () = assert!(size_of::<Trace>() == 24);
+
+/// `Trace::action` of frames no rule judged.
+pub const TRACE_NO_ACTION: u32 = u32::MAX;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -308,6 +359,7 @@ mod pod {
     unsafe impl aya::Pod for super::GenSettings {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::PolicyEntry {}
+    unsafe impl aya::Pod for crate::domain::RuleSet {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DeviceTraffic {}
     unsafe impl aya::Pod for super::DecisionKey {}

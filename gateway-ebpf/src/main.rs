@@ -9,15 +9,17 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod device;
+mod dns;
 mod maps;
 mod packet_bytes;
 
 use aya_ebpf::{Global, bindings::xdp_action, macros::xdp, programs::XdpContext};
 use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
-    maps::{DecisionKey, NO_CATEGORY, Trace, UNKNOWN_SLOT},
+    maps::{DecisionKey, NO_CATEGORY, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT},
     packet::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, is_suspend_exempt, parse_l2, parse_l3, parse_l4,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_UDP, is_suspend_exempt, parse_l2,
+        parse_l3, parse_l4,
     },
 };
 
@@ -39,6 +41,8 @@ struct Outcome {
     reason: Reason,
     slot: u32,
     policy: u32,
+    /// `Action` of a decision on a name or device, or `TRACE_NO_ACTION`.
+    action: u32,
 }
 
 impl Outcome {
@@ -49,6 +53,7 @@ impl Outcome {
             reason,
             slot: dev.slot,
             policy: dev.policy,
+            action: TRACE_NO_ACTION,
         }
     }
 }
@@ -57,6 +62,44 @@ impl Outcome {
 pub fn gateway(ctx: XdpContext) -> u32 {
     let out = judge(&ctx);
     finish(&ctx, &out)
+}
+
+/// The DNS program: tail-called by `gateway` for UDP to port 53, with its findings in scratch.
+#[xdp]
+pub fn gateway_dns(ctx: XdpContext) -> u32 {
+    let out = judge_dns(&ctx);
+    finish(&ctx, &out)
+}
+
+#[inline(always)]
+fn judge_dns(ctx: &XdpContext) -> Outcome {
+    let Some(s) = maps::scratch() else {
+        return Outcome {
+            verdict: Verdict::Pass,
+            reason: Reason::Uninspected,
+            slot: UNKNOWN_SLOT,
+            policy: 0,
+            action: TRACE_NO_ACTION,
+        };
+    };
+    let h = s.handoff;
+    let generation = h.generation & 1;
+    let slot = h.slot;
+    let dev = Device {
+        slot,
+        policy: h.policy & 63,
+        flags: 0,
+        known: slot != UNKNOWN_SLOT,
+    };
+    let Some(settings) = maps::settings_of(generation) else {
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    };
+    let d = dns::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
+    count_decision(&dev, Proto::Dns, d.action, d.reason, d.category);
+    Outcome {
+        action: d.action as u32,
+        ..Outcome::new(&dev, d.verdict, d.reason)
+    }
 }
 
 #[inline(always)]
@@ -68,6 +111,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
             reason: Reason::Uninspected,
             slot: UNKNOWN_SLOT,
             policy: 0,
+            action: TRACE_NO_ACTION,
         };
     };
     let link = if LINK_TYPE.load() == LinkType::RawIp as u32 {
@@ -129,26 +173,57 @@ fn judge(ctx: &XdpContext) -> Outcome {
     if l3.fragment == Fragment::Later {
         return Outcome::new(&dev, Verdict::Pass, Reason::Fragment);
     }
-    if let Err(reason) = parse_l4(&pkt, &l3) {
-        return Outcome::new(&dev, Verdict::Pass, reason);
+    let l4 = match parse_l4(&pkt, &l3) {
+        Ok(l4) => l4,
+        Err(reason) => return Outcome::new(&dev, Verdict::Pass, reason),
+    };
+    if l3.proto == IPPROTO_UDP && l4.dst_port == 53 {
+        // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
+        if let Some(s) = maps::scratch() {
+            s.handoff = dns::Handoff {
+                frame: dns::Frame::new(&l2, &l3, &l4),
+                generation,
+                slot: dev.slot,
+                policy: dev.policy & 63,
+            };
+            // SAFETY: PROGS holds programs of this type; on success this does not return.
+            unsafe { maps::PROGS.tail_call(ctx, maps::PROG_DNS) };
+        }
+        // No DNS program loaded (or scratch missing): the query is passed, and counted so.
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
     Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
+}
+
+/// Counts a decision on a device.
+#[inline(always)]
+fn count_decision(dev: &Device, proto: Proto, action: Action, reason: Reason, category: u8) {
+    let key = DecisionKey {
+        slot: dev.slot,
+        proto: proto as u8,
+        action: action as u8,
+        reason: reason as u8,
+        category,
+    };
+    if !maps::count_decision(&key) {
+        maps::count_global(GlobalCounter::DecisionMapFull);
+    }
 }
 
 /// A suspended device's frame: dropped, and counted as a decision on the device.
 #[inline(always)]
 fn suspended(dev: &Device) -> Outcome {
-    let key = DecisionKey {
-        slot: dev.slot,
-        proto: Proto::Suspended as u8,
-        action: Action::Block as u8,
-        reason: Reason::Suspended as u8,
-        category: NO_CATEGORY,
-    };
-    if !maps::count_decision(&key) {
-        maps::count_global(GlobalCounter::DecisionMapFull);
+    count_decision(
+        dev,
+        Proto::Suspended,
+        Action::Block,
+        Reason::Suspended,
+        NO_CATEGORY,
+    );
+    Outcome {
+        action: Action::Block as u32,
+        ..Outcome::new(dev, Verdict::Drop, Reason::Suspended)
     }
-    Outcome::new(dev, Verdict::Drop, Reason::Suspended)
 }
 
 /// The one exit: counts the outcome and returns its XDP action.
@@ -164,7 +239,7 @@ fn finish(ctx: &XdpContext, out: &Outcome) -> u32 {
             reason: out.reason as u32,
             slot: out.slot,
             policy: out.policy,
-            _pad: 0,
+            action: out.action,
         });
     }
     match out.verdict {

@@ -3,9 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use gateway_common::{
+    domain::RuleSet,
     enums::{GLOBAL_SLOTS, Global, REASON_SLOTS, VERDICT_SLOTS},
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, CidrData, Control, Counter, DEVICE_SLOTS, DecisionKey,
@@ -13,9 +14,12 @@ use gateway_common::{
         MAC_BUCKETS, MAX_CIDR_IDS, MAX_DECISION_KEYS, MAX_IFACES, MAX_POLICIES, Meta, PolicyEntry,
         Trace,
     },
+    maps::{DEFAULT_DOMAIN_BUCKETS, MAX_RULESETS, policy_index, ruleset_index},
     packet::Addr,
-    table::{self, IpBucket, MacBucket},
+    table::{self, DomainBucket, IpBucket, MacBucket},
 };
+
+use crate::dns::Scratch;
 
 /// `[0]`: ABI version and creation time of the pinned set. Written by the daemon.
 #[map]
@@ -43,6 +47,32 @@ static DEVICE_BY_MAC: Array<MacBucket> =
 #[map]
 static DEVICE_BY_IP: Array<IpBucket> =
     Array::with_max_entries(GENERATIONS * IP_BUCKETS, BPF_F_MMAPABLE);
+
+/// Domain fingerprint -> rule set id: an open-addressing table (`gateway_common::table`), bucket
+/// `generation * buckets + i`, where `buckets` is `GenSettings::domain_buckets` (the daemon sets
+/// the map's size at load from `max_domains`). Written by the daemon through mmap.
+#[map]
+static DOMAINS: Array<DomainBucket> =
+    Array::with_max_entries(GENERATIONS * DEFAULT_DOMAIN_BUCKETS, BPF_F_MMAPABLE);
+
+/// `[generation * MAX_RULESETS + id]`: what the domain table's entries mean (categories listing
+/// the domain, policies allowing or blocking it). Written by the daemon through mmap.
+#[map]
+static RULESETS: Array<RuleSet> =
+    Array::with_max_entries(GENERATIONS * MAX_RULESETS, BPF_F_MMAPABLE);
+
+/// Per CPU: working memory of the DNS path (question name, text, fingerprints, checksum copy).
+/// Not pinned; nothing survives a frame.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Programs the filter tail-calls: `[PROG_DNS]` the DNS program. Filled by the daemon for each
+/// loaded instance (not pinned). A tail-called program is verified on its own.
+#[map]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// Index of the DNS program in `PROGS`.
+pub const PROG_DNS: u32 = 0;
 
 /// Longest prefix of (generation, source address) -> device. Consulted last, and only when the
 /// generation has CIDR devices. Written by the daemon.
@@ -82,6 +112,12 @@ static IFACES: Array<IfaceInfo> = Array::with_max_entries(MAX_IFACES, 0);
 #[map]
 static TRACE: Array<Trace> = Array::with_max_entries(1, 0);
 
+/// The settings of `generation` (as the main program saw it active).
+#[inline(always)]
+pub fn settings_of(generation: u32) -> Option<&'static GenSettings> {
+    CONTROL.get(0)?.generations.get((generation & 1) as usize)
+}
+
 /// The generation the packet is judged with, and its settings (read in place: the fields are
 /// loaded where they are used instead of being copied and spilled up front). `None` only if the
 /// control record is missing, which an array map cannot be.
@@ -91,6 +127,38 @@ pub fn active() -> Option<(u32, &'static GenSettings)> {
     // `& 1` proves the generation < GENERATIONS for every index derived from it.
     let generation = c.active & 1;
     Some((generation, c.generations.get(generation as usize)?))
+}
+
+/// The policy `id` of `generation` (all zero, an allow-all policy, if absent).
+#[inline(always)]
+pub fn policy(generation: u32, id: u32) -> PolicyEntry {
+    POLICIES
+        .get(policy_index(generation, id & 63))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// The per-CPU scratch memory.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU map value; XDP runs with preemption disabled, so only this frame uses it.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// The rule set id of domain fingerprint `fp` in `generation`.
+#[inline(always)]
+pub fn domain(generation: u32, buckets: u32, seed: u64, fp: u64) -> Option<u32> {
+    if !buckets.is_power_of_two() {
+        return None;
+    }
+    let base = generation * buckets;
+    table::lookup(|i| DOMAINS.get(base + i), buckets, seed, &fp)
+}
+
+/// Rule set `id` of `generation`.
+#[inline(always)]
+pub fn ruleset(generation: u32, id: u32) -> Option<RuleSet> {
+    RULESETS.get(ruleset_index(generation, id)).copied()
 }
 
 /// The device with source MAC `mac` in `generation`. The daemon never writes the active

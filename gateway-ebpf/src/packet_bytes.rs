@@ -42,9 +42,10 @@ impl Bytes for PacketBytes {
 }
 
 /// Hides `v` from the optimiser. Without it LLVM rewrites `p + 1 > end` as `p >= end`, a form
-/// from which the verifier learns no readable range.
+/// from which the verifier learns no readable range, and folds `x - (end - data)` into
+/// arithmetic on `data_end`, which the verifier forbids.
 #[inline(always)]
-fn opaque(mut v: usize) -> usize {
+pub fn opaque(mut v: usize) -> usize {
     // SAFETY: a register move onto itself. (A real instruction: an empty asm body leaves two
     // BTF line-info records at one offset, which the kernel rejects.)
     #[cfg(target_arch = "bpf")]

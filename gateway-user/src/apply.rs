@@ -15,17 +15,19 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::lpm_trie::Key;
 use gateway_common::{
+    domain::{RuleSet, fingerprint},
     maps::{
-        CidrData, DEVICE_SLOTS, DEVICE_SUSPENDED, DecisionKey, DeviceName, DeviceRef,
-        DeviceTraffic, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES, POLICY_MONITOR,
-        POLICY_PRESENT, PolicyEntry, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC,
-        SETTINGS_VALID, cidr_data, policy_index,
+        CidrData, DEVICE_SLOTS, DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT, DecisionKey, DeviceName,
+        DeviceRef, DeviceTraffic, DnsAnswer, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES,
+        MAX_RULESETS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
+        POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, PolicyEntry, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP,
+        SETTINGS_HAS_MAC, SETTINGS_VALID, cidr_data, policy_index,
     },
-    table::{self, Bucket, IpBucket, MacBucket, TableFull},
+    table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
 
 use crate::{
-    config::{Config, Mode},
+    config::{Config, DnsBlockAnswer, Mode},
     kernel::{Maps, zeroed_per_cpu},
     mmap::MmapArray,
 };
@@ -43,6 +45,46 @@ pub struct Desired {
     pub ips: HashMap<[u8; 16], DeviceRef>,
     /// (IPv4-mapped/IPv6 network, prefix in IPv6 bits) -> device.
     pub cidrs: HashMap<([u8; 16], u8), DeviceRef>,
+    /// Domain (normalised text) -> rule set id; ids index `rulesets`.
+    pub domains: HashMap<String, u32>,
+    /// Distinct rule sets; id 0 is the empty one (never stored in the table).
+    pub rulesets: Vec<RuleSet>,
+    /// Domain-table buckets per generation.
+    pub domain_buckets: u32,
+}
+
+/// Domain-table buckets for a capacity of `max_domains` (a power of two, at least 1,024).
+pub fn domain_buckets(max_domains: u32) -> u32 {
+    let slots = u64::from(max_domains) * 100 / u64::from(DOMAIN_LOAD_PERCENT);
+    let buckets = slots
+        .div_ceil(table::DOMAIN_WAYS as u64)
+        .next_power_of_two()
+        .max(1024);
+    buckets.min(1 << 24) as u32
+}
+
+/// Every domain any category or policy names, with what each says about it.
+fn rules(config: &Config) -> HashMap<&str, RuleSet> {
+    let mut rules: HashMap<&str, RuleSet> = HashMap::new();
+    for (id, c) in config.categories.iter().enumerate() {
+        let bit = 1u64 << (id & 63);
+        for d in &c.domains.block {
+            rules.entry(d.as_str()).or_default().categories |= bit;
+        }
+        for d in &c.domains.allow {
+            rules.entry(d.as_str()).or_default().category_exceptions |= bit;
+        }
+    }
+    for (id, p) in config.policies.iter().enumerate() {
+        let bit = 1u64 << (id & 63);
+        for d in &p.allow {
+            rules.entry(d.as_str()).or_default().allow_policies |= bit;
+        }
+        for d in &p.block {
+            rules.entry(d.as_str()).or_default().block_policies |= bit;
+        }
+    }
+    rules
 }
 
 impl Desired {
@@ -51,11 +93,42 @@ impl Desired {
         let mut d = Desired::default();
         for p in &config.policies {
             let mut flags = POLICY_PRESENT;
-            if p.mode == Mode::Monitor {
-                flags |= POLICY_MONITOR;
+            for (on, bit) in [
+                (p.mode == Mode::Monitor, POLICY_MONITOR),
+                (p.default_block, POLICY_DEFAULT_BLOCK),
+                (p.https_empty, POLICY_HTTPS_EMPTY),
+                (p.parse_error_block, POLICY_PARSE_ERROR_BLOCK),
+            ] {
+                if on {
+                    flags |= bit;
+                }
             }
-            d.policies.push(PolicyEntry { flags, _pad: 0 });
+            let dns_answer = match p.dns_answer {
+                DnsBlockAnswer::Nxdomain => DnsAnswer::NxDomain,
+                DnsBlockAnswer::Refused => DnsAnswer::Refused,
+                DnsBlockAnswer::Sinkhole => DnsAnswer::Sinkhole,
+                DnsBlockAnswer::Drop => DnsAnswer::Drop,
+            } as u32;
+            d.policies.push(PolicyEntry {
+                flags,
+                dns_answer,
+                block_categories: p.block_categories,
+                ttl: p.block_ttl,
+                sinkhole_v4_be: p.sinkhole_v4,
+                sinkhole_v6_be: p.sinkhole_v6,
+            });
         }
+        let mut ids: HashMap<RuleSet, u32> = HashMap::new();
+        d.rulesets.push(RuleSet::default());
+        for (domain, r) in rules(config) {
+            let next = d.rulesets.len() as u32;
+            let id = *ids.entry(r).or_insert(next);
+            if id == next {
+                d.rulesets.push(r);
+            }
+            d.domains.insert(domain.to_string(), id);
+        }
+        d.domain_buckets = domain_buckets(config.max_domains);
         for dev in &config.devices {
             let Some(&slot) = slots.get(&dev.name) else {
                 continue;
@@ -89,6 +162,8 @@ impl Desired {
             unknown_policy: config.unknown_policy as u32,
             flags,
             table_seed: 0,
+            domain_buckets: d.domain_buckets,
+            _pad: 0,
         };
         d
     }
@@ -99,6 +174,23 @@ struct Images {
     seed: u64,
     macs: Vec<MacBucket>,
     ips: Vec<IpBucket>,
+    domains: Vec<DomainBucket>,
+    rulesets: Vec<RuleSet>,
+}
+
+/// The domain table for `seed`: fingerprint -> rule set id. Fails (and a new seed is drawn) if
+/// a neighbourhood overflows or two domains share a fingerprint.
+fn build_domains(desired: &Desired, seed: u64) -> Option<Vec<DomainBucket>> {
+    let mut t = vec![DomainBucket::default(); desired.domain_buckets as usize];
+    let mut seen: HashMap<u64, &str> = HashMap::with_capacity(desired.domains.len());
+    for (d, id) in &desired.domains {
+        let fp = fingerprint(d.as_bytes(), seed);
+        if seen.insert(fp, d).is_some() {
+            return None;
+        }
+        table::insert(&mut t, seed, fp, *id).ok()?;
+    }
+    Some(t)
 }
 
 fn build<B: Bucket>(
@@ -128,15 +220,24 @@ fn build_images(desired: &Desired, seed: u64) -> anyhow::Result<Images> {
             seed,
             desired.ips.iter().map(|(a, r)| (table::ip_key(a), *r)),
         );
-        if let (Ok(macs), Ok(ips)) = (macs, ips) {
-            return Ok(Images { seed, macs, ips });
+        if let (Ok(macs), Ok(ips), Some(domains)) = (macs, ips, build_domains(desired, seed)) {
+            let mut rulesets = desired.rulesets.clone();
+            rulesets.resize(MAX_RULESETS as usize, RuleSet::default());
+            return Ok(Images {
+                seed,
+                macs,
+                ips,
+                domains,
+                rulesets,
+            });
         }
         seed = random_seed()?;
     }
     anyhow::bail!(
-        "device identity tables are too full ({} MACs, {} addresses; at most {} and {})",
+        "tables are too full ({} MACs, {} addresses, {} domains; at most {}, {} and the configured max_domains)",
         desired.macs.len(),
         desired.ips.len(),
+        desired.domains.len(),
         gateway_common::maps::MAX_MAC_IDS,
         gateway_common::maps::MAX_IP_IDS
     )
@@ -152,11 +253,17 @@ fn random_seed() -> anyhow::Result<u64> {
 }
 
 /// Writes `image` as generation `generation` of `table`; returns the buckets that changed.
-fn write_table<B: Bucket + aya::Pod + PartialEq>(
+fn write_table<B: aya::Pod + PartialEq>(
     table: &mut MmapArray<B>,
     generation: u32,
     image: &[B],
 ) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        table.len() == image.len() * 2,
+        "table holds {} entries, not two generations of {}",
+        table.len(),
+        image.len()
+    );
     let base = generation as usize * image.len();
     let mut changes = 0;
     for (i, b) in image.iter().enumerate() {
@@ -290,6 +397,8 @@ fn write_generation(
 
     changes += write_table(&mut maps.by_mac, generation, &images.macs)?;
     changes += write_table(&mut maps.by_ip, generation, &images.ips)?;
+    changes += write_table(&mut maps.domains, generation, &images.domains)?;
+    changes += write_table(&mut maps.rulesets, generation, &images.rulesets)?;
 
     // LPM keys are packed structs without Hash; key them by (prefix length, data) here.
     let current: HashMap<(u32, CidrData), DeviceRef> = maps

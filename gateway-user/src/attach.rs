@@ -119,7 +119,8 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
     for dir in [pins.maps(), pins.links(), pins.programs()] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    for name in incompatible_pins(&pins.maps())? {
+    let domain_buckets = apply::domain_buckets(config.max_domains);
+    for name in incompatible_pins(&pins.maps(), domain_buckets)? {
         tracing::warn!(map = %name, "pinned map has another layout (older version?); replacing it, its contents are lost");
         std::fs::remove_file(pins.maps().join(&name))
             .with_context(|| format!("removing stale pin {name}"))?;
@@ -137,6 +138,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
                 link: *link,
                 map_pins: Some(pins.maps()),
                 trace: false,
+                domain_buckets,
             };
             filters.insert(*link, Filter::load(&opts)?);
         }

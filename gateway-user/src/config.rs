@@ -7,7 +7,7 @@
 //! reported, not just the first.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -19,7 +19,10 @@ use gateway_common::maps::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::BadInput;
+use crate::{
+    BadInput,
+    lists::{self, Domains, ListStats},
+};
 
 /// Where `gateway` looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gateway/gateway.toml";
@@ -96,6 +99,8 @@ struct RawConfig {
     gateway: RawGateway,
     #[serde(default, rename = "interface")]
     interfaces: Vec<RawInterface>,
+    #[serde(default, rename = "category")]
+    categories: Vec<RawCategory>,
     #[serde(default, rename = "policy")]
     policies: Vec<RawPolicy>,
     #[serde(default, rename = "device")]
@@ -109,6 +114,43 @@ struct RawGateway {
     mode: Mode,
     unknown_devices: Option<Spanned<String>>,
     bpffs: Option<Spanned<PathBuf>>,
+    max_domains: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCategory {
+    name: Spanned<String>,
+    #[serde(default)]
+    lists: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+}
+
+/// `allow` or `block`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowBlock {
+    Allow,
+    Block,
+}
+
+/// `https_records`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpsRecords {
+    Allow,
+    Empty,
+}
+
+/// `dns_block_answer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsBlockAnswer {
+    Nxdomain,
+    Refused,
+    Sinkhole,
+    Drop,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +166,23 @@ struct RawInterface {
 struct RawPolicy {
     name: Spanned<String>,
     mode: Option<Mode>,
+    #[serde(default)]
+    block_categories: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    block: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_lists: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    block_lists: Vec<Spanned<PathBuf>>,
+    default: Option<AllowBlock>,
+    https_records: Option<HttpsRecords>,
+    dns_block_answer: Option<DnsBlockAnswer>,
+    on_parse_error: Option<AllowBlock>,
+    sinkhole_ipv4: Option<Spanned<String>>,
+    sinkhole_ipv6: Option<Spanned<String>>,
+    block_ttl: Option<u32>,
 }
 
 /// A string or a list of strings.
@@ -170,8 +229,12 @@ pub struct Config {
     pub mode: Mode,
     pub bpffs: PathBuf,
     pub interfaces: Vec<Interface>,
+    /// Categories; a category's id is its index (at most 64).
+    pub categories: Vec<Category>,
     /// Policies; a policy's id is its index. The `unknown_devices` policy always exists.
     pub policies: Vec<Policy>,
+    /// Domain-table capacity per generation (`[gateway] max_domains`).
+    pub max_domains: u32,
     /// Id of the policy for devices in no inventory.
     pub unknown_policy: usize,
     pub devices: Vec<Device>,
@@ -183,12 +246,63 @@ pub struct Interface {
     pub link: LinkSetting,
 }
 
+/// A named domain set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Category {
+    pub name: String,
+    pub domains: Domains,
+    /// One entry per list file.
+    pub lists: Vec<ListStats>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     /// The effective mode (the policy's own, else the gateway's).
     pub mode: Mode,
+    /// Bit = category id.
+    pub block_categories: u64,
+    /// Explicit allow and block entries (inline and from `allow_lists`/`block_lists`).
+    pub allow: BTreeSet<String>,
+    pub block: BTreeSet<String>,
+    pub default_block: bool,
+    pub https_empty: bool,
+    pub dns_answer: DnsBlockAnswer,
+    pub parse_error_block: bool,
+    pub sinkhole_v4: [u8; 4],
+    pub sinkhole_v6: [u8; 16],
+    pub block_ttl: u32,
 }
+
+impl Policy {
+    /// A policy with no rules: allows everything.
+    pub fn allow_all(name: &str, mode: Mode) -> Self {
+        Self {
+            name: name.to_string(),
+            mode,
+            block_categories: 0,
+            allow: BTreeSet::new(),
+            block: BTreeSet::new(),
+            default_block: false,
+            https_empty: false,
+            dns_answer: DnsBlockAnswer::Nxdomain,
+            parse_error_block: false,
+            sinkhole_v4: [0; 4],
+            sinkhole_v6: [0; 16],
+            block_ttl: DEFAULT_BLOCK_TTL,
+        }
+    }
+}
+
+/// Domain-table capacity unless `[gateway] max_domains` says otherwise.
+pub const DEFAULT_MAX_DOMAINS: u32 = 262_144;
+
+/// TTL of sinkhole answers unless `block_ttl` says otherwise.
+pub const DEFAULT_BLOCK_TTL: u32 = 300;
+/// The built-in category of DoH endpoints.
+pub const DNS_BYPASS_CATEGORY: &str = "dns-bypass";
+/// Most categories (bits of a u64).
+pub const MAX_CATEGORIES: usize = 64;
 
 /// An address range: an IPv4-mapped or IPv6 network address and its prefix length in IPv6 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -357,26 +471,169 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let base = loc.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut categories: Vec<Category> = Vec::new();
+    for c in &raw.categories {
+        let name = c.name.get_ref();
+        if let Err(why) = check_name(name) {
+            errors.push(loc.at(&c.name, format!("category name \"{name}\" {why}")));
+            continue;
+        }
+        if categories.iter().any(|x| &x.name == name) {
+            errors.push(loc.at(&c.name, format!("category \"{name}\" is defined twice")));
+            continue;
+        }
+        let mut cat = Category {
+            name: name.clone(),
+            domains: Domains::default(),
+            lists: Vec::new(),
+        };
+        for list in &c.lists {
+            let path = base.join(list.get_ref());
+            match lists::read(&path, &mut cat.domains) {
+                Ok(stats) => {
+                    if stats.invalid > 0 {
+                        tracing::warn!(list = %path.display(), invalid = stats.invalid, examples = ?stats.invalid_examples, "list lines that are not domain names were skipped");
+                    }
+                    cat.lists.push(stats);
+                }
+                Err(e) => errors.push(loc.at(
+                    list,
+                    format!("category \"{name}\": list {}: {e}", path.display()),
+                )),
+            }
+        }
+        for d in &c.domains {
+            match lists::normalised(d.get_ref()) {
+                Ok(n) => {
+                    cat.domains.block.insert(n);
+                }
+                Err(why) => errors.push(loc.at(
+                    d,
+                    format!(
+                        "category \"{name}\": \"{}\" is not a domain: {why}",
+                        d.get_ref()
+                    ),
+                )),
+            }
+        }
+        if c.lists.is_empty() && c.domains.is_empty() {
+            errors.push(loc.at(
+                &c.name,
+                format!("category \"{name}\" is empty: give lists or domains"),
+            ));
+        }
+        categories.push(cat);
+    }
+    if !categories.iter().any(|c| c.name == DNS_BYPASS_CATEGORY) {
+        categories.push(Category {
+            name: DNS_BYPASS_CATEGORY.into(),
+            domains: lists::dns_bypass(),
+            lists: Vec::new(),
+        });
+    }
+    if categories.len() > MAX_CATEGORIES {
+        errors.push(loc.error(0, format!("{} categories defined (with the built-in dns-bypass); at most {MAX_CATEGORIES} are supported", categories.len())));
+    }
+
     let mut policies: Vec<Policy> = Vec::new();
     for p in &raw.policies {
         let name = p.name.get_ref();
         if let Err(why) = check_name(name) {
             errors.push(loc.at(&p.name, format!("policy name \"{name}\" {why}")));
-        } else if policies.iter().any(|x| &x.name == name) {
-            errors.push(loc.at(&p.name, format!("policy \"{name}\" is defined twice")));
-        } else {
-            policies.push(Policy {
-                name: name.clone(),
-                mode: p.mode.unwrap_or(raw.gateway.mode),
-            });
+            continue;
         }
+        if policies.iter().any(|x| &x.name == name) {
+            errors.push(loc.at(&p.name, format!("policy \"{name}\" is defined twice")));
+            continue;
+        }
+        let mut pol = Policy::allow_all(name, p.mode.unwrap_or(raw.gateway.mode));
+        for c in &p.block_categories {
+            match categories.iter().position(|x| &x.name == c.get_ref()) {
+                Some(id) if id < MAX_CATEGORIES => pol.block_categories |= 1 << id,
+                Some(_) => {}
+                None => errors.push(loc.at(c, format!("policy \"{name}\": block_categories: no category named \"{}\" (defined: {})", c.get_ref(), categories.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")))),
+            }
+        }
+        for (entries, into, key) in [
+            (&p.allow, &mut pol.allow, "allow"),
+            (&p.block, &mut pol.block, "block"),
+        ] {
+            for d in entries {
+                match lists::normalised(d.get_ref()) {
+                    Ok(n) => {
+                        into.insert(n);
+                    }
+                    Err(why) => errors.push(loc.at(
+                        d,
+                        format!(
+                            "policy \"{name}\": {key}: \"{}\" is not a domain: {why}",
+                            d.get_ref()
+                        ),
+                    )),
+                }
+            }
+        }
+        for (files, allow, key) in [
+            (&p.allow_lists, true, "allow_lists"),
+            (&p.block_lists, false, "block_lists"),
+        ] {
+            for f in files {
+                let path = base.join(f.get_ref());
+                let mut d = Domains::default();
+                match lists::read(&path, &mut d) {
+                    Ok(_) => {
+                        // A list's own @@ entries are allows whichever key it is under.
+                        pol.allow.extend(d.allow);
+                        if allow {
+                            pol.allow.extend(d.block)
+                        } else {
+                            pol.block.extend(d.block)
+                        }
+                    }
+                    Err(e) => errors.push(loc.at(
+                        f,
+                        format!("policy \"{name}\": {key}: {}: {e}", path.display()),
+                    )),
+                }
+            }
+        }
+        pol.default_block = p.default == Some(AllowBlock::Block);
+        pol.https_empty = p.https_records == Some(HttpsRecords::Empty);
+        pol.dns_answer = p.dns_block_answer.unwrap_or(DnsBlockAnswer::Nxdomain);
+        pol.parse_error_block = p.on_parse_error == Some(AllowBlock::Block);
+        if let Some(t) = p.block_ttl {
+            pol.block_ttl = t;
+        }
+        if let Some(a) = &p.sinkhole_ipv4 {
+            match a.get_ref().parse::<std::net::Ipv4Addr>() {
+                Ok(ip) => pol.sinkhole_v4 = ip.octets(),
+                Err(_) => errors.push(loc.at(
+                    a,
+                    format!(
+                        "policy \"{name}\": sinkhole_ipv4 \"{}\" is not an IPv4 address",
+                        a.get_ref()
+                    ),
+                )),
+            }
+        }
+        if let Some(a) = &p.sinkhole_ipv6 {
+            match a.get_ref().parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => pol.sinkhole_v6 = ip.octets(),
+                Err(_) => errors.push(loc.at(
+                    a,
+                    format!(
+                        "policy \"{name}\": sinkhole_ipv6 \"{}\" is not an IPv6 address",
+                        a.get_ref()
+                    ),
+                )),
+            }
+        }
+        policies.push(pol);
     }
     // A `default` policy that allows everything always exists, unless the file defines its own.
     if !policies.iter().any(|p| p.name == DEFAULT_POLICY) {
-        policies.push(Policy {
-            name: DEFAULT_POLICY.to_string(),
-            mode: raw.gateway.mode,
-        });
+        policies.push(Policy::allow_all(DEFAULT_POLICY, raw.gateway.mode));
     }
     let unknown_policy = match &raw.gateway.unknown_devices {
         Some(s) => match policies.iter().position(|p| &p.name == s.get_ref()) {
@@ -574,7 +831,12 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
             mode: raw.gateway.mode,
             bpffs,
             interfaces,
+            categories,
             policies,
+            max_domains: raw
+                .gateway
+                .max_domains
+                .map_or(DEFAULT_MAX_DOMAINS, |m| *m.get_ref()),
             unknown_policy,
             devices,
         })
@@ -769,7 +1031,7 @@ suspended = true
             ),
             (
                 "[gateway]\nfoo = 1\n",
-                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`",
             ),
             (
                 "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"b\"\n",

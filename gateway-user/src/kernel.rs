@@ -9,12 +9,13 @@ use aya::{
     programs::Xdp,
 };
 use gateway_common::{
+    domain::RuleSet,
     enums::LinkType,
     maps::{
         CidrData, Control, Counter, DecisionKey, DeviceName, DeviceRef, DeviceTraffic, GenSettings,
         IfaceInfo, Meta, PolicyEntry, Trace, globals, names,
     },
-    table::{IpBucket, MacBucket},
+    table::{DomainBucket, IpBucket, MacBucket},
 };
 
 use crate::mmap::MmapArray;
@@ -27,6 +28,11 @@ pub static EMPTY_OBJECT: &[u8] =
 
 /// Name of the filter's XDP program in its object.
 pub const FILTER_PROGRAM: &str = "gateway";
+/// Name of the DNS program the filter tail-calls.
+pub const DNS_PROGRAM: &str = "gateway_dns";
+/// The filter's program array, and the DNS program's index in it.
+const PROGS_MAP: &str = "PROGS";
+const PROG_DNS: u32 = 0;
 /// Name of the empty XDP program in its object.
 pub const EMPTY_PROGRAM: &str = "empty";
 
@@ -39,6 +45,8 @@ pub struct LoadOptions {
     pub map_pins: Option<PathBuf>,
     /// Record every outcome in `TRACE`.
     pub trace: bool,
+    /// Domain-table buckets per generation (`apply::domain_buckets`).
+    pub domain_buckets: u32,
 }
 
 /// A loaded filter program for one link type.
@@ -63,14 +71,31 @@ impl Filter {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.map_max_entries(names::DOMAINS, 2 * opts.domain_buckets);
         let mut ebpf = loader
             .load(FILTER_OBJECT)
             .context("loading the filter object")?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(FILTER_PROGRAM)
-            .ok_or_else(|| anyhow!("the object has no program {FILTER_PROGRAM}"))?
-            .try_into()?;
-        prog.load().map_err(verifier_error)?;
+        for name in [DNS_PROGRAM, FILTER_PROGRAM] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .map_err(verifier_error)
+                .with_context(|| format!("program {name}"))?;
+        }
+        let dns_fd = {
+            let prog: &Xdp = ebpf
+                .program(DNS_PROGRAM)
+                .ok_or_else(|| anyhow!("the object has no program {DNS_PROGRAM}"))?
+                .try_into()?;
+            prog.fd()?.try_clone()?
+        };
+        let mut progs = aya::maps::ProgramArray::try_from(
+            ebpf.map_mut(PROGS_MAP)
+                .ok_or_else(|| anyhow!("the object has no map {PROGS_MAP}"))?,
+        )?;
+        progs.set(PROG_DNS, &dns_fd, 0)?;
         Ok(Self {
             ebpf,
             link: opts.link,
@@ -136,6 +161,8 @@ pub struct Maps {
     pub policies: Array<MapData, PolicyEntry>,
     pub by_mac: MmapArray<MacBucket>,
     pub by_ip: MmapArray<IpBucket>,
+    pub domains: MmapArray<DomainBucket>,
+    pub rulesets: MmapArray<RuleSet>,
     pub by_cidr: LpmTrie<MapData, CidrData, DeviceRef>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub device_traffic: PerCpuArray<MapData, DeviceTraffic>,
@@ -163,6 +190,8 @@ impl Maps {
             policies: Array::try_from(take(names::POLICIES)?)?,
             by_mac: mmap_array(take(names::DEVICE_BY_MAC)?)?,
             by_ip: mmap_array(take(names::DEVICE_BY_IP)?)?,
+            domains: mmap_array(take(names::DOMAINS)?)?,
+            rulesets: mmap_array(take(names::RULESETS)?)?,
             by_cidr: LpmTrie::try_from(take(names::DEVICE_BY_CIDR)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
             device_traffic: PerCpuArray::try_from(take(names::DEVICE_TRAFFIC)?)?,
@@ -230,7 +259,7 @@ pub fn zeroed_per_cpu<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>
 
 /// Checks that the pinned maps in `dir` have the layout this build expects. Returns the names of
 /// those that do not (they must be replaced; their counters are lost).
-pub fn incompatible_pins(dir: &Path) -> anyhow::Result<Vec<String>> {
+pub fn incompatible_pins(dir: &Path, domain_buckets: u32) -> anyhow::Result<Vec<String>> {
     let object = aya_obj::Object::parse(FILTER_OBJECT)
         .map_err(|e| anyhow!("parsing the filter object: {e}"))?;
     let mut bad = Vec::new();
@@ -247,7 +276,12 @@ pub fn incompatible_pins(dir: &Path) -> anyhow::Result<Vec<String>> {
             Ok(info) => {
                 info.key_size() == def.key_size()
                     && info.value_size() == def.value_size()
-                    && info.max_entries() == def.max_entries()
+                    && info.max_entries()
+                        == if *name == names::DOMAINS {
+                            2 * domain_buckets
+                        } else {
+                            def.max_entries()
+                        }
                     && info.map_flags() == def.map_flags()
             }
             Err(_) => false,

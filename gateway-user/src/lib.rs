@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod frames;
 pub mod kernel;
+pub mod lists;
 pub mod mmap;
 pub mod notify;
 pub mod replay;

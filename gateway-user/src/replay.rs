@@ -4,7 +4,9 @@
 use std::{collections::BTreeMap, path::Path};
 
 use gateway_common::{
-    enums::{LinkType, Reason, Verdict},
+    bytes::Bytes,
+    domain::{DNS_HEADER, MAX_WIRE_NAME, NameWalk, Step},
+    enums::{Action, LinkType, Reason},
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, parse_l2, parse_l3, parse_l4,
@@ -34,6 +36,12 @@ pub struct Record {
     /// The XDP verdict.
     pub verdict: &'static str,
     pub reason: &'static str,
+    /// The query name (DNS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The query type (DNS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<u16>,
     pub bytes: usize,
 }
 
@@ -79,15 +87,22 @@ pub fn replay(
             }
         };
         let r = runner.run(&frame.data)?;
+        let (name, qtype) = dns_question(frame).unzip();
         let record = Record {
             frame: frame.number,
             time: frame.time.as_secs_f64(),
             device: runner.device_name(r.slot),
             policy: runner.policy_name(r.policy),
-            proto: proto_of(frame, r.reason),
-            action: action_of(r.verdict, r.reason),
+            proto: if r.action.is_some() && r.reason != Reason::Suspended {
+                "dns"
+            } else {
+                proto_of(frame, r.reason)
+            },
+            action: r.action.map_or("pass", Action::label),
             verdict: r.verdict.label(),
             reason: r.reason.label(),
+            name,
+            qtype,
             bytes: frame.data.len(),
         };
         summary.frames += 1;
@@ -98,11 +113,34 @@ pub fn replay(
     Ok(summary)
 }
 
-fn action_of(verdict: Verdict, reason: Reason) -> &'static str {
-    match (verdict, reason) {
-        (Verdict::Pass, _) => "pass",
-        _ => "block",
+/// The question of a DNS query frame, read with the parser the kernel uses.
+fn dns_question(frame: &Frame) -> Option<(String, u16)> {
+    let b = frame.data.as_slice();
+    let l2 = parse_l2(b, frame.link).ok()?;
+    let l3 = parse_l3(b, &l2).ok()?;
+    if l3.proto != IPPROTO_UDP || l3.fragment == Fragment::Later {
+        return None;
     }
+    let l4 = parse_l4(b, &l3).ok()?;
+    if l4.dst_port != 53 {
+        return None;
+    }
+    let name_off = l4.payload_off + DNS_HEADER;
+    let mut walk = NameWalk::default();
+    let mut text = [0u8; 256];
+    for i in 0..MAX_WIRE_NAME {
+        match walk.step(b.u8_at(name_off + i)?) {
+            Step::More => {}
+            Step::Emit(c, at) => *text.get_mut(at as usize)? = c,
+            Step::Done => {
+                let qtype = b.be16_at(name_off + walk.wire as usize)?;
+                let name = String::from_utf8_lossy(text.get(..walk.len as usize)?).into_owned();
+                return Some((name, qtype));
+            }
+            Step::Bad(_) => return None,
+        }
+    }
+    None
 }
 
 /// The decision's protocol, or the frame's transport described with the shared parser.
@@ -140,10 +178,18 @@ fn proto_of(frame: &Frame, reason: Reason) -> &'static str {
 /// A record as one line for people.
 pub fn render(r: &Record) -> String {
     format!(
-        "{:>6} {:<20} {:<12} {:<10} {:<6} {:<5} {}",
-        r.frame, r.device, r.policy, r.proto, r.action, r.verdict, r.reason
+        "{:>6} {:<20} {:<12} {:<10} {:<7} {:<5} {:<16} {}",
+        r.frame,
+        r.device,
+        r.policy,
+        r.proto,
+        r.action,
+        r.verdict,
+        r.reason,
+        r.name.as_deref().unwrap_or("")
     )
 }
 
 /// The header line for `render`.
-pub const HEADER: &str = " FRAME DEVICE               POLICY       PROTO      ACTION VERD  REASON";
+pub const HEADER: &str =
+    " FRAME DEVICE               POLICY       PROTO      ACTION  VERD  REASON           NAME";

@@ -32,6 +32,8 @@ pub struct RunResult {
     pub reason: Reason,
     pub slot: u32,
     pub policy: u32,
+    /// The action of a decision on a name (`None` for frames no rule judged).
+    pub action: Option<gateway_common::enums::Action>,
     /// The frame as the program left it (an answer, for `Verdict::Tx`).
     pub output: Vec<u8>,
 }
@@ -59,6 +61,7 @@ impl TestRunner {
             link,
             map_pins: None,
             trace,
+            domain_buckets: apply::domain_buckets(config.max_domains),
         })?;
         let mut maps = filter.take_maps()?;
         let trace = if trace {
@@ -136,6 +139,7 @@ impl TestRunner {
             reason,
             slot: t.slot,
             policy: t.policy,
+            action: gateway_common::enums::Action::from_u32(t.action),
             output: out,
         })
     }

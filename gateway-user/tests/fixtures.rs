@@ -994,7 +994,7 @@ fn every_truncation_point() {
     let v4 = ether(MAC_DEV, ETH_P_IP, &ipv4_with_options(7, 0, 6, &tcp));
     let v4_l3 = 14;
     let v4_l4 = v4_l3 + 28;
-    let udp = udp_bytes(40000, 53, b"query");
+    let udp = udp_bytes(40000, 5000, b"query");
     let v6 = ether(
         MAC_DEV,
         ETH_P_IPV6,

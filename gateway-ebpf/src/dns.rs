@@ -1,0 +1,659 @@
+//! DNS queries: the name, the decision, and the answer built in place.
+//!
+//! The question name is copied into a per-CPU scratch buffer (one `bpf_xdp_load_bytes`), then
+//! walked byte by byte in `bpf_loop` callbacks: the verifier checks each callback once instead of
+//! 255 unrolled iterations. The walk and the suffix hash are the shared step functions of
+//! `gateway_common::domain`; the suffixes are then looked up most specific first.
+//!
+//! A blocked query is answered from its own frame: the DNS header becomes a response, what
+//! follows the question is cut off (`bpf_xdp_adjust_tail`), a sinkhole record and an OPT record
+//! are appended as needed, addresses and ports are swapped, and lengths and checksums are
+//! recomputed. The frame goes back out with `XDP_TX`; the query never reaches a resolver.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use gateway_common::{
+    bytes::Bytes,
+    domain::{
+        DNS_HEADER, Decision, MAX_LEVELS, MAX_WIRE_NAME, NameWalk, QTYPE_A, QTYPE_AAAA,
+        QTYPE_HTTPS, QTYPE_SVCB, Step, SuffixHasher, Why, check_query_header, decide_level,
+        default_decision,
+    },
+    enums::{Action, Reason, Verdict},
+    maps::{
+        DnsAnswer, GenSettings, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
+        POLICY_PARSE_ERROR_BLOCK, PolicyEntry,
+    },
+    packet::{Addr, L2, L3, L4},
+};
+
+use crate::{
+    maps,
+    packet_bytes::{PacketBytes, opaque},
+};
+
+/// Per-CPU working memory for one query.
+#[repr(C)]
+pub struct Scratch {
+    /// The question name as it came (wire format).
+    pub wire: [u8; 256],
+    /// The name as lower-case text.
+    pub text: [u8; 256],
+    /// Fingerprints of the suffixes, least specific first.
+    pub fps: [u64; MAX_LEVELS],
+    /// A copy of the UDP segment of an answer, for its checksum (zero padded).
+    pub seg: [u8; 512],
+    /// The records appended to an answer.
+    pub extra: [u8; 48],
+    /// The checksum pseudo header of an answer.
+    pub pseudo: [u8; 40],
+    /// What the main program hands to the DNS program (tail call).
+    pub handoff: Handoff,
+    /// Loop state of the `bpf_loop` callbacks. Kept in map memory, not on the stack: the
+    /// verifier tracks stack values precisely, so a counter there makes every iteration a new
+    /// state and the callback never converges; map memory reads as unknown, so it does.
+    pub walk: WalkCtx,
+    pub hash: HashCtx,
+    pub matching: MatchCtx,
+}
+
+/// The main program's findings, for the DNS program it tail-calls.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handoff {
+    pub frame: Frame,
+    pub generation: u32,
+    pub slot: u32,
+    pub policy: u32,
+}
+
+/// What the DNS path needs of the headers. Built with every offset passed through `opaque` and
+/// masked: whichever way the frame was parsed (VLAN depth, IP version, extension headers), the
+/// verifier then reaches the DNS code in one abstract state and checks it once, instead of once
+/// per path (which exceeds its one-million-instruction budget).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub payload_off: usize,
+    pub l3_end: usize,
+    pub v6: bool,
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(l2: &L2, l3: &L3, l4: &L4) -> Self {
+        Self {
+            l3_off: opaque(l2.l3_off),
+            l4_off: opaque(l3.l4_off),
+            payload_off: opaque(l4.payload_off),
+            l3_end: opaque(l3.l3_end),
+            v6: l3.version == 6,
+            src: l3.src,
+            dst: l3.dst,
+            sport: l4.src_port,
+            dport: l4.dst_port,
+        }
+        .bounded()
+    }
+
+    /// The same masks again: a `Frame` read back from map memory (the tail-call handoff) has
+    /// unknown bounds as far as the verifier is concerned.
+    #[inline(always)]
+    pub fn bounded(mut self) -> Self {
+        self.l3_off &= 0x3f;
+        self.l4_off &= 0x3fff;
+        self.payload_off &= 0x3fff;
+        self.l3_end &= 0xffff;
+        self
+    }
+}
+
+/// The outcome of a DNS query for the main program.
+pub struct DnsOutcome {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub action: Action,
+    pub category: u8,
+}
+
+impl DnsOutcome {
+    const fn new(verdict: Verdict, reason: Reason, action: Action, category: u8) -> Self {
+        Self {
+            verdict,
+            reason,
+            action,
+            category,
+        }
+    }
+}
+
+/// `bpf_loop` state of the name walk.
+#[repr(C)]
+pub struct WalkCtx {
+    walk: NameWalk,
+    /// 0 running, 1 done, 2 malformed.
+    state: u32,
+    reason: u32,
+}
+
+extern "C" fn walk_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else { return 1 };
+    // Masks prove the indexes are inside the 256-byte arrays.
+    let b = s.wire[(index & 0xff) as usize];
+    match s.walk.walk.step(b) {
+        Step::More => 0,
+        Step::Emit(ch, at) => {
+            s.text[(at & 0xff) as usize] = ch;
+            0
+        }
+        Step::Done => {
+            s.walk.state = 1;
+            1
+        }
+        Step::Bad(r) => {
+            s.walk.state = 2;
+            s.walk.reason = r as u32;
+            1
+        }
+    }
+}
+
+/// `bpf_loop` state of the suffix hash.
+#[repr(C)]
+pub struct HashCtx {
+    h: SuffixHasher,
+    len: u32,
+}
+
+extern "C" fn hash_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else { return 1 };
+    // Right to left.
+    let pos = (s.hash.len as u64).wrapping_sub(1).wrapping_sub(index) & 0xff;
+    let n = s.hash.h.count as usize;
+    let c = s.text[pos as usize];
+    if let Some(fp) = s.hash.h.step(c, pos as usize) {
+        if n >= MAX_LEVELS {
+            // Deeper than any rule can be: the suffixes that matter are recorded.
+            return 1;
+        }
+        s.fps[n & (MAX_LEVELS - 1)] = fp;
+    }
+    0
+}
+
+/// `bpf_loop` state of the lookups.
+#[repr(C)]
+pub struct MatchCtx {
+    generation: u32,
+    buckets: u32,
+    seed: u64,
+    count: u32,
+    policy: u32,
+    blocked: u64,
+    /// 1 once a level decided.
+    found: u32,
+    block: u32,
+    explicit: u32,
+    category: u32,
+}
+
+extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else { return 1 };
+    let c = &mut s.matching;
+    // Most specific first: the last recorded suffix is the longest.
+    let level = (c.count as u64).wrapping_sub(1).wrapping_sub(index) & (MAX_LEVELS as u64 - 1);
+    let generation = c.generation & 1;
+    let (buckets, seed, policy, blocked) = (c.buckets, c.seed, c.policy, c.blocked);
+    let fp = s.fps[level as usize];
+    let Some(id) = maps::domain(generation, buckets, seed, fp) else {
+        return 0;
+    };
+    let Some(rules) = maps::ruleset(generation, id & (gateway_common::maps::MAX_RULESETS - 1))
+    else {
+        return 0;
+    };
+    let c = &mut s.matching;
+    match decide_level(&rules, policy, blocked) {
+        Some(d) => {
+            c.found = 1;
+            c.block = u32::from(d.block);
+            match d.why {
+                Why::Category(cat) => c.category = u32::from(cat),
+                _ => c.explicit = 1,
+            }
+            1
+        }
+        None => 0,
+    }
+}
+
+/// The decision on the name now in `scratch.text` (`len` bytes) for `policy`.
+#[inline(always)]
+fn decide(
+    generation: u32,
+    settings: &GenSettings,
+    policy_id: u32,
+    policy: &PolicyEntry,
+    len: u32,
+) -> Decision {
+    let Some(s) = maps::scratch() else {
+        return default_decision(policy.flags & POLICY_DEFAULT_BLOCK != 0);
+    };
+    s.hash = HashCtx {
+        h: SuffixHasher::new(settings.table_seed),
+        len,
+    };
+    // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
+    unsafe {
+        bpf_loop(
+            len & 0xff,
+            hash_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let count = (s.hash.h.count as u32).min(MAX_LEVELS as u32);
+    s.matching = MatchCtx {
+        generation,
+        buckets: settings.domain_buckets,
+        seed: settings.table_seed,
+        count,
+        policy: policy_id,
+        blocked: policy.block_categories,
+        found: 0,
+        block: 0,
+        explicit: 0,
+        category: 0,
+    };
+    if count > 0 && settings.domain_buckets > 0 {
+        // SAFETY: as above.
+        unsafe { bpf_loop(count, match_step as *mut c_void, core::ptr::null_mut(), 0) };
+    }
+    let m = &s.matching;
+    if m.found == 0 {
+        return default_decision(policy.flags & POLICY_DEFAULT_BLOCK != 0);
+    }
+    let why = if m.explicit != 0 {
+        Why::Explicit
+    } else {
+        Why::Category(m.category as u8)
+    };
+    Decision {
+        block: m.block != 0,
+        why,
+    }
+}
+
+/// Judges a UDP datagram to port 53.
+#[inline(always)]
+pub fn judge(
+    ctx: &XdpContext,
+    f: &Frame,
+    generation: u32,
+    settings: &GenSettings,
+    policy_id: u32,
+) -> DnsOutcome {
+    let policy = maps::policy(generation, policy_id);
+    let parse_error = |reason: Reason| {
+        if policy.flags & POLICY_PARSE_ERROR_BLOCK != 0 {
+            DnsOutcome::new(
+                Verdict::Drop,
+                reason,
+                Action::Block,
+                gateway_common::maps::NO_CATEGORY,
+            )
+        } else {
+            DnsOutcome::new(
+                Verdict::Pass,
+                reason,
+                Action::Allow,
+                gateway_common::maps::NO_CATEGORY,
+            )
+        }
+    };
+    let pkt = PacketBytes::new(ctx);
+    let dns_off = f.payload_off;
+    let Some(header) = pkt.read::<DNS_HEADER>(dns_off) else {
+        return parse_error(Reason::DnsTruncated);
+    };
+    if let Err(r) = check_query_header(&header) {
+        return parse_error(r);
+    }
+    let name_off = dns_off + DNS_HEADER;
+    if f.l3_end <= name_off {
+        return parse_error(Reason::DnsTruncated);
+    }
+    let mut n = (f.l3_end - name_off) as u32;
+    if n > MAX_WIRE_NAME as u32 {
+        n = MAX_WIRE_NAME as u32;
+    }
+    let Some(s) = maps::scratch() else {
+        return parse_error(Reason::DnsTruncated);
+    };
+    // Verifier: the length is proven within 1..=255 and the buffer is 256 bytes.
+    let n = n & 0xff;
+    if n == 0 {
+        return parse_error(Reason::DnsTruncated);
+    }
+    // SAFETY: `s.wire` is 256 bytes of map memory; the helper checks the packet range.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, name_off as u32, s.wire.as_mut_ptr().cast(), n) } != 0 {
+        return parse_error(Reason::DnsTruncated);
+    }
+    s.walk = WalkCtx {
+        walk: NameWalk::default(),
+        state: 0,
+        reason: 0,
+    };
+    // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
+    unsafe { bpf_loop(n, walk_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let w = &s.walk;
+    match w.state {
+        1 => {}
+        2 => return parse_error(Reason::from_u32(w.reason).unwrap_or(Reason::DnsTruncated)),
+        _ => return parse_error(Reason::DnsTruncated),
+    }
+    let q_off = name_off + (w.walk.wire as usize & 0x1ff);
+    let text_len = (w.walk.len as u32) & 0xff;
+    let Some(q) = pkt.read::<4>(q_off) else {
+        return parse_error(Reason::DnsTruncated);
+    };
+    let qtype = u16::from_be_bytes([q[0], q[1]]);
+
+    let d = decide(generation, settings, policy_id, &policy, text_len);
+    let (reason, category) = match d.why {
+        Why::Explicit => (Reason::Explicit, gateway_common::maps::NO_CATEGORY),
+        Why::Category(c) => (Reason::Category, c),
+        Why::Default => (Reason::Default, gateway_common::maps::NO_CATEGORY),
+    };
+    let monitor = policy.flags & POLICY_MONITOR != 0;
+    if !d.block {
+        if (qtype == QTYPE_HTTPS || qtype == QTYPE_SVCB) && policy.flags & POLICY_HTTPS_EMPTY != 0 {
+            if monitor {
+                return DnsOutcome::new(
+                    Verdict::Pass,
+                    Reason::HttpsRecords,
+                    Action::Monitor,
+                    category,
+                );
+            }
+            let v = answer(ctx, f, &header, q_off + 4, Rcode::NoError, None, &policy);
+            return DnsOutcome::new(v, Reason::HttpsRecords, Action::Block, category);
+        }
+        return DnsOutcome::new(Verdict::Pass, reason, Action::Allow, category);
+    }
+    if monitor {
+        return DnsOutcome::new(Verdict::Pass, reason, Action::Monitor, category);
+    }
+    let v = match policy.dns_answer {
+        x if x == DnsAnswer::Drop as u32 => Verdict::Drop,
+        x if x == DnsAnswer::Refused as u32 => {
+            answer(ctx, f, &header, q_off + 4, Rcode::Refused, None, &policy)
+        }
+        x if x == DnsAnswer::Sinkhole as u32 => {
+            let rr = if qtype == QTYPE_A || qtype == QTYPE_AAAA {
+                Some(qtype)
+            } else {
+                None
+            };
+            answer(ctx, f, &header, q_off + 4, Rcode::NoError, rr, &policy)
+        }
+        _ => answer(ctx, f, &header, q_off + 4, Rcode::NxDomain, None, &policy),
+    };
+    DnsOutcome::new(v, reason, Action::Block, category)
+}
+
+#[derive(Clone, Copy)]
+enum Rcode {
+    NoError = 0,
+    NxDomain = 3,
+    Refused = 5,
+}
+
+/// Folds a 32-bit ones'-complement sum to 16 bits.
+#[inline(always)]
+fn fold(sum: u64) -> u16 {
+    let mut s = sum;
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Stores `bytes` at `off` in the frame.
+#[inline(always)]
+fn store<const N: usize>(ctx: &XdpContext, off: usize, bytes: &[u8; N]) -> bool {
+    let mut b = *bytes;
+    // SAFETY: `b` is N bytes on the stack; the helper checks the packet range.
+    unsafe { bpf_xdp_store_bytes(ctx.ctx, off as u32, b.as_mut_ptr().cast(), N as u32) == 0 }
+}
+
+/// Turns the query frame into its answer. `end` is the offset just after the question.
+/// Returns `Verdict::Tx`, or `Verdict::Drop` if the frame could not be rewritten (then the
+/// query is not answered but does not reach a resolver either).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn answer(
+    ctx: &XdpContext,
+    f: &Frame,
+    header: &[u8; DNS_HEADER],
+    end: usize,
+    rcode: Rcode,
+    sinkhole: Option<u16>,
+    policy: &PolicyEntry,
+) -> Verdict {
+    let dns_off = f.payload_off;
+    let had_opt = header[10] != 0 || header[11] != 0;
+    let Some(sc) = maps::scratch() else {
+        return Verdict::Drop;
+    };
+    // The records appended after the question: a sinkhole answer (A: 16 bytes, AAAA: 28) and
+    // an OPT record (11) when the query had one. Built in scratch memory: the stack is small.
+    let mut n = 0usize;
+    let mut ancount = 0u8;
+    if let Some(qtype) = sinkhole {
+        let ttl = policy.ttl.to_be_bytes();
+        let t = qtype.to_be_bytes();
+        sc.extra[..10]
+            .copy_from_slice(&[0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1], ttl[2], ttl[3]]);
+        if qtype == QTYPE_A {
+            sc.extra[10..12].copy_from_slice(&[0, 4]);
+            sc.extra[12..16].copy_from_slice(&policy.sinkhole_v4_be);
+            n = 16;
+        } else {
+            sc.extra[10..12].copy_from_slice(&[0, 16]);
+            sc.extra[12..28].copy_from_slice(&policy.sinkhole_v6_be);
+            n = 28;
+        }
+        ancount = 1;
+    }
+    if had_opt {
+        // Root name, type OPT (41), UDP payload size 1232, extended rcode/version/flags 0.
+        let opt = [0u8, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0];
+        if n == 0 {
+            sc.extra[..11].copy_from_slice(&opt);
+        } else if n == 16 {
+            sc.extra[16..27].copy_from_slice(&opt);
+        } else {
+            sc.extra[28..39].copy_from_slice(&opt);
+        }
+        n += 11;
+    }
+
+    // New length: everything up to the end of the question, then the appended records.
+    // Verifier: materialise the length as a scalar before using it (see `opaque`).
+    let old_len = opaque(ctx.data_end().wrapping_sub(ctx.data()));
+    let new_len = end + n;
+    let delta = new_len as i64 - old_len as i64;
+    // SAFETY: adjust_tail checks the bounds itself; packet pointers are re-read afterwards.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
+        return Verdict::Drop;
+    }
+
+    // DNS header: response, same opcode (QUERY), RD copied, RA set, the rcode; counts.
+    let flags = [0x80 | (header[2] & 0x01), 0x80 | rcode as u8];
+    let counts = [0u8, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)];
+    let ok = store(ctx, dns_off + 2, &flags) && store(ctx, dns_off + 4, &counts);
+    // Verifier: `n` is one of 0, 11, 16, 27, 28, 39, within the 48-byte buffer.
+    let appended = (n as u32) & 0x3f;
+    // SAFETY: `appended` (<= 39) bytes of scratch memory; the helper checks the packet range.
+    let ok = ok
+        && (appended == 0
+            || unsafe {
+                bpf_xdp_store_bytes(ctx.ctx, end as u32, sc.extra.as_mut_ptr().cast(), appended)
+            } == 0);
+    if !ok {
+        return Verdict::Drop;
+    }
+
+    // Back to the sender: swap MACs, addresses and ports.
+    let pkt = PacketBytes::new(ctx);
+    if f.l3_off >= 14 {
+        let Some(macs) = pkt.read::<12>(0) else {
+            return Verdict::Drop;
+        };
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        if !store(ctx, 0, &swapped) {
+            return Verdict::Drop;
+        }
+    }
+    let udp_len = (new_len - f.l4_off) as u16;
+    let l3_off = f.l3_off;
+    let Some(s) = maps::scratch() else {
+        return Verdict::Drop;
+    };
+    s.pseudo = [0u8; 40];
+    let pseudo_len;
+    if !f.v6 {
+        let src = f.src.to_bytes();
+        let dst = f.dst.to_bytes();
+        let mut addrs = [0u8; 8];
+        addrs[..4].copy_from_slice(&dst[12..]);
+        addrs[4..].copy_from_slice(&src[12..]);
+        let total = ((new_len - l3_off) as u16).to_be_bytes();
+        if !(store(ctx, l3_off + 12, &addrs)
+            && store(ctx, l3_off + 2, &total)
+            && store(ctx, l3_off + 10, &[0u8, 0]))
+        {
+            return Verdict::Drop;
+        }
+        // IPv4 header checksum over the (bounded) header.
+        let hlen = (f.l4_off.wrapping_sub(l3_off)) & 0x3c;
+        if hlen < 20 {
+            return Verdict::Drop;
+        }
+        // SAFETY: 60 bytes at most into the 512-byte buffer; the helper checks the packet.
+        if unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                l3_off as u32,
+                s.seg.as_mut_ptr().cast(),
+                hlen as u32,
+            )
+        } != 0
+        {
+            return Verdict::Drop;
+        }
+        // SAFETY: `hlen` bytes of `s.seg` were just written; it is a multiple of 4.
+        let sum = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                s.seg.as_mut_ptr().cast(),
+                hlen as u32,
+                0,
+            )
+        };
+        if !store(ctx, l3_off + 10, &(!fold(sum as u64)).to_ne_bytes()) {
+            return Verdict::Drop;
+        }
+        s.pseudo[..8].copy_from_slice(&addrs);
+        s.pseudo[9] = 17;
+        s.pseudo[10..12].copy_from_slice(&udp_len.to_be_bytes());
+        pseudo_len = 12;
+    } else {
+        let src = f.src.to_bytes();
+        let dst = f.dst.to_bytes();
+        let payload = ((new_len - l3_off - 40) as u16).to_be_bytes();
+        if !(store(ctx, l3_off + 8, &dst)
+            && store(ctx, l3_off + 24, &src)
+            && store(ctx, l3_off + 4, &payload))
+        {
+            return Verdict::Drop;
+        }
+        s.pseudo[..16].copy_from_slice(&dst);
+        s.pseudo[16..32].copy_from_slice(&src);
+        s.pseudo[34..36].copy_from_slice(&udp_len.to_be_bytes());
+        s.pseudo[39] = 17;
+        pseudo_len = 40;
+    }
+    let ports = [
+        (f.dport >> 8) as u8,
+        f.dport as u8,
+        (f.sport >> 8) as u8,
+        f.sport as u8,
+    ];
+    let len_csum = [(udp_len >> 8) as u8, udp_len as u8, 0, 0];
+    if !(store(ctx, f.l4_off, &ports) && store(ctx, f.l4_off + 4, &len_csum)) {
+        return Verdict::Drop;
+    }
+
+    // UDP checksum: pseudo header + the segment, copied out and zero padded to 4 bytes.
+    let seg_len = (udp_len as u32) & 0x1ff;
+    let padded = (seg_len + 3) & 0x1fc;
+    // Zero the padding: at most 3 bytes after the segment.
+    let tail = (seg_len & 0x1fc) as usize;
+    s.seg[tail & 0x1ff] = 0;
+    s.seg[(tail + 1) & 0x1ff] = 0;
+    s.seg[(tail + 2) & 0x1ff] = 0;
+    s.seg[(tail + 3) & 0x1ff] = 0;
+    if seg_len == 0 || padded > 508 {
+        return Verdict::Drop;
+    }
+    // SAFETY: `seg_len` (< 512) bytes into the 512-byte buffer; the helper checks the packet.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, f.l4_off as u32, s.seg.as_mut_ptr().cast(), seg_len) }
+        != 0
+    {
+        return Verdict::Drop;
+    }
+    // SAFETY: `padded` bytes of `s.seg` are initialised (segment + zeroed padding), and the
+    // pseudo header is `pseudo_len` bytes on the stack; both are multiples of 4.
+    let sum = unsafe {
+        let partial = bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            s.pseudo.as_mut_ptr().cast(),
+            pseudo_len,
+            0,
+        );
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            s.seg.as_mut_ptr().cast(),
+            padded,
+            partial as u32,
+        )
+    };
+    let mut c = !fold(sum as u64);
+    if c == 0 {
+        c = 0xffff;
+    }
+    if !store(ctx, f.l4_off + 6, &c.to_ne_bytes()) {
+        return Verdict::Drop;
+    }
+    Verdict::Tx
+}
