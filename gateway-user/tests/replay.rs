@@ -96,10 +96,16 @@ fn cli_json_lines_and_bad_input() {
         }
     }
     // The query is judged by name; the response (from port 53) is not DNS to the filter.
-    assert_eq!((lines[0]["proto"].as_str(), lines[0]["action"].as_str()), (Some("dns"), Some("allow")));
+    assert_eq!(
+        (lines[0]["proto"].as_str(), lines[0]["action"].as_str()),
+        (Some("dns"), Some("allow"))
+    );
     assert_eq!(lines[0]["name"], "cloudflare.com");
     assert_eq!(lines[0]["qtype"], 65, "an HTTPS query");
-    assert_eq!((lines[1]["proto"].as_str(), lines[1]["action"].as_str()), (Some("udp"), Some("pass")));
+    assert_eq!(
+        (lines[1]["proto"].as_str(), lines[1]["action"].as_str()),
+        (Some("udp"), Some("pass"))
+    );
     assert!(lines[1].get("name").is_none());
 
     // A capture that does not exist, and one that is not a capture: exit 2, and the message

@@ -229,6 +229,21 @@ impl Bed {
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
             let gw_if = format!("d{i}");
             veth(&ns, "eth0", &gw, &gw_if)?;
+            // Frames the gateway answers with XDP_TX are delivered to a veth peer promptly only
+            // if the peer runs an XDP program itself (otherwise they wait in its ring for the
+            // next poll). The project's pass-only program serves.
+            let obj = empty_xdp_object()?;
+            ns.ip(&[
+                "link",
+                "set",
+                "dev",
+                "eth0",
+                "xdpdrv",
+                "obj",
+                &obj.to_string_lossy(),
+                "sec",
+                "xdp",
+            ])?;
             let ip = format!("10.201.{i}.2");
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             gw.ip(&["addr", "add", &format!("10.201.{i}.1/24"), "dev", &gw_if])?;
@@ -333,6 +348,150 @@ suspended = {sensor_suspended}
             .ok_or_else(|| anyhow!("unexpected ping output: {text}"))?;
         Ok(received)
     }
+}
+
+/// A dnsmasq in `ns` answering on `addr`:53, logging every query it receives.
+pub struct Dnsmasq {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Answers `A` queries for each `(name, address)` (and its subdomains); NXDOMAIN otherwise.
+    pub fn start(ns: &Netns, addr: &str, records: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("gwdnsmasq")));
+        let mut args = vec![
+            "--keep-in-foreground".to_string(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={addr}"),
+            "--log-queries".into(),
+            format!("--log-facility={}", log.display()),
+            "--user=root".into(),
+            "--pid-file=".into(),
+        ];
+        for (name, ip) in records {
+            args.push(format!("--address=/{name}/{ip}"));
+        }
+        let child = ns
+            .command("dnsmasq")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq")?;
+        let d = Self { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ns
+            .run("ss", &["-uln"])
+            .map(|o| o.contains(&format!("{addr}:53")))
+            .unwrap_or(false)
+        {
+            if Instant::now() > deadline {
+                bail!("dnsmasq did not start listening on {addr}:53");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    /// The names dnsmasq was asked for (its query log).
+    pub fn queries(&self) -> Vec<String> {
+        let mut s = String::new();
+        let _ = fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s.lines()
+            .filter_map(|l| l.split_once("query[").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_whitespace().nth(1).map(str::to_lowercase))
+            .collect()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+/// A DNS lookup's outcome: the status (NOERROR, NXDOMAIN, ...) and the answer addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub status: String,
+    pub answers: Vec<String>,
+}
+
+/// `dig` (or `kdig`) from `ns`: `server`, `name`, `qtype`.
+pub fn dig(
+    ns: &Netns,
+    tool: &str,
+    server: &str,
+    name: &str,
+    qtype: &str,
+) -> anyhow::Result<Lookup> {
+    // The two tools spell the same options differently; both print "status: X" in the header.
+    let (retry, timeout, header) = if tool == "kdig" {
+        ("+retry=0", "+timeout=2", "+header")
+    } else {
+        ("+tries=1", "+time=2", "+comments")
+    };
+    let out = ns.output(
+        tool,
+        &[
+            &format!("@{server}"),
+            name,
+            qtype,
+            retry,
+            timeout,
+            "+noall",
+            header,
+            "+answer",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split([',', ';']).next())
+        .map(|s| s.trim().to_string())
+        .ok_or_else(|| anyhow!("{tool} {name} {qtype}: no status in {text:?}"))?;
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter(|l| l.split_whitespace().count() >= 4)
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    Ok(Lookup { status, answers })
+}
+
+/// The pass-only XDP object the build produces (`gateway-empty`): `$GATEWAY_EMPTY_OBJ`, else
+/// the newest one under the workspace's target directory.
+pub fn empty_xdp_object() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("GATEWAY_EMPTY_OBJ") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for profile in ["debug", "release"] {
+        let Ok(dirs) = fs::read_dir(target.join(profile).join("build")) else {
+            continue;
+        };
+        for d in dirs.filter_map(Result::ok) {
+            let p = d.path().join("out/gateway-empty");
+            if let Ok(t) = fs::metadata(&p).and_then(|m| m.modified())
+                && best.as_ref().is_none_or(|(bt, _)| t > *bt)
+            {
+                best = Some((t, p));
+            }
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        anyhow!(
+            "no gateway-empty object under {}: build first (cargo xtask test does)",
+            target.display()
+        )
+    })
 }
 
 /// The `gateway` binary under test: `$GATEWAY_BIN`, else the workspace's debug build (which

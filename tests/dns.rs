@@ -1,0 +1,132 @@
+//! Tier 3 for DNS: real `dig` and `kdig` in two device namespaces with different policies, a
+//! real dnsmasq upstream. Blocked names are answered by the gateway (in XDP) and never reach the
+//! upstream; allowed names are answered by the upstream; the same name gets different answers on
+//! the two devices; case does not evade.
+
+use gateway_testbed::{Bed, Daemon, Dnsmasq, Pins, dig};
+
+#[test]
+fn real_clients_real_upstream_two_policies() -> anyhow::Result<()> {
+    let bed = Bed::new(2)?;
+    let (laptop, sensor) = (&bed.devices[0], &bed.devices[1]);
+    let body = format!(
+        r#"
+[[interface]]
+name = "{}"
+
+[[interface]]
+name = "{}"
+
+[[category]]
+name = "ads"
+domains = ["ads.example"]
+
+[[policy]]
+name = "students"
+block_categories = ["ads", "dns-bypass"]
+block = ["games.example"]
+
+[[policy]]
+name = "staff"
+dns_block_answer = "refused"
+block = ["games.example"]
+
+[[device]]
+name = "laptop"
+mac = "{}"
+policy = "students"
+
+[[device]]
+name = "sensor"
+ip = "{}"
+policy = "staff"
+"#,
+        laptop.gw_if, sensor.gw_if, laptop.mac, sensor.ip
+    );
+    let pins = Pins::with_config("", &body)?;
+    let _daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let upstream = Dnsmasq::start(
+        &bed.up,
+        &bed.upstream_ip,
+        &[
+            ("ads.example", "198.51.100.1"),
+            ("allowed.example", "198.51.100.2"),
+            ("games.example", "198.51.100.3"),
+            ("dns.google", "198.51.100.4"),
+        ],
+    )?;
+    let up = bed.upstream_ip.as_str();
+
+    for tool in ["dig", "kdig"] {
+        // Blocked for the laptop by category, in any case: NXDOMAIN from the gateway.
+        for name in [
+            "ads.example",
+            "www.ads.example",
+            "WwW.AdS.ExAmPlE",
+            "dns.google",
+        ] {
+            let r = dig(&laptop.ns, tool, up, name, "A")?;
+            assert_eq!(r.status, "NXDOMAIN", "{tool} {name} from the laptop: {r:?}");
+        }
+        // Allowed: answered by the upstream.
+        let r = dig(&laptop.ns, tool, up, "allowed.example", "A")?;
+        assert_eq!(
+            (r.status.as_str(), r.answers.as_slice()),
+            ("NOERROR", &["198.51.100.2".to_string()][..]),
+            "{tool}"
+        );
+        // The same name, two devices, two answers: ads.example is fine for staff...
+        let r = dig(&sensor.ns, tool, up, "ads.example", "A")?;
+        assert_eq!(
+            (r.status.as_str(), r.answers.as_slice()),
+            ("NOERROR", &["198.51.100.1".to_string()][..]),
+            "{tool}"
+        );
+        // ...and games.example is blocked for both, each with its policy's answer.
+        assert_eq!(
+            dig(&laptop.ns, tool, up, "games.example", "A")?.status,
+            "NXDOMAIN"
+        );
+        assert_eq!(
+            dig(&sensor.ns, tool, up, "games.example", "A")?.status,
+            "REFUSED"
+        );
+    }
+
+    // The upstream never saw a blocked query, and saw the allowed ones.
+    let seen = upstream.queries();
+    assert!(seen.iter().any(|q| q == "allowed.example"), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|q| *q == "ads.example").count(),
+        2,
+        "only the sensor's (dig, kdig): {seen:?}"
+    );
+    for blocked in ["www.ads.example", "games.example", "dns.google"] {
+        assert!(
+            !seen.iter().any(|q| q == blocked),
+            "{blocked} reached the upstream: {seen:?}"
+        );
+    }
+
+    // Counted by device, reason and category.
+    let stats = pins.stats()?;
+    let decisions = stats["decisions"].as_array().cloned().unwrap_or_default();
+    let count = |dev: &str, action: &str, reason: &str| -> u64 {
+        decisions
+            .iter()
+            .filter(|d| {
+                d["device"] == dev
+                    && d["proto"] == "dns"
+                    && d["action"] == action
+                    && d["reason"] == reason
+            })
+            .filter_map(|d| d["count"].as_u64())
+            .sum()
+    };
+    assert_eq!(count("laptop", "block", "category"), 8, "{decisions:?}");
+    assert_eq!(count("laptop", "block", "explicit"), 2);
+    assert_eq!(count("laptop", "allow", "default"), 2);
+    assert_eq!(count("sensor", "block", "explicit"), 2);
+    assert_eq!(count("sensor", "allow", "default"), 2);
+    Ok(())
+}
