@@ -209,3 +209,161 @@ pub fn render(title: &str, rows: &[Row]) -> String {
     }
     o
 }
+
+/// One row of the DNS benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsRow {
+    pub domains: usize,
+    /// Kernel memory of the domain table (both generations) and the rule sets, bytes.
+    pub table_bytes: u64,
+    pub bytes_per_domain: f64,
+    /// Writing the whole configuration into the maps (both generations), seconds.
+    pub load_seconds: f64,
+    pub empty_ns: f64,
+    /// A name in no list: every suffix looked up, the policy's default applies.
+    pub miss_ns: f64,
+    /// A blocked name (`drop`): found, decided, dropped.
+    pub block_ns: f64,
+    /// 100,000 distinct names, each run once: mean kernel time.
+    pub cold_ns: f64,
+}
+
+fn dns_query_frame(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    frames::build(
+        L2::Ethernet {
+            src: BENCH_MAC,
+            dst: GATEWAY_MAC,
+        },
+        L3::V4 {
+            src: [10, 0, 3, 232],
+            dst: [10, 0, 0, 53],
+        },
+        L4::Udp {
+            sport: 40000,
+            dport: 53,
+        },
+        &q,
+    )
+}
+
+/// The DNS benchmark configuration: the bench devices, and a category of `n` domains that
+/// their policy blocks with `drop`.
+fn dns_config(n: usize) -> anyhow::Result<Config> {
+    let mut config = bench_config()?;
+    let mut text = String::from(
+        "[[category]]\nname = \"big\"\ndomains = [\"placeholder.example\"]\n\n[[policy]]\nname = \"students\"\nblock_categories = [\"big\"]\ndns_block_answer = \"drop\"\n",
+    );
+    text.push_str(&format!("[gateway]\nmax_domains = {}\n", n.max(1024)));
+    let shell = Config::parse(&text, std::path::Path::new("<bench>"))?;
+    config.categories = shell.categories;
+    config.max_domains = shell.max_domains;
+    let students = config.policy_id("students").context("students policy")?;
+    config.policies[students] = shell.policies[0].clone();
+    let big = &mut config.categories[0].domains.block;
+    big.clear();
+    for i in 0..n {
+        big.insert(format!("d{i}.site{}.example", i % 1000));
+    }
+    Ok(config)
+}
+
+/// Measures DNS verdicts at each size in `sizes`.
+pub fn dns(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<DnsRow>> {
+    let mut empty = load_empty()?;
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let config = dns_config(n)?;
+        // Load: an empty configuration first, then the whole one, as a daemon's first apply.
+        let mut empty_config = config.clone();
+        empty_config.categories[0].domains.block.clear();
+        let mut runner = TestRunner::with_trace(&empty_config, LinkType::Ethernet, true)?;
+        let start = std::time::Instant::now();
+        runner.reconfigure(&config)?;
+        let load_seconds = start.elapsed().as_secs_f64();
+
+        let miss = dns_query_frame("www.not-listed.example");
+        let block = dns_query_frame(&format!("www.d{}.site{}.example", n / 2, (n / 2) % 1000));
+        let r = runner.run(&miss)?;
+        anyhow::ensure!(
+            r.reason == Reason::Default && r.verdict == Verdict::Pass,
+            "miss frame: {r:?}"
+        );
+        let r = runner.run(&block)?;
+        anyhow::ensure!(
+            r.reason == Reason::Category && r.verdict == Verdict::Drop,
+            "block frame: {r:?}"
+        );
+
+        let empty_prog: &mut Xdp = empty
+            .program_mut(EMPTY_PROGRAM)
+            .context("empty program")?
+            .try_into()?;
+        let (mut e, mut m, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            e.push(time_program(empty_prog, &miss, repeat)?.as_nanos() as f64);
+            m.push(runner.time(&miss, repeat)?.as_nanos() as f64);
+            b.push(runner.time(&block, repeat)?.as_nanos() as f64);
+        }
+        // Cold: distinct names (half listed, half not), each run once.
+        let mut total = 0f64;
+        let names = 100_000usize;
+        for i in 0..names {
+            let name = if i % 2 == 0 {
+                let k = (i * 7919) % n.max(1);
+                format!("x.d{k}.site{}.example", k % 1000)
+            } else {
+                format!("y{i}.unlisted{}.example", i % 977)
+            };
+            total += runner.time(&dns_query_frame(&name), 1)?.as_nanos() as f64;
+        }
+        let buckets = u64::from(crate::apply::domain_buckets(config.max_domains));
+        let table_bytes = 2 * buckets * 64 + 2 * u64::from(gateway_common::maps::MAX_RULESETS) * 32;
+        rows.push(DnsRow {
+            domains: n,
+            table_bytes,
+            bytes_per_domain: table_bytes as f64 / n as f64,
+            load_seconds,
+            empty_ns: best(&e),
+            miss_ns: best(&m),
+            block_ns: best(&b),
+            cold_ns: total / names as f64,
+        });
+    }
+    Ok(rows)
+}
+
+/// The DNS rows as a table.
+pub fn render_dns(rows: &[DnsRow]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "DNS verdicts (BPF_PROG_TEST_RUN; warm = best round; cold = 100,000 distinct names once each)"
+    );
+    let _ = writeln!(
+        o,
+        "| domains | table MiB | bytes/domain | load (s) | empty (ns) | miss, warm (ns) | block, warm (ns) | cold (ns) | miss/empty |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "| {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+            r.domains,
+            r.table_bytes as f64 / (1 << 20) as f64,
+            r.bytes_per_domain,
+            r.load_seconds,
+            r.empty_ns,
+            r.miss_ns,
+            r.block_ns,
+            r.cold_ns,
+            r.miss_ns / r.empty_ns
+        );
+    }
+    o
+}

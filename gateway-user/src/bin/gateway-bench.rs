@@ -13,6 +13,9 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Domain-table sizes of the DNS benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    dns_sizes: Vec<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,8 +26,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
+    let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::json!({ "data_path": rows, "dns": dns }));
     } else {
         print!(
             "{}",
@@ -38,6 +42,8 @@ fn main() -> anyhow::Result<()> {
                 &rows
             )
         );
+        println!();
+        print!("{}", gateway_user::bench::render_dns(&dns));
     }
     Ok(())
 }
