@@ -44,7 +44,7 @@ policy = "staff"
         laptop.gw_if, sensor.gw_if, laptop.mac, sensor.ip
     );
     let pins = Pins::with_config("", &body)?;
-    let _daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     let upstream = Dnsmasq::start(
         &bed.up,
         &bed.upstream_ip,
@@ -107,6 +107,28 @@ policy = "staff"
             "{blocked} reached the upstream: {seen:?}"
         );
     }
+
+    // The daemon drained the decision events from the kernel and logged them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !daemon.log_text().contains("name=\"www.ads.example\"") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no decision event logged:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("name=\"www.ads.example\""))
+        .unwrap_or_default();
+    assert!(
+        line.contains("device=\"laptop\"")
+            && line.contains("action=\"block\"")
+            && line.contains("reason=\"category\""),
+        "{line}"
+    );
 
     // Counted by device, reason and category.
     let stats = pins.stats()?;

@@ -86,6 +86,8 @@ labelled_enum! {
     pub enum Global {
         /// A per-device decision could not be counted: `DECISIONS` is full.
         DecisionMapFull = 0 => "decision_map_full",
+        /// A decision event was lost: the event ring was full.
+        RingLost = 1 => "ring_lost",
     }
 }
 

@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -59,6 +59,7 @@ pub mod names {
     pub const DOMAINS: &str = "DOMAINS";
     pub const RULESETS: &str = "RULESETS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const EVENTS: &str = "EVENTS";
     pub const POLICIES: &str = "POLICIES";
     pub const DEVICE_BY_MAC: &str = "DEVICE_BY_MAC";
     pub const DEVICE_BY_IP: &str = "DEVICE_BY_IP";
@@ -88,6 +89,7 @@ pub mod names {
         GLOBAL_COUNTERS,
         DEVICE_NAMES,
         IFACES,
+        EVENTS,
     ];
 }
 
@@ -327,6 +329,40 @@ pub struct IfaceInfo {
 }
 const _: () = assert!(size_of::<IfaceInfo>() == 32);
 
+/// Size of the decision-event ring, bytes (a power of two and a multiple of the page size).
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
+/// One decision on a name, as the kernel reports it to the daemon through `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisionEvent {
+    /// `bpf_ktime_get_boot_ns` when decided.
+    pub boot_ns: u64,
+    pub slot: u32,
+    pub policy: u32,
+    pub qtype: u16,
+    /// `Proto`.
+    pub proto: u8,
+    /// `Action`.
+    pub action: u8,
+    /// `Reason`.
+    pub reason: u8,
+    /// Category id, or `NO_CATEGORY`.
+    pub category: u8,
+    pub name_len: u16,
+    /// The name, lower case (the first `name_len` bytes).
+    pub name: [u8; 256],
+}
+const _: () = assert!(size_of::<DecisionEvent>() == 280);
+
+impl DecisionEvent {
+    /// The name as text.
+    pub fn name(&self) -> &str {
+        let n = (self.name_len as usize).min(self.name.len());
+        core::str::from_utf8(&self.name[..n]).unwrap_or("")
+    }
+}
+
 /// `TRACE[0]`: the last frame's outcome, written only when `TRACE_ENABLED` is set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -366,6 +402,7 @@ mod pod {
     unsafe impl aya::Pod for super::DeviceName {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Trace {}
+    unsafe impl aya::Pod for super::DecisionEvent {}
 }
 
 #[cfg(test)]

@@ -422,6 +422,9 @@ mod tests {
             }
             n += 1;
         }
-        assert!((12..=16).contains(&n), "four buckets of four slots took {n}");
+        assert!(
+            (12..=16).contains(&n),
+            "four buckets of four slots took {n}"
+        );
     }
 }

@@ -126,6 +126,9 @@ pub struct DnsOutcome {
     pub reason: Reason,
     pub action: Action,
     pub category: u8,
+    /// Query type, and length of the name now in `Scratch::text` (0: the name was not read).
+    pub qtype: u16,
+    pub name_len: u16,
 }
 
 impl DnsOutcome {
@@ -135,6 +138,8 @@ impl DnsOutcome {
             reason,
             action,
             category,
+            qtype: 0,
+            name_len: 0,
         }
     }
 }
@@ -370,7 +375,31 @@ pub fn judge(
         return parse_error(Reason::DnsTruncated);
     };
     let qtype = u16::from_be_bytes([q[0], q[1]]);
+    let mut out = judge_name(
+        ctx, f, &header, q_off, qtype, generation, settings, policy_id, &policy, text_len,
+    );
+    out.qtype = qtype;
+    out.name_len = text_len as u16;
+    out
+}
 
+/// The decision on a well-formed query, and its answer.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn judge_name(
+    ctx: &XdpContext,
+    f: &Frame,
+    header: &[u8; DNS_HEADER],
+    q_off: usize,
+    qtype: u16,
+    generation: u32,
+    settings: &GenSettings,
+    policy_id: u32,
+    policy: &PolicyEntry,
+    text_len: u32,
+) -> DnsOutcome {
+    let policy = *policy;
+    let header = *header;
     let d = decide(generation, settings, policy_id, &policy, text_len);
     let (reason, category) = match d.why {
         Why::Explicit => (Reason::Explicit, gateway_common::maps::NO_CATEGORY),

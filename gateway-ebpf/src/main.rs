@@ -96,6 +96,24 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
     };
     let d = dns::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
     count_decision(&dev, Proto::Dns, d.action, d.reason, d.category);
+    if d.name_len > 0 {
+        maps::emit(|ev| {
+            // SAFETY: no preconditions.
+            ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
+            ev.slot = dev.slot;
+            ev.policy = dev.policy;
+            ev.qtype = d.qtype;
+            ev.proto = Proto::Dns as u8;
+            ev.action = d.action as u8;
+            ev.reason = d.reason as u8;
+            ev.category = d.category;
+            ev.name_len = d.name_len;
+            // The DNS program left the name in scratch memory.
+            if let Some(s) = maps::scratch() {
+                ev.name = s.text;
+            }
+        });
+    }
     Outcome {
         action: d.action as u32,
         ..Outcome::new(&dev, d.verdict, d.reason)

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use gateway_common::{
     domain::RuleSet,
@@ -65,6 +65,26 @@ static RULESETS: Array<RuleSet> =
 /// Not pinned; nothing survives a frame.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Decision events for the daemon (history, logs). Reserved and submitted per decision on a
+/// name; when it is full the event is dropped and `GLOBAL_COUNTERS[RingLost]` counts it: the data
+/// path never waits for the daemon.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(gateway_common::maps::EVENT_RING_BYTES, 0);
+
+/// Emits a decision event (or counts it lost).
+#[inline(always)]
+pub fn emit(fill: impl FnOnce(&mut gateway_common::maps::DecisionEvent)) {
+    match EVENTS.reserve::<gateway_common::maps::DecisionEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: the reservation is sizeof(DecisionEvent) bytes, exclusively ours.
+            let ev = unsafe { &mut *entry.as_mut_ptr() };
+            fill(ev);
+            entry.submit(0);
+        }
+        None => count_global(Global::RingLost),
+    }
+}
 
 /// Programs the filter tail-calls: `[PROG_DNS]` the DNS program. Filled by the daemon for each
 /// loaded instance (not pinned). A tail-called program is verified on its own.

@@ -63,6 +63,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Decision events: drained when the ring signals data (epoll on its fd), and on every tick.
+    let events_fd = {
+        use std::os::fd::AsFd as _;
+        let fd = running
+            .maps
+            .events
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the event ring's fd")?;
+        // SAFETY: the AsyncFd owns this duplicate, which stays open and unchanged until dropped.
+        unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -72,7 +85,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 reload(&opts, &mut running);
                 notify("READY=1");
             }
+            ready = events_fd.readable() => {
+                if let Ok(mut guard) = ready {
+                    log_events(&mut running);
+                    guard.clear_ready();
+                }
+            }
             _ = tick.tick() => {
+                log_events(&mut running);
                 if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
                     tracing::info!("the filter was detached (gateway detach); exiting");
                     return Ok(());
@@ -83,6 +103,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     notify("STOPPING=1");
     tracing::info!("exiting; the filter stays attached and enforcing (gateway detach removes it)");
     Ok(())
+}
+
+/// Logs the decision events waiting in the ring (debug level; the history store is next).
+fn log_events(running: &mut Running) {
+    let names: std::collections::HashMap<u32, &str> = running
+        .applied
+        .slots
+        .iter()
+        .map(|(n, s)| (*s, n.as_str()))
+        .collect();
+    for ev in running.maps.drain_events() {
+        tracing::debug!(
+            device = names.get(&ev.slot).copied().unwrap_or("(unknown)"),
+            policy = ev.policy,
+            name = ev.name(),
+            qtype = ev.qtype,
+            action = gateway_common::enums::Action::from_u32(ev.action.into())
+                .map_or("?", |a| a.label()),
+            reason = gateway_common::enums::Reason::from_u32(ev.reason.into())
+                .map_or("?", |r| r.label()),
+            category = ev.category,
+            "decision"
+        );
+    }
 }
 
 /// Re-reads the configuration and applies it; keeps the running one if the new one is bad.

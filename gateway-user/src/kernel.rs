@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::Xdp,
 };
 use gateway_common::{
@@ -170,6 +170,8 @@ pub struct Maps {
     pub global: PerCpuArray<MapData, u64>,
     pub device_names: Array<MapData, DeviceName>,
     pub ifaces: Array<MapData, IfaceInfo>,
+    /// Decision events from the kernel.
+    pub events: RingBuf<MapData>,
 }
 
 impl Maps {
@@ -199,7 +201,20 @@ impl Maps {
             global: PerCpuArray::try_from(take(names::GLOBAL_COUNTERS)?)?,
             device_names: Array::try_from(take(names::DEVICE_NAMES)?)?,
             ifaces: Array::try_from(take(names::IFACES)?)?,
+            events: RingBuf::try_from(take(names::EVENTS)?)?,
         })
+    }
+
+    /// Takes every decision event waiting in the ring.
+    pub fn drain_events(&mut self) -> Vec<gateway_common::maps::DecisionEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<gateway_common::maps::DecisionEvent>() {
+                // SAFETY: the kernel wrote a DecisionEvent (a Pod) at the start of the item.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        out
     }
 
     /// The generation packets are judged with now.

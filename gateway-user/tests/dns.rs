@@ -389,6 +389,7 @@ fn answers_for_every_block_kind_on_every_link() {
 #[test]
 fn matching_semantics_in_the_kernel() {
     let (mut eth, _) = runners();
+    eth.maps.drain_events();
     use Action::*;
     use Reason::*;
     use Verdict::*;

@@ -602,7 +602,7 @@ impl Daemon {
             .command(&pins.bin)
             .args(["run", "--config"])
             .arg(&pins.config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,gateway_user::daemon=debug")
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(file.try_clone()?)
             .stderr(file)
