@@ -93,6 +93,44 @@ policy = "staff"
         );
     }
 
+    // Over TCP: a blocked query is reset by the gateway at once; an allowed one is answered.
+    let start = std::time::Instant::now();
+    let out = laptop.ns.output(
+        "dig",
+        &[
+            "+tcp",
+            "+tries=1",
+            "+time=3",
+            &format!("@{up}"),
+            "tcp.ads.example",
+            "A",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("reset"), "dig +tcp of a blocked name: {text}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(1),
+        "the reset is immediate: {:?}",
+        start.elapsed()
+    );
+    let out = laptop.ns.output(
+        "dig",
+        &[
+            "+tcp",
+            "+tries=1",
+            "+time=3",
+            &format!("@{up}"),
+            "allowed.example",
+            "A",
+            "+short",
+        ],
+    )?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "198.51.100.2",
+        "allowed over TCP"
+    );
+
     // The upstream never saw a blocked query, and saw the allowed ones.
     let seen = upstream.queries();
     assert!(seen.iter().any(|q| q == "allowed.example"), "{seen:?}");
@@ -101,7 +139,12 @@ policy = "staff"
         2,
         "only the sensor's (dig, kdig): {seen:?}"
     );
-    for blocked in ["www.ads.example", "games.example", "dns.google"] {
+    for blocked in [
+        "www.ads.example",
+        "games.example",
+        "dns.google",
+        "tcp.ads.example",
+    ] {
         assert!(
             !seen.iter().any(|q| q == blocked),
             "{blocked} reached the upstream: {seen:?}"
@@ -145,9 +188,17 @@ policy = "staff"
             .filter_map(|d| d["count"].as_u64())
             .sum()
     };
-    assert_eq!(count("laptop", "block", "category"), 8, "{decisions:?}");
     assert_eq!(count("laptop", "block", "explicit"), 2);
-    assert_eq!(count("laptop", "allow", "default"), 2);
+    assert_eq!(
+        count("laptop", "block", "category"),
+        9,
+        "8 over UDP (dig and kdig), 1 over TCP: {decisions:?}"
+    );
+    assert_eq!(
+        count("laptop", "allow", "default"),
+        3,
+        "dig, kdig, dig +tcp"
+    );
     assert_eq!(count("sensor", "block", "explicit"), 2);
     assert_eq!(count("sensor", "allow", "default"), 2);
     Ok(())

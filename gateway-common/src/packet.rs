@@ -126,7 +126,16 @@ pub struct L4 {
     pub tcp_flags: u8,
     /// ICMP/ICMPv6 type (ICMP only).
     pub icmp_type: u8,
+    /// TCP sequence and acknowledgement numbers (TCP only).
+    pub seq: u32,
+    pub ack: u32,
 }
+
+/// TCP flag bits.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// A link layer that could not be followed. The source MAC is kept when the Ethernet header
 /// itself was complete, so the frame is still attributed to its device (a suspended device must
@@ -374,8 +383,7 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
                 src_port: u16::from_be_bytes([h[0], h[1]]),
                 dst_port: u16::from_be_bytes([h[2], h[3]]),
                 payload_off: off + UDP_HLEN,
-                tcp_flags: 0,
-                icmp_type: 0,
+                ..L4::default()
             })
         }
         IPPROTO_TCP => {
@@ -394,6 +402,8 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
                 payload_off: off + hlen,
                 tcp_flags: h[13],
                 icmp_type: 0,
+                seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
             })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
@@ -700,9 +710,13 @@ mod tests {
 
     #[test]
     fn tcp_header_length() {
-        let f = ipv4(IPPROTO_TCP, 5, 0, &tcp(1, 443, 8, 0x18));
+        let mut t = tcp(1, 443, 8, 0x18);
+        t[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        t[8..12].copy_from_slice(&0xa0b0_c0d0u32.to_be_bytes());
+        let f = ipv4(IPPROTO_TCP, 5, 0, &t);
         let (_, _, l4) = all(&f, LinkType::RawIp).expect("parses");
         assert_eq!(l4.payload_off, 20 + 32);
+        assert_eq!((l4.seq, l4.ack), (0x0102_0304, 0xa0b0_c0d0));
         let mut bad = f.clone();
         bad[20 + 12] = 4 << 4;
         assert_eq!(

@@ -30,7 +30,7 @@ use gateway_common::{
         DnsAnswer, GenSettings, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
         POLICY_PARSE_ERROR_BLOCK, PolicyEntry,
     },
-    packet::{Addr, L2, L3, L4},
+    packet::{Addr, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4, TCP_ACK, TCP_HLEN, TCP_RST},
 };
 
 use crate::{
@@ -89,6 +89,10 @@ pub struct Frame {
     pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
+    /// DNS over TCP: the message follows a 2-byte length, and a block is answered with a reset.
+    pub tcp: bool,
+    pub seq: u32,
+    pub ack: u32,
 }
 
 impl Frame {
@@ -104,6 +108,9 @@ impl Frame {
             dst: l3.dst,
             sport: l4.src_port,
             dport: l4.dst_port,
+            tcp: l3.proto == IPPROTO_TCP,
+            seq: l4.seq,
+            ack: l4.ack,
         }
         .bounded()
     }
@@ -329,7 +336,19 @@ pub fn judge(
         }
     };
     let pkt = PacketBytes::new(ctx);
-    let dns_off = f.payload_off;
+    // Over TCP the message follows its 2-byte length, and must be whole in this segment: a query
+    // split over segments is not judged (`on_parse_error` decides).
+    let dns_off = if f.tcp {
+        let Some(len) = pkt.be16_at(f.payload_off) else {
+            return parse_error(Reason::DnsTruncated);
+        };
+        if f.payload_off + 2 + len as usize > f.l3_end {
+            return parse_error(Reason::DnsTruncated);
+        }
+        f.payload_off + 2
+    } else {
+        f.payload_off
+    };
     let Some(header) = pkt.read::<DNS_HEADER>(dns_off) else {
         return parse_error(Reason::DnsTruncated);
     };
@@ -483,6 +502,9 @@ fn answer(
     sinkhole: Option<u16>,
     policy: &PolicyEntry,
 ) -> Verdict {
+    if f.tcp {
+        return reset(ctx, f);
+    }
     let dns_off = f.payload_off;
     let had_opt = header[10] != 0 || header[11] != 0;
     let Some(sc) = maps::scratch() else {
@@ -547,7 +569,68 @@ fn answer(
         return Verdict::Drop;
     }
 
-    // Back to the sender: swap MACs, addresses and ports.
+    // The UDP header: ports swapped, new length; the checksum is computed below.
+    let udp_len = (new_len - f.l4_off) as u16;
+    let ports = [
+        (f.dport >> 8) as u8,
+        f.dport as u8,
+        (f.sport >> 8) as u8,
+        f.sport as u8,
+    ];
+    let len_csum = [(udp_len >> 8) as u8, udp_len as u8, 0, 0];
+    if !(store(ctx, f.l4_off, &ports) && store(ctx, f.l4_off + 4, &len_csum)) {
+        return Verdict::Drop;
+    }
+    send_back(ctx, f, new_len, IPPROTO_UDP, 6)
+}
+
+/// Turns a TCP segment carrying a blocked DNS query into a reset to its sender: RST|ACK with the
+/// sequence number the sender expects next and its data acknowledged, no payload.
+#[inline(always)]
+fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
+    let old_len = opaque(ctx.data_end().wrapping_sub(ctx.data()));
+    let payload = f.l3_end.saturating_sub(f.payload_off) as u32;
+    let new_len = f.l4_off + TCP_HLEN;
+    // SAFETY: adjust_tail checks the bounds itself; packet pointers are re-read afterwards.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (new_len as i64 - old_len as i64) as i32) } != 0 {
+        return Verdict::Drop;
+    }
+    let seq = f.ack.to_be_bytes();
+    let ack = f.seq.wrapping_add(payload).to_be_bytes();
+    let hdr: [u8; TCP_HLEN] = [
+        (f.dport >> 8) as u8,
+        f.dport as u8,
+        (f.sport >> 8) as u8,
+        f.sport as u8,
+        seq[0],
+        seq[1],
+        seq[2],
+        seq[3],
+        ack[0],
+        ack[1],
+        ack[2],
+        ack[3],
+        (TCP_HLEN as u8 / 4) << 4,
+        TCP_RST | TCP_ACK,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    if !store(ctx, f.l4_off, &hdr) {
+        return Verdict::Drop;
+    }
+    send_back(ctx, f, new_len, IPPROTO_TCP, 16)
+}
+
+/// Sends the rewritten frame (now `new_len` bytes, transport header in place with a zero
+/// checksum at `csum_off`) back where it came from: MACs and addresses swapped, IP lengths and
+/// the IPv4 header checksum set, the transport checksum computed over the pseudo header and
+/// the segment.
+#[inline(always)]
+fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: usize) -> Verdict {
     let pkt = PacketBytes::new(ctx);
     if f.l3_off >= 14 {
         let Some(macs) = pkt.read::<12>(0) else {
@@ -560,7 +643,7 @@ fn answer(
             return Verdict::Drop;
         }
     }
-    let udp_len = (new_len - f.l4_off) as u16;
+    let seg_len = (new_len - f.l4_off) as u16;
     let l3_off = f.l3_off;
     let Some(s) = maps::scratch() else {
         return Verdict::Drop;
@@ -611,8 +694,8 @@ fn answer(
             return Verdict::Drop;
         }
         s.pseudo[..8].copy_from_slice(&addrs);
-        s.pseudo[9] = 17;
-        s.pseudo[10..12].copy_from_slice(&udp_len.to_be_bytes());
+        s.pseudo[9] = proto;
+        s.pseudo[10..12].copy_from_slice(&seg_len.to_be_bytes());
         pseudo_len = 12;
     } else {
         let src = f.src.to_bytes();
@@ -626,23 +709,13 @@ fn answer(
         }
         s.pseudo[..16].copy_from_slice(&dst);
         s.pseudo[16..32].copy_from_slice(&src);
-        s.pseudo[34..36].copy_from_slice(&udp_len.to_be_bytes());
-        s.pseudo[39] = 17;
+        s.pseudo[34..36].copy_from_slice(&seg_len.to_be_bytes());
+        s.pseudo[39] = proto;
         pseudo_len = 40;
     }
-    let ports = [
-        (f.dport >> 8) as u8,
-        f.dport as u8,
-        (f.sport >> 8) as u8,
-        f.sport as u8,
-    ];
-    let len_csum = [(udp_len >> 8) as u8, udp_len as u8, 0, 0];
-    if !(store(ctx, f.l4_off, &ports) && store(ctx, f.l4_off + 4, &len_csum)) {
-        return Verdict::Drop;
-    }
 
-    // UDP checksum: pseudo header + the segment, copied out and zero padded to 4 bytes.
-    let seg_len = (udp_len as u32) & 0x1ff;
+    // Transport checksum: pseudo header + the segment, copied out and zero padded to 4 bytes.
+    let seg_len = (seg_len as u32) & 0x1ff;
     let padded = (seg_len + 3) & 0x1fc;
     // Zero the padding: at most 3 bytes after the segment.
     let tail = (seg_len & 0x1fc) as usize;
@@ -660,7 +733,7 @@ fn answer(
         return Verdict::Drop;
     }
     // SAFETY: `padded` bytes of `s.seg` are initialised (segment + zeroed padding), and the
-    // pseudo header is `pseudo_len` bytes on the stack; both are multiples of 4.
+    // pseudo header is `pseudo_len` bytes of scratch memory; both are multiples of 4.
     let sum = unsafe {
         let partial = bpf_csum_diff(
             core::ptr::null_mut(),
@@ -678,10 +751,11 @@ fn answer(
         )
     };
     let mut c = !fold(sum as u64);
-    if c == 0 {
+    if proto == IPPROTO_UDP && c == 0 {
+        // For UDP, 0 means "no checksum".
         c = 0xffff;
     }
-    if !store(ctx, f.l4_off + 6, &c.to_ne_bytes()) {
+    if !store(ctx, f.l4_off + csum_off, &c.to_ne_bytes()) {
         return Verdict::Drop;
     }
     Verdict::Tx

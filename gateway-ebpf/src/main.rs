@@ -18,8 +18,8 @@ use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{DecisionKey, NO_CATEGORY, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT},
     packet::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_UDP, is_suspend_exempt, parse_l2,
-        parse_l3, parse_l4,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, is_suspend_exempt,
+        parse_l2, parse_l3, parse_l4,
     },
 };
 
@@ -195,7 +195,10 @@ fn judge(ctx: &XdpContext) -> Outcome {
         Ok(l4) => l4,
         Err(reason) => return Outcome::new(&dev, Verdict::Pass, reason),
     };
-    if l3.proto == IPPROTO_UDP && l4.dst_port == 53 {
+    // DNS: UDP to port 53, and TCP segments to port 53 that carry data (handshakes pass).
+    if l4.dst_port == 53
+        && (l3.proto == IPPROTO_UDP || (l3.proto == IPPROTO_TCP && l4.payload_off < l3.l3_end))
+    {
         // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
         if let Some(s) = maps::scratch() {
             s.handoff = dns::Handoff {
