@@ -3,6 +3,7 @@
 //! `setup` installs what the build and the tests need and does nothing when it is all there;
 //! every other command calls it first, so a fresh machine needs no manual steps.
 
+mod bench_dns;
 mod demo;
 mod setup;
 
@@ -213,6 +214,7 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    build(true)?;
     let mut a: Vec<&str> = vec![
         "run",
         "--release",
@@ -224,5 +226,9 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "--",
     ];
     a.extend(args.iter().map(String::as_str));
-    step("cargo", &a)
+    step("cargo", &a)?;
+    if !args.iter().any(|a| a == "--json") {
+        bench_dns::run(&bench_dns::corpus())?;
+    }
+    Ok(())
 }
