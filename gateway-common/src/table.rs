@@ -242,6 +242,41 @@ pub fn lookup<'a, B: Bucket + 'a>(
     find(get(second)?, key)
 }
 
+/// The first half of `lookup`: the key's home bucket only. A hit here is the common case (keys
+/// stay in their home bucket unless it was full); callers on a hot path probe the alternate
+/// bucket with `lookup_alternate` only on a miss, out of line.
+#[inline(always)]
+pub fn lookup_home<'a, B: Bucket + 'a>(
+    get: impl Fn(u32) -> Option<&'a B>,
+    buckets: u32,
+    seed: u64,
+    key: &B::Key,
+) -> Option<B::Value> {
+    if *key == B::empty() {
+        return None;
+    }
+    find(get(home(B::hash(key, seed), buckets))?, key)
+}
+
+/// The second half of `lookup`: the key's alternate bucket (if distinct from its home).
+#[inline(always)]
+pub fn lookup_alternate<'a, B: Bucket + 'a>(
+    get: impl Fn(u32) -> Option<&'a B>,
+    buckets: u32,
+    seed: u64,
+    key: &B::Key,
+) -> Option<B::Value> {
+    if *key == B::empty() {
+        return None;
+    }
+    let h = B::hash(key, seed);
+    let second = alternate(h, buckets);
+    if second == home(h, buckets) {
+        return None;
+    }
+    find(get(second)?, key)
+}
+
 #[inline(always)]
 fn find<B: Bucket>(b: &B, key: &B::Key) -> Option<B::Value> {
     let mut i = 0;

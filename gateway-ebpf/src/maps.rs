@@ -199,12 +199,41 @@ pub fn ruleset(generation: u32, id: u32) -> Option<RuleSet> {
 #[inline(always)]
 pub fn device_by_mac(generation: u32, seed: u64, mac: &[u8; 6]) -> Option<DeviceRef> {
     let base = generation * MAC_BUCKETS;
-    table::lookup(
+    let key = table::mac_key(mac);
+    table::lookup_home(|i| DEVICE_BY_MAC.get(base + i), MAC_BUCKETS, seed, &key)
+        .or_else(|| unpack(mac_alternate(base, seed, key)))
+}
+
+/// A `DeviceRef` in a register (`NOT_FOUND` for none): out-of-line functions return this rather
+/// than an `Option` through the stack, which misaligned-access codegen could store misaligned.
+const NOT_FOUND: u64 = u64::MAX;
+
+#[inline(always)]
+fn pack(d: Option<DeviceRef>) -> u64 {
+    match d {
+        Some(d) => u64::from(d.slot) | u64::from(d.policy) << 32 | u64::from(d.flags) << 48,
+        None => NOT_FOUND,
+    }
+}
+
+#[inline(always)]
+fn unpack(v: u64) -> Option<DeviceRef> {
+    (v != NOT_FOUND).then_some(DeviceRef {
+        slot: v as u32,
+        policy: (v >> 32) as u16,
+        flags: (v >> 48) as u16,
+    })
+}
+
+/// The alternate-bucket probe, out of line: it runs only when the home bucket misses.
+#[inline(never)]
+fn mac_alternate(base: u32, seed: u64, key: u64) -> u64 {
+    pack(table::lookup_alternate(
         |i| DEVICE_BY_MAC.get(base + i),
         MAC_BUCKETS,
         seed,
-        &table::mac_key(mac),
-    )
+        &key,
+    ))
 }
 
 /// The device with source address `addr` (IPv4-mapped or IPv6) in `generation`.
