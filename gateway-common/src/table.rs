@@ -226,20 +226,9 @@ pub fn lookup<'a, B: Bucket + 'a>(
     seed: u64,
     key: &B::Key,
 ) -> Option<B::Value> {
-    // The empty key would match an empty slot (an IPv6 source of :: is normal: DAD probes).
-    if *key == B::empty() {
-        return None;
-    }
-    let h = B::hash(key, seed);
-    let first = home(h, buckets);
-    if let Some(v) = find(get(first)?, key) {
-        return Some(v);
-    }
-    let second = alternate(h, buckets);
-    if second == first {
-        return None;
-    }
-    find(get(second)?, key)
+    // The empty key would match an empty slot (an IPv6 source of :: is normal: DAD probes);
+    // both halves refuse it.
+    lookup_home(&get, buckets, seed, key).or_else(|| lookup_alternate(&get, buckets, seed, key))
 }
 
 /// The first half of `lookup`: the key's home bucket only. A hit here is the common case (keys
