@@ -197,7 +197,8 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         });
     }
     s.decisions.sort_by(|a, b| {
-        (&a.device, a.proto, a.action, a.reason).cmp(&(&b.device, b.proto, b.action, b.reason))
+        (&a.device, a.proto, a.action, a.reason, a.category)
+            .cmp(&(&b.device, b.proto, b.action, b.reason, b.category))
     });
 
     for g in Global::ALL {
@@ -281,14 +282,17 @@ pub fn render(s: &Snapshot) -> String {
     if !s.decisions.is_empty() {
         let _ = writeln!(
             o,
-            "\n{:<24} {:<10} {:<8} {:<16} {:>12}",
-            "DEVICE", "PROTO", "ACTION", "REASON", "COUNT"
+            "\n{:<24} {:<10} {:<8} {:<16} {:>8} {:>12}",
+            "DEVICE", "PROTO", "ACTION", "REASON", "CATEGORY", "COUNT"
         );
         for d in &s.decisions {
+            let category = d
+                .category
+                .map_or_else(|| "-".to_string(), |c| c.to_string());
             let _ = writeln!(
                 o,
-                "{:<24} {:<10} {:<8} {:<16} {:>12}",
-                d.device, d.proto, d.action, d.reason, d.count
+                "{:<24} {:<10} {:<8} {:<16} {:>8} {:>12}",
+                d.device, d.proto, d.action, d.reason, category, d.count
             );
         }
     }

@@ -289,6 +289,17 @@ impl Bed {
     /// ("laptop") known by its MAC, the second ("sensor") by its address, both in policy
     /// "students"; devices in no inventory get "guest".
     pub fn two_device_config(&self, sensor_suspended: bool) -> String {
+        self.two_device_config_with(sensor_suspended, "", "")
+    }
+
+    /// As `two_device_config`, with `students` lines added to the "students" policy and
+    /// `extra` tables (categories) appended.
+    pub fn two_device_config_with(
+        &self,
+        sensor_suspended: bool,
+        students: &str,
+        extra: &str,
+    ) -> String {
         let (laptop, sensor) = (&self.devices[0], &self.devices[1]);
         format!(
             r#"
@@ -303,6 +314,7 @@ name = "guest"
 
 [[policy]]
 name = "students"
+{students}
 
 [[device]]
 name = "laptop"
@@ -316,6 +328,8 @@ ip = "{}"
 policy = "students"
 type = "iot"
 suspended = {sensor_suspended}
+
+{extra}
 "#,
             laptop.gw_if, sensor.gw_if, laptop.mac, sensor.ip
         )

@@ -10,7 +10,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use gateway_testbed::{Bed, Daemon, Pins};
+use gateway_testbed::{Bed, Daemon, Dnsmasq, Pins, dig};
+
+/// The demo policy's rules and categories.
+const STUDENTS: &str = "block_categories = [\"ads\", \"dns-bypass\"]";
+const ADS: &str =
+    "[[category]]\nname = \"ads\"\ndomains = [\"ads.example\", \"tracker.example\"]\n";
 
 /// Children killed on drop: the traffic generators.
 struct Traffic(Vec<Child>);
@@ -27,12 +32,24 @@ impl Drop for Traffic {
 pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     let bed = Bed::new(2).context("building the namespaces (needs root)")?;
     let gw_section = Bed::TWO_DEVICE_GATEWAY;
-    let mut pins = Pins::with_config(gw_section, &bed.two_device_config(false))?;
+    let config = |suspended| bed.two_device_config_with(suspended, STUDENTS, ADS);
+    let mut pins = Pins::with_config(gw_section, &config(false))?;
     pins.bin = gateway.to_path_buf();
     let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let upstream = Dnsmasq::start(
+        &bed.up,
+        &bed.upstream_ip,
+        &[
+            ("allowed.example", "198.51.100.2"),
+            ("ads.example", "198.51.100.1"),
+        ],
+    )?;
     println!("gateway attached to d1 (laptop, known by MAC) and d2 (sensor, known by address)");
     println!(
-        "both devices ping the upstream {} continuously\n",
+        "policy \"students\" blocks the category \"ads\" and the built-in dns-bypass (DoH endpoints)"
+    );
+    println!(
+        "both devices ping the upstream {} and resolve names through it\n",
         bed.upstream_ip
     );
 
@@ -58,11 +75,24 @@ pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(duration) {
         std::thread::sleep(Duration::from_secs(2));
         if !suspended && start.elapsed() >= Duration::from_secs(duration / 2) {
-            pins.rewrite(gw_section, &bed.two_device_config(true))?;
+            pins.rewrite(gw_section, &config(true))?;
             daemon.signal(libc::SIGHUP)?;
             suspended = true;
             println!("-- configuration changed: sensor suspended = true; reloaded with SIGHUP --");
         }
+        let lookups: Vec<String> = [(&bed.devices[0], "laptop"), (&bed.devices[1], "sensor")]
+            .iter()
+            .flat_map(|(dev, who)| {
+                ["allowed.example", "ads.example", "dns.google"].map(|name| {
+                    let answer = match dig(&dev.ns, "dig", &bed.upstream_ip, name, "A") {
+                        Ok(r) if r.answers.is_empty() => r.status,
+                        Ok(r) => r.answers.join(","),
+                        Err(_) => "no answer".into(),
+                    };
+                    format!("{who}: {name} -> {answer}")
+                })
+            })
+            .collect();
         let l = pins.device("laptop")?;
         let s = pins.device("sensor")?;
         println!(
@@ -77,8 +107,19 @@ pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
             s.1,
             s.2
         );
+        println!("       {}", lookups.join("  |  "));
     }
     drop(traffic);
+    println!(
+        "\nthe upstream resolver was asked for: {} (blocked names never reached it)",
+        upstream
+            .queries()
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("\nfinal counters (gateway stats):");
     let out = pins.gateway("stats", &[])?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
