@@ -40,6 +40,27 @@ pub const fn alternate(h: u64, buckets: u32) -> u32 {
     home(x ^ (x >> 27), buckets)
 }
 
+/// The slot accessors every bucket layout shares: `keys` and `values` arrays of `WAYS` entries;
+/// out-of-range slots read as empty (keys and values `Default`).
+macro_rules! slot_accessors {
+    () => {
+        #[inline(always)]
+        fn key(&self, i: usize) -> Self::Key {
+            self.keys.get(i).copied().unwrap_or_default()
+        }
+        #[inline(always)]
+        fn value(&self, i: usize) -> Self::Value {
+            self.values.get(i).copied().unwrap_or_default()
+        }
+        fn set(&mut self, i: usize, key: Self::Key, value: Self::Value) {
+            if let (Some(k), Some(v)) = (self.keys.get_mut(i), self.values.get_mut(i)) {
+                *k = key;
+                *v = value;
+            }
+        }
+    };
+}
+
 /// A bucket layout.
 pub trait Bucket: Copy + Default {
     type Key: Copy + PartialEq;
@@ -85,26 +106,7 @@ impl Bucket for MacBucket {
     type Key = u64;
     type Value = DeviceRef;
     const WAYS: usize = MAC_WAYS;
-    #[inline(always)]
-    fn key(&self, i: usize) -> u64 {
-        match self.keys.get(i) {
-            Some(k) => *k,
-            None => 0,
-        }
-    }
-    #[inline(always)]
-    fn value(&self, i: usize) -> DeviceRef {
-        match self.values.get(i) {
-            Some(v) => *v,
-            None => DeviceRef::default(),
-        }
-    }
-    fn set(&mut self, i: usize, key: u64, value: DeviceRef) {
-        if let (Some(k), Some(v)) = (self.keys.get_mut(i), self.values.get_mut(i)) {
-            *k = key;
-            *v = value;
-        }
-    }
+    slot_accessors!();
     #[inline(always)]
     fn empty() -> u64 {
         0
@@ -138,26 +140,7 @@ impl Bucket for IpBucket {
     type Key = [u64; 2];
     type Value = DeviceRef;
     const WAYS: usize = IP_WAYS;
-    #[inline(always)]
-    fn key(&self, i: usize) -> [u64; 2] {
-        match self.keys.get(i) {
-            Some(k) => *k,
-            None => [0, 0],
-        }
-    }
-    #[inline(always)]
-    fn value(&self, i: usize) -> DeviceRef {
-        match self.values.get(i) {
-            Some(v) => *v,
-            None => DeviceRef::default(),
-        }
-    }
-    fn set(&mut self, i: usize, key: [u64; 2], value: DeviceRef) {
-        if let (Some(k), Some(v)) = (self.keys.get_mut(i), self.values.get_mut(i)) {
-            *k = key;
-            *v = value;
-        }
-    }
+    slot_accessors!();
     #[inline(always)]
     fn empty() -> [u64; 2] {
         [0, 0]
@@ -186,26 +169,7 @@ impl Bucket for DomainBucket {
     type Key = u64;
     type Value = u32;
     const WAYS: usize = DOMAIN_WAYS;
-    #[inline(always)]
-    fn key(&self, i: usize) -> u64 {
-        match self.keys.get(i) {
-            Some(k) => *k,
-            None => 0,
-        }
-    }
-    #[inline(always)]
-    fn value(&self, i: usize) -> u32 {
-        match self.values.get(i) {
-            Some(v) => *v,
-            None => 0,
-        }
-    }
-    fn set(&mut self, i: usize, key: u64, value: u32) {
-        if let (Some(k), Some(v)) = (self.keys.get_mut(i), self.values.get_mut(i)) {
-            *k = key;
-            *v = value;
-        }
-    }
+    slot_accessors!();
     #[inline(always)]
     fn empty() -> u64 {
         0

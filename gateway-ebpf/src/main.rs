@@ -46,6 +46,19 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Passed before anything about the frame was known (the control or scratch map missing,
+    /// which array maps cannot be): counted as uninspected traffic of unknown devices.
+    #[inline(always)]
+    const fn unjudged() -> Self {
+        Self {
+            verdict: Verdict::Pass,
+            reason: Reason::Uninspected,
+            slot: UNKNOWN_SLOT,
+            policy: 0,
+            action: TRACE_NO_ACTION,
+        }
+    }
+
     #[inline(always)]
     fn new(dev: &Device, verdict: Verdict, reason: Reason) -> Self {
         Self {
@@ -74,13 +87,7 @@ pub fn gateway_dns(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn judge_dns(ctx: &XdpContext) -> Outcome {
     let Some(s) = maps::scratch() else {
-        return Outcome {
-            verdict: Verdict::Pass,
-            reason: Reason::Uninspected,
-            slot: UNKNOWN_SLOT,
-            policy: 0,
-            action: TRACE_NO_ACTION,
-        };
+        return Outcome::unjudged();
     };
     let h = s.handoff;
     let generation = h.generation & 1;
@@ -124,13 +131,7 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
 fn judge(ctx: &XdpContext) -> Outcome {
     let pkt = PacketBytes::new(ctx);
     let Some((generation, settings)) = maps::active() else {
-        return Outcome {
-            verdict: Verdict::Pass,
-            reason: Reason::Uninspected,
-            slot: UNKNOWN_SLOT,
-            policy: 0,
-            action: TRACE_NO_ACTION,
-        };
+        return Outcome::unjudged();
     };
     let link = if LINK_TYPE.load() == LinkType::RawIp as u32 {
         LinkType::RawIp
