@@ -35,7 +35,7 @@ static CONTROL: Array<Control> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static POLICIES: Array<PolicyEntry> = Array::with_max_entries(GENERATIONS * MAX_POLICIES, 0);
 
-/// Source MAC -> device: an open-addressing table (`gateway_common::table`), bucket
+/// Source MAC -> device: a cuckoo table (`gateway_common::table`), bucket
 /// `generation * MAC_BUCKETS + i`. Consulted first on Ethernet links. The daemon writes the
 /// standby generation's image through mmap; the kernel only reads.
 #[map]
@@ -48,7 +48,7 @@ static DEVICE_BY_MAC: Array<MacBucket> =
 static DEVICE_BY_IP: Array<IpBucket> =
     Array::with_max_entries(GENERATIONS * IP_BUCKETS, BPF_F_MMAPABLE);
 
-/// Domain fingerprint -> rule set id: an open-addressing table (`gateway_common::table`), bucket
+/// Domain fingerprint -> rule set id: a cuckoo table (`gateway_common::table`), bucket
 /// `generation * buckets + i`, where `buckets` is `GenSettings::domain_buckets` (the daemon sets
 /// the map's size at load from `max_domains`). Written by the daemon through mmap.
 #[map]

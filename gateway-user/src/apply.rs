@@ -1,9 +1,9 @@
 //! Writes a validated configuration into the kernel maps, atomically.
 //!
 //! The maps hold two generations of policy state. `apply` writes the complete new state into the
-//! standby generation (changing only entries that differ), flips `ACTIVE_GEN`, waits for packets
+//! standby generation (changing only entries that differ), flips `CONTROL.active`, waits for packets
 //! that started on the old generation to finish, and then brings the old generation in step so
-//! it is ready to be the standby next time. A packet reads `ACTIVE_GEN` once, so it is judged
+//! it is ready to be the standby next time. A packet reads `CONTROL` once, so it is judged
 //! wholly by the old or wholly by the new configuration.
 
 use std::{
