@@ -134,6 +134,31 @@ impl NameWalk {
     }
 }
 
+/// The host's loop over `NameWalk::step`: walks the question name at `off` in `b` into `text`.
+/// Returns (text length, wire length). The kernel runs the same step function from a
+/// `bpf_loop` callback instead.
+pub fn walk_name<B: crate::bytes::Bytes + ?Sized>(
+    b: &B,
+    off: usize,
+    text: &mut [u8; 256],
+) -> Result<(usize, usize), Reason> {
+    let mut walk = NameWalk::default();
+    for i in 0..MAX_WIRE_NAME {
+        let byte = b.u8_at(off + i).ok_or(Reason::DnsTruncated)?;
+        match walk.step(byte) {
+            Step::More => {}
+            Step::Emit(c, at) => {
+                if let Some(t) = text.get_mut(at as usize) {
+                    *t = c;
+                }
+            }
+            Step::Done => return Ok((walk.len as usize, walk.wire as usize)),
+            Step::Bad(r) => return Err(r),
+        }
+    }
+    Err(Reason::DnsNameTooLong)
+}
+
 /// FNV-1a prime: the per-byte step of the fingerprint.
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -331,20 +356,9 @@ mod tests {
 
     /// The host loop over the shared step function.
     fn walk(w: &[u8]) -> Result<(Vec<u8>, usize), Reason> {
-        let mut s = NameWalk::default();
-        let mut text = vec![0u8; MAX_NAME];
-        for b in w {
-            match s.step(*b) {
-                Step::More => {}
-                Step::Emit(c, at) => text[at as usize] = c,
-                Step::Done => {
-                    text.truncate(s.len as usize);
-                    return Ok((text, s.wire as usize));
-                }
-                Step::Bad(r) => return Err(r),
-            }
-        }
-        Err(Reason::DnsTruncated)
+        let mut text = [0u8; 256];
+        let (len, wire) = walk_name(w, 0, &mut text)?;
+        Ok((text[..len].to_vec(), wire))
     }
 
     fn suffixes(text: &[u8], seed: u64) -> Vec<u64> {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use gateway_common::{
     bytes::Bytes,
-    domain::{DNS_HEADER, MAX_WIRE_NAME, NameWalk, Step},
+    domain::{DNS_HEADER, walk_name},
     enums::{Action, LinkType, Reason},
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -126,21 +126,13 @@ fn dns_question(frame: &Frame) -> Option<(String, u16)> {
         return None;
     }
     let name_off = l4.payload_off + DNS_HEADER;
-    let mut walk = NameWalk::default();
     let mut text = [0u8; 256];
-    for i in 0..MAX_WIRE_NAME {
-        match walk.step(b.u8_at(name_off + i)?) {
-            Step::More => {}
-            Step::Emit(c, at) => *text.get_mut(at as usize)? = c,
-            Step::Done => {
-                let qtype = b.be16_at(name_off + walk.wire as usize)?;
-                let name = String::from_utf8_lossy(text.get(..walk.len as usize)?).into_owned();
-                return Some((name, qtype));
-            }
-            Step::Bad(_) => return None,
-        }
-    }
-    None
+    let (len, wire) = walk_name(b, name_off, &mut text).ok()?;
+    let qtype = b.be16_at(name_off + wire)?;
+    Some((
+        String::from_utf8_lossy(text.get(..len)?).into_owned(),
+        qtype,
+    ))
 }
 
 /// The decision's protocol, or the frame's transport described with the shared parser.
