@@ -475,12 +475,10 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     let mut categories: Vec<Category> = Vec::new();
     for c in &raw.categories {
         let name = c.name.get_ref();
-        if let Err(why) = check_name(name) {
-            errors.push(loc.at(&c.name, format!("category name \"{name}\" {why}")));
-            continue;
-        }
-        if categories.iter().any(|x| &x.name == name) {
-            errors.push(loc.at(&c.name, format!("category \"{name}\" is defined twice")));
+        if let Err(why) =
+            check_new_name("category", name, categories.iter().map(|x| x.name.as_str()))
+        {
+            errors.push(loc.at(&c.name, why));
             continue;
         }
         let mut cat = Category {
@@ -539,12 +537,8 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     let mut policies: Vec<Policy> = Vec::new();
     for p in &raw.policies {
         let name = p.name.get_ref();
-        if let Err(why) = check_name(name) {
-            errors.push(loc.at(&p.name, format!("policy name \"{name}\" {why}")));
-            continue;
-        }
-        if policies.iter().any(|x| &x.name == name) {
-            errors.push(loc.at(&p.name, format!("policy \"{name}\" is defined twice")));
+        if let Err(why) = check_new_name("policy", name, policies.iter().map(|x| x.name.as_str())) {
+            errors.push(loc.at(&p.name, why));
             continue;
         }
         let mut pol = Policy::allow_all(name, p.mode.unwrap_or(raw.gateway.mode));
@@ -854,6 +848,21 @@ fn list_names(policies: &[Policy]) -> String {
         .map(|p| p.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A category or policy name: valid (`check_name`) and not among those already defined.
+fn check_new_name<'a>(
+    kind: &str,
+    name: &str,
+    mut defined: impl Iterator<Item = &'a str>,
+) -> Result<(), String> {
+    if let Err(why) = check_name(name) {
+        return Err(format!("{kind} name \"{name}\" {why}"));
+    }
+    if defined.any(|x| x == name) {
+        return Err(format!("{kind} \"{name}\" is defined twice"));
+    }
+    Ok(())
 }
 
 /// Device and policy names: 1 to 60 bytes, printable, no whitespace.
