@@ -63,23 +63,22 @@ impl TestRunner {
             trace,
             domain_buckets: apply::domain_buckets(config.max_domains),
         })?;
-        let mut maps = filter.take_maps()?;
+        let maps = filter.take_maps()?;
         let trace = if trace {
             Some(filter.take_trace()?)
         } else {
             None
         };
-        let applied = apply::apply(&mut maps, config)?;
-        let device_names = applied.slots.iter().map(|(n, s)| (*s, n.clone())).collect();
-        let policy_names = config.policies.iter().map(|p| p.name.clone()).collect();
-        Ok(Self {
+        let mut runner = Self {
             filter,
             maps,
             trace,
-            applied,
-            device_names,
-            policy_names,
-        })
+            applied: Applied::default(),
+            device_names: HashMap::new(),
+            policy_names: Vec::new(),
+        };
+        runner.reconfigure(config)?;
+        Ok(runner)
     }
 
     /// Writes a new configuration (as a reload would).
