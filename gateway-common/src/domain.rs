@@ -1,15 +1,18 @@
 //! Domain names: the DNS question walk, suffix fingerprints, and the §5 decision.
 //!
-//! The kernel runs these one byte at a time from `bpf_loop` callbacks (so the verifier checks a
-//! loop body once, not 253 iterations); the host runs the same step functions in a plain loop.
+//! The kernel runs these a label at a time from `bpf_loop` callbacks (so the verifier checks the
+//! loop body once, whatever the number of labels); the host runs the same functions in a plain
+//! loop.
 //!
-//! 1. `NameWalk::step` turns the wire-format question name into lower-case text (`a.b.c`),
-//!    checking label and name lengths, and rejects compression pointers, empty names and bytes
-//!    that cannot appear in a host name's text form.
-//! 2. `SuffixHasher::step` walks the text from its end and produces a keyed 64-bit fingerprint of
+//! 1. `NameWalk::label` reads one label of the wire-format question name: it writes the label as
+//!    lower-case text (`a.b.c`), checks label and name lengths, rejects compression pointers,
+//!    empty names and bytes that cannot appear in a host name's text form, and returns a keyed
+//!    hash of the label.
+//! 2. `suffixes` combines the label hashes from the right into a keyed 64-bit fingerprint of
 //!    every suffix that starts at a label: `com`, `example.com`, `www.example.com`. The domain
 //!    table is keyed by the same fingerprints, computed by the daemon with `fingerprint`.
-//! 3. `decide` applies a policy to the rule sets found for those suffixes, most specific first.
+//! 3. `decide_level` applies a policy to the rule sets found for those suffixes, most specific
+//!    first.
 
 use crate::enums::Reason;
 
@@ -47,151 +50,194 @@ pub fn check_query_header(h: &[u8; DNS_HEADER]) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Where the name walk is.
+/// Where the name walk is. The walk goes a label at a time: the kernel runs one `bpf_loop`
+/// iteration per label, the host a plain loop.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NameWalk {
-    /// Bytes of the label still to copy; 0 means the next byte is a length octet.
-    pub label_left: u8,
     /// Text written so far (including dots).
     pub len: u16,
     /// Wire bytes consumed.
     pub wire: u16,
-    /// Labels seen.
-    pub labels: u8,
+    /// Labels read.
+    pub labels: u16,
     /// 1 once the root label (length 0) was read.
-    pub done: u8,
+    pub done: u16,
 }
 
-/// What one byte did.
+/// What one label did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Keep going.
-    More,
-    /// Write this text byte at this position, keep going.
-    Emit(u8, u16),
+pub enum Label {
+    /// A label was read; its keyed hash (the input of `suffix_step`).
+    Read(u64),
     /// The name is complete (the root label was read).
     Done,
     /// The name is malformed.
     Bad(Reason),
 }
 
-impl NameWalk {
-    /// Consumes one wire byte.
-    #[inline(always)]
-    pub fn step(&mut self, b: u8) -> Step {
-        if self.done != 0 {
-            return Step::Done;
-        }
-        self.wire += 1;
-        if self.wire as usize > MAX_WIRE_NAME {
-            return Step::Bad(Reason::DnsNameTooLong);
-        }
-        if self.label_left == 0 {
-            if b == 0 {
-                if self.labels == 0 {
-                    return Step::Bad(Reason::DnsEmptyName);
-                }
-                self.done = 1;
-                return Step::Done;
-            }
-            if b & 0xc0 == 0xc0 {
-                // A compression pointer: never in a question a client sends.
-                return Step::Bad(Reason::DnsCompression);
-            }
-            if b as usize > MAX_LABEL {
-                // 64..=191: no label is that long (these were the obsolete label types).
-                return Step::Bad(Reason::DnsLabelTooLong);
-            }
-            self.label_left = b;
-            if self.labels > 0 {
-                let at = self.len;
-                self.len += 1;
-                self.labels += 1;
-                return if self.len as usize > MAX_NAME {
-                    Step::Bad(Reason::DnsNameTooLong)
-                } else {
-                    Step::Emit(b'.', at)
-                };
-            }
-            self.labels = 1;
-            return Step::More;
-        }
-        self.label_left -= 1;
-        // Host names are letters, digits, '-' and '_' (underscore: service labels). Anything
-        // else (dots inside a label, spaces, control bytes) cannot be a name a rule matches, and
-        // would make the text form ambiguous.
-        let c = match b {
-            b'A'..=b'Z' => b + 32,
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => b,
-            _ => return Step::Bad(Reason::DnsBadChar),
-        };
-        let at = self.len;
-        self.len += 1;
-        if self.len as usize > MAX_NAME {
-            return Step::Bad(Reason::DnsNameTooLong);
-        }
-        Step::Emit(c, at)
+/// FNV-1a prime: the per-byte step of a label's hash.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Odd multiplier of the per-label step of the suffix fingerprint.
+const SUFFIX_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The keyed start of a label's hash.
+#[inline(always)]
+pub const fn label_start(seed: u64) -> u64 {
+    seed ^ 0xcbf2_9ce4_8422_2325
+}
+
+/// One text byte into a label's hash.
+#[inline(always)]
+pub const fn label_byte(h: u64, c: u8) -> u64 {
+    (h ^ c as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// The keyed start of a suffix fingerprint.
+#[inline(always)]
+pub const fn suffix_start(seed: u64) -> u64 {
+    seed.rotate_left(32) ^ 0x6a09_e667_f3bc_c908
+}
+
+/// Extends a suffix by the label to its left (by that label's hash).
+#[inline(always)]
+pub const fn suffix_step(acc: u64, label_hash: u64) -> u64 {
+    (acc ^ label_hash).wrapping_mul(SUFFIX_MIX).rotate_left(29)
+}
+
+/// A character of a host name in lower case, or `None`. Host names are letters, digits, '-'
+/// and '_' (underscore: service labels). Anything else (dots inside a label, spaces, control
+/// bytes) cannot be a name a rule matches, and would make the text form ambiguous.
+#[inline(always)]
+pub const fn host_char(b: u8) -> Option<u8> {
+    match b {
+        b'A'..=b'Z' => Some(b + 32),
+        b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => Some(b),
+        _ => None,
     }
 }
 
-/// The host's loop over `NameWalk::step`: walks the question name at `off` in `b` into `text`.
-/// Returns (text length, wire length). The kernel runs the same step function from a
-/// `bpf_loop` callback instead.
+impl NameWalk {
+    /// Reads the label at wire offset `self.wire`: its length octet and its bytes. `read(i)` is
+    /// wire byte `i` of the name (`None` past the end of the message); `emit(i, c)` writes text
+    /// byte `i`. Every label's bytes are lower-cased, checked and hashed under `seed`.
+    #[inline(always)]
+    pub fn label(
+        &mut self,
+        seed: u64,
+        read: impl Fn(usize) -> Option<u8>,
+        mut emit: impl FnMut(usize, u8),
+    ) -> Label {
+        if self.done != 0 {
+            return Label::Done;
+        }
+        let at = self.wire as usize;
+        let Some(n) = read(at) else {
+            return Label::Bad(Reason::DnsTruncated);
+        };
+        if n == 0 {
+            if self.labels == 0 {
+                return Label::Bad(Reason::DnsEmptyName);
+            }
+            self.wire += 1;
+            self.done = 1;
+            return Label::Done;
+        }
+        if n & 0xc0 == 0xc0 {
+            // A compression pointer: never in a question a client sends.
+            return Label::Bad(Reason::DnsCompression);
+        }
+        if n as usize > MAX_LABEL {
+            // 64..=191: no label is that long (these were the obsolete label types).
+            return Label::Bad(Reason::DnsLabelTooLong);
+        }
+        let n = n as usize;
+        // This label and the root label after it must fit in 255 wire bytes, its text in 253.
+        let mut text = self.len as usize;
+        if self.labels > 0 {
+            text += 1;
+        }
+        if at + n + 2 > MAX_WIRE_NAME || text + n > MAX_NAME {
+            return Label::Bad(Reason::DnsNameTooLong);
+        }
+        if self.labels > 0 {
+            emit(text - 1, b'.');
+        }
+        let mut h = label_start(seed);
+        let mut i = 0;
+        while i < MAX_LABEL {
+            if i >= n {
+                break;
+            }
+            let Some(b) = read(at + 1 + i) else {
+                return Label::Bad(Reason::DnsTruncated);
+            };
+            let Some(c) = host_char(b) else {
+                return Label::Bad(Reason::DnsBadChar);
+            };
+            emit(text + i, c);
+            h = label_byte(h, c);
+            i += 1;
+        }
+        self.wire = (at + 1 + n) as u16;
+        self.len = (text + n) as u16;
+        self.labels += 1;
+        Label::Read(h)
+    }
+}
+
+/// The suffix fingerprints of a name from its label hashes: `hashes[i % MAX_LEVELS]` is the hash
+/// of label `i` (of `labels`, left to right). Writes the fingerprint of the last label, the last
+/// two, ... into `out` (least specific first, at most `MAX_LEVELS`) and returns how many.
+#[inline(always)]
+pub fn suffixes(
+    hashes: &[u64; MAX_LEVELS],
+    labels: usize,
+    seed: u64,
+    out: &mut [u64; MAX_LEVELS],
+) -> usize {
+    let count = if labels < MAX_LEVELS {
+        labels
+    } else {
+        MAX_LEVELS
+    };
+    let mut acc = suffix_start(seed);
+    let mut k = 0;
+    while k < MAX_LEVELS {
+        if k >= count {
+            break;
+        }
+        acc = suffix_step(acc, hashes[labels.wrapping_sub(1 + k) & (MAX_LEVELS - 1)]);
+        out[k] = finish(acc);
+        k += 1;
+    }
+    count
+}
+
+/// The host's loop over `NameWalk::label`: walks the question name at `off` in `b` into `text`.
+/// Returns (text length, wire length). The kernel runs the same function from a `bpf_loop`
+/// callback instead.
 pub fn walk_name<B: crate::bytes::Bytes + ?Sized>(
     b: &B,
     off: usize,
     text: &mut [u8; 256],
 ) -> Result<(usize, usize), Reason> {
     let mut walk = NameWalk::default();
-    for i in 0..MAX_WIRE_NAME {
-        let byte = b.u8_at(off + i).ok_or(Reason::DnsTruncated)?;
-        match walk.step(byte) {
-            Step::More => {}
-            Step::Emit(c, at) => {
-                if let Some(t) = text.get_mut(at as usize) {
+    loop {
+        let step = walk.label(
+            0,
+            |i| b.u8_at(off + i),
+            |i, c| {
+                if let Some(t) = text.get_mut(i) {
                     *t = c;
                 }
-            }
-            Step::Done => return Ok((walk.len as usize, walk.wire as usize)),
-            Step::Bad(r) => return Err(r),
+            },
+        );
+        match step {
+            Label::Read(_) => {}
+            Label::Done => return Ok((walk.len as usize, walk.wire as usize)),
+            Label::Bad(r) => return Err(r),
         }
-    }
-    Err(Reason::DnsNameTooLong)
-}
-
-/// FNV-1a prime: the per-byte step of the fingerprint.
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// Running state of the right-to-left suffix hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SuffixHasher {
-    pub h: u64,
-    /// Suffixes recorded so far.
-    pub count: u8,
-}
-
-impl SuffixHasher {
-    pub const fn new(seed: u64) -> Self {
-        Self { h: seed, count: 0 }
-    }
-
-    /// Feeds `c`, the text byte at position `pos`, walking from the end of the name to its start.
-    /// Returns the fingerprint of a suffix that ends here (just before a dot, or at the start).
-    #[inline(always)]
-    pub fn step(&mut self, c: u8, pos: usize) -> Option<u64> {
-        if c == b'.' {
-            // The suffix to the right is complete.
-            let fp = finish(self.h);
-            self.h = (self.h ^ u64::from(c)).wrapping_mul(FNV_PRIME);
-            self.count = self.count.saturating_add(1);
-            return Some(fp);
-        }
-        self.h = (self.h ^ u64::from(c)).wrapping_mul(FNV_PRIME);
-        if pos == 0 {
-            self.count = self.count.saturating_add(1);
-            return Some(finish(self.h));
-        }
-        None
     }
 }
 
@@ -206,18 +252,16 @@ const fn finish(h: u64) -> u64 {
 }
 
 /// The fingerprint of the whole of `name` (lower-case text, no trailing dot) under `seed`: what
-/// the daemon stores for a rule.
+/// the daemon stores for a rule. Equal to the kernel's fingerprint of the same suffix.
 pub fn fingerprint(name: &[u8], seed: u64) -> u64 {
-    let mut h = SuffixHasher::new(seed);
-    let mut last = 0;
-    let mut i = name.len();
-    while i > 0 {
-        i -= 1;
-        if let Some(fp) = h.step(name[i], i) {
-            last = fp;
-        }
+    let mut acc = suffix_start(seed);
+    for label in name.rsplit(|&c| c == b'.') {
+        let h = label
+            .iter()
+            .fold(label_start(seed), |h, &c| label_byte(h, c));
+        acc = suffix_step(acc, h);
     }
-    last
+    finish(acc)
 }
 
 /// What the domain table says about one domain: which categories list it (as a block, or as an
@@ -361,15 +405,20 @@ mod tests {
         Ok((text[..len].to_vec(), wire))
     }
 
-    fn suffixes(text: &[u8], seed: u64) -> Vec<u64> {
-        let mut h = SuffixHasher::new(seed);
-        let mut out = Vec::new();
-        for i in (0..text.len()).rev() {
-            if let Some(fp) = h.step(text[i], i) {
-                out.push(fp);
+    /// The kernel's fingerprints of a wire name, through the shared label walk.
+    fn suffix_fps(w: &[u8], seed: u64) -> Vec<u64> {
+        let mut walk = NameWalk::default();
+        let mut hashes = [0u64; MAX_LEVELS];
+        loop {
+            match walk.label(seed, |i| w.get(i).copied(), |_, _| {}) {
+                Label::Read(h) => hashes[(walk.labels as usize - 1) % MAX_LEVELS] = h,
+                Label::Done => break,
+                Label::Bad(r) => panic!("{r:?}"),
             }
         }
-        out
+        let mut out = [0u64; MAX_LEVELS];
+        let n = suffixes(&hashes, walk.labels as usize, seed, &mut out);
+        out[..n].to_vec()
     }
 
     #[test]
@@ -409,7 +458,7 @@ mod tests {
     #[test]
     fn every_label_suffix_is_fingerprinted_and_matches_the_rule_form() {
         let seed = 0x1234;
-        let fps = suffixes(b"www.example.com", seed);
+        let fps = suffix_fps(&wire("WWW.example.com"), seed);
         assert_eq!(
             fps,
             vec![
@@ -419,7 +468,7 @@ mod tests {
             ]
         );
         // A look-alike is not a suffix: "notexample.com" does not contain ".example.com".
-        let look = suffixes(b"notexample.com", seed);
+        let look = suffix_fps(&wire("notexample.com"), seed);
         assert!(!look.contains(&fingerprint(b"example.com", seed)));
         assert!(look.contains(&fingerprint(b"notexample.com", seed)));
         // Another seed, other fingerprints.
@@ -428,6 +477,17 @@ mod tests {
             fingerprint(b"example.com", seed + 1)
         );
         assert_ne!(fingerprint(b"example.com", seed), 0);
+        // Label boundaries are part of the fingerprint.
+        assert_ne!(fingerprint(b"ab.c", seed), fingerprint(b"a.bc", seed));
+        assert_ne!(fingerprint(b"a.b", seed), fingerprint(b"b.a", seed));
+        // Names deeper than MAX_LEVELS: the 16 rightmost suffixes are fingerprinted.
+        let deep = vec!["x"; 20].join(".");
+        let fps = suffix_fps(&wire(&deep), seed);
+        assert_eq!(fps.len(), MAX_LEVELS);
+        assert_eq!(
+            fps[15],
+            fingerprint(vec!["x"; 16].join(".").as_bytes(), seed)
+        );
     }
 
     fn rules(cats: u64, exc: u64, allow: u64, block: u64) -> RuleSet {

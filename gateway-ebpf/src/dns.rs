@@ -1,9 +1,10 @@
 //! DNS queries: the name, the decision, and the answer built in place.
 //!
 //! The question name is copied into a per-CPU scratch buffer (one `bpf_xdp_load_bytes`), then
-//! walked byte by byte in `bpf_loop` callbacks: the verifier checks each callback once instead of
-//! 255 unrolled iterations. The walk and the suffix hash are the shared step functions of
-//! `gateway_common::domain`; the suffixes are then looked up most specific first.
+//! walked a label per `bpf_loop` iteration: the verifier checks the callback once, whatever the
+//! number of labels. The label walk (lower-casing, checks, a keyed hash per label) and the suffix
+//! fingerprints are the shared functions of `gateway_common::domain`; the suffixes are then looked
+//! up most specific first.
 //!
 //! A blocked query is answered from its own frame: the DNS header becomes a response, what
 //! follows the question is cut off (`bpf_xdp_adjust_tail`), a sinkhole record and an OPT record
@@ -21,9 +22,8 @@ use aya_ebpf::{
 use gateway_common::{
     bytes::Bytes,
     domain::{
-        DNS_HEADER, Decision, MAX_LEVELS, MAX_WIRE_NAME, NameWalk, QTYPE_A, QTYPE_AAAA,
-        QTYPE_HTTPS, QTYPE_SVCB, Step, SuffixHasher, Why, check_query_header, decide_level,
-        default_decision,
+        DNS_HEADER, Decision, Label, MAX_LEVELS, MAX_WIRE_NAME, NameWalk, QTYPE_A, QTYPE_AAAA,
+        QTYPE_HTTPS, QTYPE_SVCB, Why, check_query_header, decide_level, default_decision, suffixes,
     },
     enums::{Action, Reason, Verdict},
     maps::{
@@ -47,6 +47,8 @@ pub struct Scratch {
     pub text: [u8; 256],
     /// Fingerprints of the suffixes, least specific first.
     pub fps: [u64; MAX_LEVELS],
+    /// Hashes of the last `MAX_LEVELS` labels read (label `i` at `i % MAX_LEVELS`).
+    pub labels: [u64; MAX_LEVELS],
     /// A copy of the UDP segment of an answer, for its checksum (zero padded).
     pub seg: [u8; 512],
     /// The records appended to an answer.
@@ -59,7 +61,6 @@ pub struct Scratch {
     /// verifier tracks stack values precisely, so a counter there makes every iteration a new
     /// state and the callback never converges; map memory reads as unknown, so it does.
     pub walk: WalkCtx,
-    pub hash: HashCtx,
     pub matching: MatchCtx,
 }
 
@@ -155,54 +156,42 @@ impl DnsOutcome {
 #[repr(C)]
 pub struct WalkCtx {
     walk: NameWalk,
+    /// Wire bytes of the name copied into `Scratch::wire`.
+    avail: u32,
     /// 0 running, 1 done, 2 malformed.
     state: u32,
     reason: u32,
+    seed: u64,
 }
 
-extern "C" fn walk_step(index: u64, _ctx: *mut c_void) -> i64 {
+/// One label per iteration.
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = maps::scratch() else { return 1 };
+    let avail = s.walk.avail as usize;
+    let seed = s.walk.seed;
+    let (wire, text, walk) = (&s.wire, &mut s.text, &mut s.walk.walk);
     // Masks prove the indexes are inside the 256-byte arrays.
-    let b = s.wire[(index & 0xff) as usize];
-    match s.walk.walk.step(b) {
-        Step::More => 0,
-        Step::Emit(ch, at) => {
-            s.text[(at & 0xff) as usize] = ch;
+    let step = walk.label(
+        seed,
+        |i| (i < avail).then(|| wire[i & 0xff]),
+        |i, c| text[i & 0xff] = c,
+    );
+    match step {
+        Label::Read(h) => {
+            let i = (s.walk.walk.labels as usize).wrapping_sub(1) & (MAX_LEVELS - 1);
+            s.labels[i] = h;
             0
         }
-        Step::Done => {
+        Label::Done => {
             s.walk.state = 1;
             1
         }
-        Step::Bad(r) => {
+        Label::Bad(r) => {
             s.walk.state = 2;
             s.walk.reason = r as u32;
             1
         }
     }
-}
-
-/// `bpf_loop` state of the suffix hash.
-#[repr(C)]
-pub struct HashCtx {
-    h: SuffixHasher,
-    len: u32,
-}
-
-extern "C" fn hash_step(index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = maps::scratch() else { return 1 };
-    // Right to left.
-    let pos = (s.hash.len as u64).wrapping_sub(1).wrapping_sub(index) & 0xff;
-    let n = s.hash.h.count as usize;
-    let c = s.text[pos as usize];
-    if let Some(fp) = s.hash.h.step(c, pos as usize) {
-        if n >= MAX_LEVELS {
-            // Deeper than any rule can be: the suffixes that matter are recorded.
-            return 1;
-        }
-        s.fps[n & (MAX_LEVELS - 1)] = fp;
-    }
-    0
 }
 
 /// `bpf_loop` state of the lookups.
@@ -258,25 +247,12 @@ fn decide(
     settings: &GenSettings,
     policy_id: u32,
     policy: &PolicyEntry,
-    len: u32,
+    labels: u32,
 ) -> Decision {
     let Some(s) = maps::scratch() else {
         return default_decision(policy.flags & POLICY_DEFAULT_BLOCK != 0);
     };
-    s.hash = HashCtx {
-        h: SuffixHasher::new(settings.table_seed),
-        len,
-    };
-    // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
-    unsafe {
-        bpf_loop(
-            len & 0xff,
-            hash_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    let count = (s.hash.h.count as u32).min(MAX_LEVELS as u32);
+    let count = suffixes(&s.labels, labels as usize, settings.table_seed, &mut s.fps) as u32;
     s.matching = MatchCtx {
         generation,
         buckets: settings.domain_buckets,
@@ -377,11 +353,22 @@ pub fn judge(
     }
     s.walk = WalkCtx {
         walk: NameWalk::default(),
+        avail: n,
         state: 0,
         reason: 0,
+        seed: settings.table_seed,
     };
+    // Every label takes at least 2 wire bytes: a name of `n` bytes has at most n/2 + 1 labels
+    // counting the root.
     // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
-    unsafe { bpf_loop(n, walk_step as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe {
+        bpf_loop(
+            n / 2 + 1,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
     let w = &s.walk;
     match w.state {
         1 => {}
@@ -390,12 +377,13 @@ pub fn judge(
     }
     let q_off = name_off + (w.walk.wire as usize & 0x1ff);
     let text_len = (w.walk.len as u32) & 0xff;
+    let labels = (w.walk.labels as u32) & 0xff;
     let Some(q) = pkt.read::<4>(q_off) else {
         return parse_error(Reason::DnsTruncated);
     };
     let qtype = u16::from_be_bytes([q[0], q[1]]);
     let mut out = judge_name(
-        ctx, f, &header, q_off, qtype, generation, settings, policy_id, &policy, text_len,
+        ctx, f, &header, q_off, qtype, generation, settings, policy_id, &policy, labels,
     );
     out.qtype = qtype;
     out.name_len = text_len as u16;
@@ -415,11 +403,11 @@ fn judge_name(
     settings: &GenSettings,
     policy_id: u32,
     policy: &PolicyEntry,
-    text_len: u32,
+    labels: u32,
 ) -> DnsOutcome {
     let policy = *policy;
     let header = *header;
-    let d = decide(generation, settings, policy_id, &policy, text_len);
+    let d = decide(generation, settings, policy_id, &policy, labels);
     let (reason, category) = match d.why {
         Why::Explicit => (Reason::Explicit, gateway_common::maps::NO_CATEGORY),
         Why::Category(c) => (Reason::Category, c),
