@@ -15,6 +15,7 @@ pub mod lists;
 pub mod maps;
 pub mod packet;
 pub mod table;
+pub mod tls;
 
 #[cfg(test)]
 extern crate std;
