@@ -29,16 +29,22 @@ pub const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 /// Extension type of server_name.
 pub const EXT_SERVER_NAME: u16 = 0;
 
-/// Whether a TCP payload starts like a ClientHello: a handshake record (TLS 1.0–1.3 record
-/// versions 3.1–3.4, or 3.0) whose first handshake message is a ClientHello. The first 6 bytes
-/// are enough; the kernel checks this before it creates flow state.
+/// Record type of ChangeCipherSpec: a client answering a HelloRetryRequest may send one (the
+/// TLS 1.3 middlebox-compatibility record) in front of its second ClientHello.
+pub const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+
+/// Whether a walk starts at a TCP payload whose first byte is `b`: a handshake record, or a
+/// ChangeCipherSpec record in front of one. Anything else (application data, the middle of a
+/// record) is not looked at; a walk that starts and turns out not to be a ClientHello ends as
+/// `Hello::NotHello`, decided by nothing.
 #[inline(always)]
-pub const fn starts_hello(b: &[u8; 6]) -> bool {
-    b[0] == CONTENT_HANDSHAKE && b[1] == 3 && b[2] <= 4 && b[5] == HANDSHAKE_CLIENT_HELLO
+pub const fn may_start_hello(b: u8) -> bool {
+    b == CONTENT_HANDSHAKE || b == CONTENT_CHANGE_CIPHER_SPEC
 }
 
 /// Fields, in stream order.
 mod field {
+    pub const CCS: u8 = 0;
     pub const HS_TYPE: u8 = 1;
     pub const HS_LEN: u8 = 2;
     pub const VERSION_RANDOM: u8 = 3;
@@ -69,8 +75,10 @@ pub enum Hello {
     Sni,
     /// A complete ClientHello without a server_name host name.
     NoSni,
-    /// Not a ClientHello, or one the walk gives up on (malformed, over a cap).
+    /// A ClientHello the walk gives up on (malformed, over a cap).
     Unparsed,
+    /// Not a ClientHello: the stream did not start with a handshake record holding one.
+    NotHello,
 }
 
 /// The walk's state: everything needed to resume it in the next segment.
@@ -103,7 +111,9 @@ pub struct HelloWalk {
     pub label_len: u8,
     /// Labels of the host name completed.
     pub labels: u8,
-    pub _pad: [u8; 3],
+    /// 1 while the record header being read is a ChangeCipherSpec's.
+    pub ccs: u8,
+    pub _pad: [u8; 2],
 }
 
 impl HelloWalk {
@@ -123,7 +133,8 @@ impl HelloWalk {
             field: field::HS_TYPE,
             label_len: 0,
             labels: 0,
-            _pad: [0; 3],
+            ccs: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -145,8 +156,30 @@ pub trait HelloSink {
 impl HelloWalk {
     /// Consumes the next field (or the part of it in this segment). `read(i)` is byte `i` of the
     /// segment's payload (`None` past its end); `pos` is where the walk is in it and moves on.
+    /// A walk that ends before a ClientHello's handshake type was read ends as `NotHello`.
     #[inline(always)]
     pub fn step<S: HelloSink>(
+        &mut self,
+        seed: u64,
+        read: impl Fn(usize) -> Option<u8>,
+        pos: &mut usize,
+        end: usize,
+        sink: &mut S,
+    ) -> Hello {
+        match self.field_step(seed, read, pos, end, sink) {
+            Hello::Unparsed if self.field <= field::HS_TYPE => Hello::NotHello,
+            other => other,
+        }
+    }
+
+    /// Whether the stream is known to carry a ClientHello (its handshake type was read).
+    #[inline(always)]
+    pub const fn is_hello(&self) -> bool {
+        self.field > field::HS_TYPE
+    }
+
+    #[inline(always)]
+    fn field_step<S: HelloSink>(
         &mut self,
         seed: u64,
         read: impl Fn(usize) -> Option<u8>,
@@ -182,7 +215,12 @@ impl HelloWalk {
                 Ok(n) => (n, self.need == 0),
                 Err(()) => return Hello::Unparsed,
             },
-            field::VERSION_RANDOM | field::SID | field::SUITES | field::COMP | field::EXT_BODY => {
+            field::CCS
+            | field::VERSION_RANDOM
+            | field::SID
+            | field::SUITES
+            | field::COMP
+            | field::EXT_BODY => {
                 let n = if here < self.need { here } else { self.need };
                 self.need -= n;
                 (n, self.need == 0)
@@ -246,6 +284,10 @@ impl HelloWalk {
             };
             // Byte 0 is the content type, bytes 1–2 the version, bytes 3–4 the length.
             match self.record_need {
+                5 if b == CONTENT_CHANGE_CIPHER_SPEC && self.field == field::HS_TYPE => {
+                    // Only in front of the ClientHello.
+                    self.ccs = 1;
+                }
                 5 if b != CONTENT_HANDSHAKE => return Hello::Unparsed,
                 4 if b != 3 => return Hello::Unparsed,
                 1 | 2 => self.record_acc = (self.record_acc << 8) | u16::from(b),
@@ -264,6 +306,14 @@ impl HelloWalk {
         }
         self.record_left = u32::from(self.record_acc);
         self.records += 1;
+        if self.ccs != 0 {
+            // A ChangeCipherSpec record holds one byte; the ClientHello follows in the next.
+            self.ccs = 0;
+            if self.record_left != 1 {
+                return Hello::Unparsed;
+            }
+            return self.enter(field::CCS, 1);
+        }
         Hello::More
     }
 
@@ -279,6 +329,7 @@ impl HelloWalk {
     #[inline(always)]
     fn next(&mut self, value: u32) -> Hello {
         match self.field {
+            field::CCS => self.enter(field::HS_TYPE, 1),
             field::HS_TYPE => {
                 if value != u32::from(HANDSHAKE_CLIENT_HELLO) {
                     return Hello::Unparsed;
@@ -470,7 +521,13 @@ pub const MAX_STEPS: u32 = 512;
 pub fn walk_segment(walk: &mut HelloWalk, seed: u64, payload: &[u8], sink: &mut NameBuf) -> Hello {
     let mut pos = 0;
     for _ in 0..MAX_STEPS {
-        match walk.step(seed, |i| payload.get(i).copied(), &mut pos, payload.len(), sink) {
+        match walk.step(
+            seed,
+            |i| payload.get(i).copied(),
+            &mut pos,
+            payload.len(),
+            sink,
+        ) {
             Hello::More => {}
             other => return other,
         }
@@ -550,7 +607,7 @@ mod tests {
     #[test]
     fn the_name_and_its_suffixes() {
         let h = hello(Some("WWW.Example.com"), 3, 4, 1);
-        assert!(starts_hello(h[..6].try_into().unwrap()));
+        assert!(may_start_hello(h[0]));
         let (r, text, fps) = walk(&[&h]);
         assert_eq!(r, Hello::Sni);
         assert_eq!(text, b"www.example.com");
@@ -593,13 +650,24 @@ mod tests {
         assert_eq!(walk(&[&hello(None, 4, 0, 1)]).0, Hello::NoSni);
         let mut h = hello(Some("example.com"), 0, 0, 1);
         h[5] = 2; // ServerHello
-        assert_eq!(walk(&[&h]).0, Hello::Unparsed);
+        assert_eq!(walk(&[&h]).0, Hello::NotHello);
         let mut h = hello(Some("example.com"), 0, 0, 1);
         h[0] = 23; // application data
-        assert_eq!(walk(&[&h]).0, Hello::Unparsed);
+        assert_eq!(walk(&[&h]).0, Hello::NotHello);
+        // A ChangeCipherSpec record in front (a second ClientHello after a HelloRetryRequest).
+        let mut h = vec![20, 3, 3, 0, 1, 1];
+        h.extend(hello(Some("example.com"), 1, 1, 1));
+        let (r, text, _) = walk(&[&h]);
+        assert_eq!((r, text.as_slice()), (Hello::Sni, &b"example.com"[..]));
+        h[4] = 2;
+        assert_eq!(walk(&[&h]).0, Hello::NotHello);
         // Bad characters, empty labels.
         for bad in ["exa mple.com", "a..b", ".a", "a/b"] {
-            assert_eq!(walk(&[&hello(Some(bad), 0, 0, 1)]).0, Hello::Unparsed, "{bad}");
+            assert_eq!(
+                walk(&[&hello(Some(bad), 0, 0, 1)]).0,
+                Hello::Unparsed,
+                "{bad}"
+            );
         }
         // An extension longer than the extensions block.
         let mut h = hello(None, 1, 0, 1);

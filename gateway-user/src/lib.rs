@@ -17,6 +17,7 @@ pub mod lists;
 pub mod mmap;
 pub mod notify;
 pub mod replay;
+pub mod sni;
 pub mod stats;
 pub mod sys;
 pub mod testrun;
