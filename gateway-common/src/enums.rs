@@ -60,6 +60,19 @@ labelled_enum! {
         DnsEmptyName = 21 => "dns_empty_name",
         /// A byte no host name contains.
         DnsBadChar = 22 => "dns_bad_char",
+        /// A complete ClientHello without a server name (`on_unparsed_tls` decides).
+        TlsNoSni = 23 => "tls_no_sni",
+        /// A ClientHello the walk could not finish: malformed, over a cap, a segment out of order
+        /// or missing (`on_unparsed_tls` decides).
+        TlsUnparsed = 24 => "tls_unparsed",
+        /// A segment of a ClientHello that continues in the next segment: passed, walk kept.
+        TlsPending = 25 => "tls_pending",
+        /// A later packet of a flow whose ClientHello was blocked.
+        FlowBlocked = 26 => "flow_blocked",
+        /// A QUIC Initial packet, judged by the policy's `quic`.
+        Quic = 27 => "quic",
+        /// A port the policy blocks (`block_ports`).
+        BlockedPort = 28 => "blocked_port",
     }
 }
 
@@ -88,6 +101,14 @@ labelled_enum! {
         DecisionMapFull = 0 => "decision_map_full",
         /// A decision event was lost: the event ring was full.
         RingLost = 1 => "ring_lost",
+        /// TLS flow state created (a ClientHello continued in a later segment, or a flow blocked).
+        FlowsCreated = 2 => "flows_created",
+        /// TLS flow state removed by the program (the walk ended); created - removed - present
+        /// is what the LRU map evicted.
+        FlowsRemoved = 3 => "flows_removed",
+        /// A ClientHello whose host name continued in a later segment, but whose saved partial
+        /// name was evicted (`on_unparsed_tls` decided).
+        FlowNameLost = 4 => "flow_name_lost",
     }
 }
 

@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -71,6 +71,10 @@ pub mod names {
     pub const DEVICE_NAMES: &str = "DEVICE_NAMES";
     pub const IFACES: &str = "IFACES";
     pub const TRACE: &str = "TRACE";
+    pub const FLOWS: &str = "FLOWS";
+    pub const FLOW_NAMES: &str = "FLOW_NAMES";
+    pub const FLOW_MARKS: &str = "FLOW_MARKS";
+    pub const BLOCK_PORTS: &str = "BLOCK_PORTS";
 
     /// Maps that are pinned and shared by every attachment and by successive daemons.
     /// (`TRACE` is per loaded object: only `replay` uses it.)
@@ -90,6 +94,10 @@ pub mod names {
         DEVICE_NAMES,
         IFACES,
         EVENTS,
+        FLOWS,
+        FLOW_NAMES,
+        FLOW_MARKS,
+        BLOCK_PORTS,
     ];
 }
 
@@ -209,6 +217,86 @@ pub const POLICY_DEFAULT_BLOCK: u32 = 1 << 2;
 pub const POLICY_HTTPS_EMPTY: u32 = 1 << 3;
 /// `PolicyEntry::flags`: malformed DNS queries are blocked (`on_parse_error = "block"`).
 pub const POLICY_PARSE_ERROR_BLOCK: u32 = 1 << 4;
+
+/// `PolicyEntry::flags`: blocked ClientHellos are dropped, not reset (`tls_block_answer = "drop"`).
+pub const POLICY_TLS_DROP: u32 = 1 << 5;
+/// `PolicyEntry::flags`: ClientHellos without a readable server name are blocked
+/// (`on_unparsed_tls = "block"`).
+pub const POLICY_UNPARSED_TLS_BLOCK: u32 = 1 << 6;
+/// `PolicyEntry::flags`: QUIC Initial packets are dropped (`quic = "block"`).
+pub const POLICY_QUIC_BLOCK: u32 = 1 << 7;
+/// `PolicyEntry::flags`: the policy has `block_ports` entries in `BLOCK_PORTS`.
+pub const POLICY_BLOCK_PORTS: u32 = 1 << 8;
+
+/// Key of `BLOCK_PORTS`: generation, policy, transport (`IPPROTO_TCP`/`IPPROTO_UDP`), port.
+#[inline(always)]
+pub const fn block_port_key(generation: u32, policy: u32, proto: u8, port: u16) -> u32 {
+    (generation & 1) << 31 | (policy & 0x7f) << 24 | (proto as u32) << 16 | port as u32
+}
+
+/// Key of `FLOWS` and `FLOW_NAMES`: a TCP flow from a device to a server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: crate::packet::Addr,
+    pub dst: crate::packet::Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// Slot of the flow in `FLOW_MARKS`.
+    #[inline(always)]
+    pub const fn mark_slot(&self) -> u32 {
+        let mut h = self.src.0[0] ^ self.src.0[1].rotate_left(17) ^ self.dst.0[0].rotate_left(31);
+        h ^= self.dst.0[1].rotate_left(47) ^ ((self.sport as u64) << 16 | self.dport as u64);
+        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((h >> 40) as u32) & (FLOW_MARK_SLOTS - 1)
+    }
+}
+
+/// Default capacity of `FLOWS` (`[gateway] max_tls_flows`).
+pub const DEFAULT_TLS_FLOWS: u32 = 65_536;
+/// Capacity of `FLOW_NAMES`: host names split over segments are rare (a name is at most 253
+/// bytes of a ~2,000-byte ClientHello), and an entry lives for one round trip.
+pub const FLOW_NAME_SLOTS: u32 = 4096;
+/// Capacity of `BLOCK_PORTS` (both generations).
+pub const MAX_BLOCK_PORTS: u32 = 4096;
+
+/// Slots of `FLOW_MARKS`: per slot, how many flows hashing there have state in `FLOWS`. A TCP
+/// segment to a TLS port that does not start a record is looked up in `FLOWS` only if its slot
+/// is marked, so data segments of decided flows cost an array read.
+pub const FLOW_MARK_SLOTS: u32 = 1 << 16;
+
+/// `FlowState::state`: the ClientHello continues in the next segment.
+pub const FLOW_PENDING: u32 = 0;
+/// `FlowState::state`: the flow was blocked; its later packets are dropped.
+pub const FLOW_BLOCKED: u32 = 1;
+
+/// Value of `FLOWS`: where a flow's ClientHello walk stopped, or that the flow is blocked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    pub walk: crate::tls::HelloWalk,
+    /// Sequence number of the segment that started the walk (a retransmission restarts it).
+    pub first_seq: u32,
+    /// Sequence number the next in-order segment carries.
+    pub next_seq: u32,
+    /// `FLOW_*`.
+    pub state: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlowState>() == 56);
+
+/// Value of `FLOW_NAMES`: a host name that continues in the next segment, as far as it was read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowName {
+    pub text: [u8; 256],
+    pub labels: [u64; crate::domain::MAX_LEVELS],
+}
 
 /// How a blocked DNS query is answered (`dns_block_answer`).
 #[repr(u32)]

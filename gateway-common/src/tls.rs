@@ -1,7 +1,7 @@
 //! The TLS ClientHello walk: from the first byte of a TCP stream to the first `host_name` of its
 //! `server_name` extension.
 //!
-//! The walk is resumable: its whole state is `HelloWalk` (48 bytes the kernel keeps per flow in an
+//! The walk is resumable: its whole state is `HelloWalk` (40 bytes the kernel keeps per flow in an
 //! LRU map), and it consumes the stream a segment at a time, in order. Each `step`
 //! handles one field, or the part of it the segment holds: fixed fields are skipped in one go
 //! (the random, cipher suites, other extensions), length fields are read a byte at a time as
@@ -116,6 +116,8 @@ pub struct HelloWalk {
     pub _pad: [u8; 2],
 }
 
+const _: () = assert!(core::mem::size_of::<HelloWalk>() == 40);
+
 impl HelloWalk {
     /// A walk at the start of the stream.
     pub const fn new() -> Self {
@@ -170,6 +172,12 @@ impl HelloWalk {
             Hello::Unparsed if self.field <= field::HS_TYPE => Hello::NotHello,
             other => other,
         }
+    }
+
+    /// Whether the walk is inside the host name (its text so far must be kept with the state).
+    #[inline(always)]
+    pub const fn in_name(&self) -> bool {
+        self.field == field::SNI_NAME
     }
 
     /// Whether the stream is known to carry a ClientHello (its handshake type was read).
@@ -445,7 +453,7 @@ impl HelloWalk {
             self.label_hash = label_start(seed);
         }
         let mut i = 0u32;
-        while i <= MAX_LABEL as u32 {
+        while i < NAME_CHUNK {
             if i >= here || i >= self.need {
                 break;
             }
@@ -486,6 +494,10 @@ impl HelloWalk {
         Ok(i)
     }
 }
+
+/// Most host name bytes one step reads (a label may take several steps). Small enough that
+/// the verifier follows the kernel's loop body without running out of jump history.
+const NAME_CHUNK: u32 = 16;
 
 /// A host-side sink: the name's text and the hashes of its last `MAX_LEVELS` labels.
 pub struct NameBuf {

@@ -49,6 +49,14 @@ pub struct Scratch {
     pub fps: [u64; MAX_LEVELS],
     /// Hashes of the last `MAX_LEVELS` labels read (label `i` at `i % MAX_LEVELS`).
     pub labels: [u64; MAX_LEVELS],
+    /// A TCP segment's payload, for the ClientHello walk.
+    pub payload: [u8; 4096],
+    /// Loop state of the ClientHello walk.
+    pub tls: crate::tls::TlsCtx,
+    /// A flow's state on its way to `FLOWS`.
+    pub flow: gateway_common::maps::FlowState,
+    /// A host name that continues in the next segment, on its way to `FLOW_NAMES`.
+    pub flow_name: gateway_common::maps::FlowName,
     /// A copy of the UDP segment of an answer, for its checksum (zero padded).
     pub seg: [u8; 512],
     /// The records appended to an answer.
@@ -242,7 +250,7 @@ extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
 
 /// The decision on the name now in `scratch.text` (`len` bytes) for `policy`.
 #[inline(always)]
-fn decide(
+pub(crate) fn decide(
     generation: u32,
     settings: &GenSettings,
     policy_id: u32,
@@ -575,7 +583,7 @@ fn answer(
 /// Turns a TCP segment carrying a blocked DNS query into a reset to its sender: RST|ACK with the
 /// sequence number the sender expects next and its data acknowledged, no payload.
 #[inline(always)]
-fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
+pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
     let old_len = opaque(ctx.data_end().wrapping_sub(ctx.data()));
     let payload = f.l3_end.saturating_sub(f.payload_off) as u32;
     let new_len = f.l4_off + TCP_HLEN;

@@ -12,15 +12,21 @@ mod device;
 mod dns;
 mod maps;
 mod packet_bytes;
+mod tls;
 
 use aya_ebpf::{Global, bindings::xdp_action, macros::xdp, programs::XdpContext};
+use gateway_common::bytes::Bytes as _;
 use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
-    maps::{DecisionKey, NO_CATEGORY, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT},
+    maps::{
+        DecisionKey, FlowKey, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR, POLICY_QUIC_BLOCK,
+        TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key,
+    },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, is_suspend_exempt,
         parse_l2, parse_l3, parse_l4,
     },
+    tls::may_start_hello,
 };
 
 use crate::{device::Device, packet_bytes::PacketBytes};
@@ -82,6 +88,58 @@ pub fn gateway(ctx: XdpContext) -> u32 {
 pub fn gateway_dns(ctx: XdpContext) -> u32 {
     let out = judge_dns(&ctx);
     finish(&ctx, &out)
+}
+
+/// The TLS program: tail-called by `gateway` for TCP segments with payload to port 443 that
+/// start a record or belong to a flow with state.
+#[xdp]
+pub fn gateway_tls(ctx: XdpContext) -> u32 {
+    let out = judge_tls(&ctx);
+    finish(&ctx, &out)
+}
+
+#[inline(always)]
+fn judge_tls(ctx: &XdpContext) -> Outcome {
+    let Some(s) = maps::scratch() else {
+        return Outcome::unjudged();
+    };
+    let h = s.handoff;
+    let generation = h.generation & 1;
+    let dev = Device {
+        slot: h.slot,
+        policy: h.policy & 63,
+        flags: 0,
+        known: h.slot != UNKNOWN_SLOT,
+    };
+    let Some(settings) = maps::settings_of(generation) else {
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    };
+    let d = tls::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
+    let Some(action) = d.action else {
+        return Outcome::new(&dev, d.verdict, d.reason);
+    };
+    count_decision(&dev, Proto::Tls, action, d.reason, d.category);
+    if d.reason != Reason::FlowBlocked {
+        maps::emit(|ev| {
+            // SAFETY: no preconditions.
+            ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
+            ev.slot = dev.slot;
+            ev.policy = dev.policy;
+            ev.qtype = 0;
+            ev.proto = Proto::Tls as u8;
+            ev.action = action as u8;
+            ev.reason = d.reason as u8;
+            ev.category = d.category;
+            ev.name_len = d.name_len;
+            if let Some(s) = maps::scratch() {
+                ev.name = s.text;
+            }
+        });
+    }
+    Outcome {
+        action: action as u32,
+        ..Outcome::new(&dev, d.verdict, d.reason)
+    }
 }
 
 #[inline(always)]
@@ -214,7 +272,103 @@ fn judge(ctx: &XdpContext) -> Outcome {
         // No DNS program loaded (or scratch missing): the query is passed, and counted so.
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
+    let policy = maps::policy(generation, dev.policy);
+    if policy.flags & POLICY_BLOCK_PORTS != 0
+        && maps::port_blocked(block_port_key(
+            generation,
+            dev.policy,
+            l3.proto,
+            l4.dst_port,
+        ))
+    {
+        return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
+    }
+    if l4.dst_port != TLS_PORT || l4.payload_off >= l3.l3_end {
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    }
+    if l3.proto == IPPROTO_UDP {
+        if is_quic_initial(&pkt, l4.payload_off) {
+            let block = policy.flags & POLICY_QUIC_BLOCK != 0;
+            return decided(&dev, Proto::Quic, Reason::Quic, policy.flags, block);
+        }
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    }
+    if l3.proto != IPPROTO_TCP {
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    }
+    // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk that
+    // continues, a blocked flow). Data segments of decided flows stop here.
+    let inspect = pkt.u8_at(l4.payload_off).is_some_and(may_start_hello) || {
+        let key = FlowKey {
+            src: l3.src,
+            dst: l3.dst,
+            sport: l4.src_port,
+            dport: l4.dst_port,
+            _pad: 0,
+        };
+        maps::flow_marked(key.mark_slot())
+    };
+    if inspect && let Some(s) = maps::scratch() {
+        s.handoff = dns::Handoff {
+            frame: dns::Frame::new(&l2, &l3, &l4),
+            generation,
+            slot: dev.slot,
+            policy: dev.policy & 63,
+        };
+        // SAFETY: as above.
+        unsafe { maps::PROGS.tail_call(ctx, maps::PROG_TLS) };
+    }
     Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
+}
+
+/// The TCP (and UDP) port whose ClientHellos (and QUIC Initials) are inspected.
+const TLS_PORT: u16 = 443;
+
+/// QUIC versions whose Initial packets are recognised: 1 (RFC 9000), 2 (RFC 9369), and the
+/// IETF drafts (0xff0000xx), which number packet types like version 1.
+const QUIC_V1: u32 = 1;
+const QUIC_V2: u32 = 0x6b33_43cf;
+
+/// Whether the UDP payload at `off` is a QUIC long-header Initial packet.
+#[inline(always)]
+fn is_quic_initial(pkt: &PacketBytes, off: usize) -> bool {
+    let Some(h) = pkt.read::<5>(off) else {
+        return false;
+    };
+    // Long header form and the fixed bit.
+    if h[0] & 0xc0 != 0xc0 {
+        return false;
+    }
+    let version = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    let kind = (h[0] >> 4) & 3;
+    match version {
+        QUIC_V1 => kind == 0,
+        QUIC_V2 => kind == 1,
+        v => v & 0xffff_ff00 == 0xff00_0000 && kind == 0,
+    }
+}
+
+/// A decision made by the main program (port, QUIC): counted on the device; blocked frames
+/// dropped unless the policy monitors.
+#[inline(always)]
+fn decided(dev: &Device, proto: Proto, reason: Reason, flags: u32, block: bool) -> Outcome {
+    let action = if !block {
+        Action::Allow
+    } else if flags & POLICY_MONITOR != 0 {
+        Action::Monitor
+    } else {
+        Action::Block
+    };
+    count_decision(dev, proto, action, reason, NO_CATEGORY);
+    let verdict = if action == Action::Block {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    };
+    Outcome {
+        action: action as u32,
+        ..Outcome::new(dev, verdict, reason)
+    }
 }
 
 /// Counts a decision on a device.

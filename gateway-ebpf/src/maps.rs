@@ -3,7 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
 };
 use gateway_common::{
     domain::RuleSet,
@@ -15,6 +17,10 @@ use gateway_common::{
         Trace,
     },
     maps::{DEFAULT_DOMAIN_BUCKETS, MAX_RULESETS, policy_index, ruleset_index},
+    maps::{
+        DEFAULT_TLS_FLOWS, FLOW_MARK_SLOTS, FLOW_NAME_SLOTS, FlowKey, FlowName, FlowState,
+        MAX_BLOCK_PORTS,
+    },
     packet::Addr,
     table::{self, DomainBucket, IpBucket, MacBucket},
 };
@@ -106,6 +112,81 @@ pub static PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 /// Index of the DNS program in `PROGS`.
 pub const PROG_DNS: u32 = 0;
+/// Index of the TLS program in `PROGS`.
+pub const PROG_TLS: u32 = 1;
+
+/// TCP flow -> where its ClientHello walk stopped, or that it is blocked. LRU: the oldest flows
+/// make room (the daemon derives evictions from the created/removed counters). Sized by the
+/// daemon at load (`[gateway] max_tls_flows`).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_TLS_FLOWS, 0);
+
+/// TCP flow -> the part of its host name read so far, when the name continues in the next
+/// segment.
+#[map]
+pub static FLOW_NAMES: LruHashMap<FlowKey, FlowName> =
+    LruHashMap::with_max_entries(FLOW_NAME_SLOTS, 0);
+
+/// `[FlowKey::mark_slot]`: how many flows of the slot have state in `FLOWS` (see
+/// `gateway_common::maps::FLOW_MARK_SLOTS`).
+#[map]
+pub static FLOW_MARKS: Array<u64> = Array::with_max_entries(FLOW_MARK_SLOTS, 0);
+
+/// `block_port_key(generation, policy, proto, port)` -> 1: the ports policies block. Written by
+/// the daemon (standby generation only).
+#[map]
+pub static BLOCK_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_BLOCK_PORTS, 0);
+
+/// Whether `BLOCK_PORTS` has this key.
+#[inline(always)]
+pub fn port_blocked(key: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { BLOCK_PORTS.get(&key) }.is_some()
+}
+
+/// Whether the slot of a flow is marked.
+#[inline(always)]
+pub fn flow_marked(slot: u32) -> bool {
+    FLOW_MARKS.get(slot).is_some_and(|n| *n != 0)
+}
+
+/// Adds 1 to (or takes 1 from) the mark of a flow's slot.
+#[inline(always)]
+pub fn mark_flow(slot: u32, add: bool) {
+    let Some(p) = FLOW_MARKS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: `p` points at a u64 in map memory.
+    let now = unsafe { core::ptr::read_volatile(p) };
+    let delta: u64 = if add {
+        1
+    } else if now > 0 {
+        u64::MAX
+    } else {
+        return;
+    };
+    atomic_add(p, delta);
+}
+
+/// `*p += delta` as one atomic instruction (the value is shared between CPUs).
+#[inline(always)]
+fn atomic_add(p: *mut u64, delta: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `p` is a valid, aligned u64 of map memory; BPF_ATOMIC | BPF_ADD on it.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {d}",
+            p = in(reg) p,
+            d = in(reg) delta,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above (host builds of this crate only type-check it).
+    unsafe {
+        *p = (*p).wrapping_add(delta);
+    }
+}
 
 /// Longest prefix of (generation, source address) -> device. Consulted last, and only when the
 /// generation has CIDR devices. Written by the daemon.

@@ -7,7 +7,7 @@
 //! wholly by the old or wholly by the new configuration.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::Hash,
     time::Duration,
 };
@@ -19,9 +19,10 @@ use gateway_common::{
     maps::{
         CidrData, DEVICE_SLOTS, DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT, DecisionKey, DeviceName,
         DeviceRef, DeviceTraffic, DnsAnswer, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES,
-        MAX_RULESETS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
-        POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, PolicyEntry, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP,
-        SETTINGS_HAS_MAC, SETTINGS_VALID, cidr_data, policy_index,
+        MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
+        POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP,
+        POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP,
+        SETTINGS_HAS_MAC, SETTINGS_VALID, block_port_key, cidr_data, policy_index,
     },
     table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
@@ -51,6 +52,8 @@ pub struct Desired {
     pub rulesets: Vec<RuleSet>,
     /// Domain-table buckets per generation.
     pub domain_buckets: u32,
+    /// (policy id, transport, port) the policies block.
+    pub block_ports: BTreeSet<(u32, u8, u16)>,
 }
 
 /// Domain-table buckets for a capacity of `max_domains` (a power of two, at least 1,024).
@@ -98,6 +101,10 @@ impl Desired {
                 (p.default_block, POLICY_DEFAULT_BLOCK),
                 (p.https_empty, POLICY_HTTPS_EMPTY),
                 (p.parse_error_block, POLICY_PARSE_ERROR_BLOCK),
+                (p.tls_drop, POLICY_TLS_DROP),
+                (p.unparsed_tls_block, POLICY_UNPARSED_TLS_BLOCK),
+                (p.quic_block, POLICY_QUIC_BLOCK),
+                (!p.block_ports.is_empty(), POLICY_BLOCK_PORTS),
             ] {
                 if on {
                     flags |= bit;
@@ -109,6 +116,9 @@ impl Desired {
                 DnsBlockAnswer::Sinkhole => DnsAnswer::Sinkhole,
                 DnsBlockAnswer::Drop => DnsAnswer::Drop,
             } as u32;
+            let id = d.policies.len() as u32;
+            d.block_ports
+                .extend(p.block_ports.iter().map(|b| (id, b.proto, b.port)));
             d.policies.push(PolicyEntry {
                 flags,
                 dns_answer,
@@ -419,6 +429,26 @@ fn write_generation(
     }
     for (len, data) in &del {
         maps.by_cidr.remove(&Key::new(*len, *data))?;
+    }
+    changes += put.len() + del.len();
+
+    let current: HashMap<u32, u8> = maps
+        .block_ports
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k >> 31 == generation & 1)
+        .collect();
+    let want: HashMap<u32, u8> = desired
+        .block_ports
+        .iter()
+        .map(|&(policy, proto, port)| (block_port_key(generation, policy, proto, port), 1))
+        .collect();
+    let (put, del) = diff(&current, &want);
+    for (k, v) in &put {
+        maps.block_ports.insert(k, v, 0)?;
+    }
+    for k in &del {
+        maps.block_ports.remove(k)?;
     }
     changes += put.len() + del.len();
 

@@ -120,7 +120,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let domain_buckets = apply::domain_buckets(config.max_domains);
-    for name in incompatible_pins(&pins.maps(), domain_buckets)? {
+    for name in incompatible_pins(&pins.maps(), domain_buckets, config.max_tls_flows)? {
         tracing::warn!(map = %name, "pinned map has another layout (older version?); replacing it, its contents are lost");
         std::fs::remove_file(pins.maps().join(&name))
             .with_context(|| format!("removing stale pin {name}"))?;
@@ -139,6 +139,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
                 map_pins: Some(pins.maps()),
                 trace: false,
                 domain_buckets,
+                tls_flows: config.max_tls_flows,
             };
             filters.insert(*link, Filter::load(&opts)?);
         }

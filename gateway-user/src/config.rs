@@ -115,6 +115,7 @@ struct RawGateway {
     unknown_devices: Option<Spanned<String>>,
     bpffs: Option<Spanned<PathBuf>>,
     max_domains: Option<Spanned<u32>>,
+    max_tls_flows: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +134,48 @@ struct RawCategory {
 pub enum AllowBlock {
     Allow,
     Block,
+}
+
+/// `tls_block_answer`: how a blocked ClientHello is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsBlockAnswer {
+    /// A TCP reset to the device, built in the kernel; the segment dropped.
+    Rst,
+    /// The segment dropped.
+    Drop,
+}
+
+/// A transport port a policy blocks (`block_ports = ["853/tcp"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BlockedPort {
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub port: u16,
+}
+
+impl std::str::FromStr for BlockedPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (port, proto) = s
+            .split_once('/')
+            .ok_or_else(|| "expected PORT/tcp or PORT/udp".to_string())?;
+        let proto = match proto {
+            "tcp" => gateway_common::packet::IPPROTO_TCP,
+            "udp" => gateway_common::packet::IPPROTO_UDP,
+            other => {
+                return Err(format!(
+                    "unknown transport \"{other}\" (expected tcp or udp)"
+                ));
+            }
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("\"{port}\" is not a port (1-65535)"))?;
+        Ok(Self { proto, port })
+    }
 }
 
 /// `https_records`.
@@ -180,6 +223,11 @@ struct RawPolicy {
     https_records: Option<HttpsRecords>,
     dns_block_answer: Option<DnsBlockAnswer>,
     on_parse_error: Option<AllowBlock>,
+    tls_block_answer: Option<TlsBlockAnswer>,
+    on_unparsed_tls: Option<AllowBlock>,
+    quic: Option<AllowBlock>,
+    #[serde(default)]
+    block_ports: Vec<Spanned<String>>,
     sinkhole_ipv4: Option<Spanned<String>>,
     sinkhole_ipv6: Option<Spanned<String>>,
     block_ttl: Option<u32>,
@@ -235,6 +283,8 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Domain-table capacity per generation (`[gateway] max_domains`).
     pub max_domains: u32,
+    /// Capacity of the TLS flow table (`[gateway] max_tls_flows`).
+    pub max_tls_flows: u32,
     /// Id of the policy for devices in no inventory.
     pub unknown_policy: usize,
     pub devices: Vec<Device>,
@@ -269,6 +319,10 @@ pub struct Policy {
     pub https_empty: bool,
     pub dns_answer: DnsBlockAnswer,
     pub parse_error_block: bool,
+    pub tls_drop: bool,
+    pub unparsed_tls_block: bool,
+    pub quic_block: bool,
+    pub block_ports: BTreeSet<BlockedPort>,
     pub sinkhole_v4: [u8; 4],
     pub sinkhole_v6: [u8; 16],
     pub block_ttl: u32,
@@ -287,6 +341,10 @@ impl Policy {
             https_empty: false,
             dns_answer: DnsBlockAnswer::Nxdomain,
             parse_error_block: false,
+            tls_drop: false,
+            unparsed_tls_block: false,
+            quic_block: false,
+            block_ports: BTreeSet::new(),
             sinkhole_v4: [0; 4],
             sinkhole_v6: [0; 16],
             block_ttl: DEFAULT_BLOCK_TTL,
@@ -596,6 +654,23 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         pol.https_empty = p.https_records == Some(HttpsRecords::Empty);
         pol.dns_answer = p.dns_block_answer.unwrap_or(DnsBlockAnswer::Nxdomain);
         pol.parse_error_block = p.on_parse_error == Some(AllowBlock::Block);
+        pol.tls_drop = p.tls_block_answer == Some(TlsBlockAnswer::Drop);
+        pol.unparsed_tls_block = p.on_unparsed_tls == Some(AllowBlock::Block);
+        pol.quic_block = p.quic == Some(AllowBlock::Block);
+        for bp in &p.block_ports {
+            match bp.get_ref().parse::<BlockedPort>() {
+                Ok(port) => {
+                    pol.block_ports.insert(port);
+                }
+                Err(why) => errors.push(loc.at(
+                    bp,
+                    format!(
+                        "policy \"{name}\": block_ports: \"{}\": {why}",
+                        bp.get_ref()
+                    ),
+                )),
+            }
+        }
         if let Some(t) = p.block_ttl {
             pol.block_ttl = t;
         }
@@ -831,6 +906,10 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                 .gateway
                 .max_domains
                 .map_or(DEFAULT_MAX_DOMAINS, |m| *m.get_ref()),
+            max_tls_flows: raw
+                .gateway
+                .max_tls_flows
+                .map_or(gateway_common::maps::DEFAULT_TLS_FLOWS, |m| *m.get_ref()),
             unknown_policy,
             devices,
         })
@@ -1040,7 +1119,7 @@ suspended = true
             ),
             (
                 "[gateway]\nfoo = 1\n",
-                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`",
             ),
             (
                 "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"b\"\n",

@@ -30,9 +30,12 @@ pub static EMPTY_OBJECT: &[u8] =
 pub const FILTER_PROGRAM: &str = "gateway";
 /// Name of the DNS program the filter tail-calls.
 pub const DNS_PROGRAM: &str = "gateway_dns";
-/// The filter's program array, and the DNS program's index in it.
+/// Name of the TLS program the filter tail-calls.
+pub const TLS_PROGRAM: &str = "gateway_tls";
+/// The filter's program array, and the tail-called programs' indexes in it.
 const PROGS_MAP: &str = "PROGS";
 const PROG_DNS: u32 = 0;
+const PROG_TLS: u32 = 1;
 /// Name of the empty XDP program in its object.
 pub const EMPTY_PROGRAM: &str = "empty";
 
@@ -47,6 +50,8 @@ pub struct LoadOptions {
     pub trace: bool,
     /// Domain-table buckets per generation (`apply::domain_buckets`).
     pub domain_buckets: u32,
+    /// Capacity of the TLS flow table (`[gateway] max_tls_flows`).
+    pub tls_flows: u32,
 }
 
 /// A loaded filter program for one link type.
@@ -72,10 +77,11 @@ impl Filter {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(names::DOMAINS, 2 * opts.domain_buckets);
+        loader.map_max_entries(names::FLOWS, opts.tls_flows.max(1));
         let mut ebpf = loader
             .load(FILTER_OBJECT)
             .context("loading the filter object")?;
-        for name in [DNS_PROGRAM, FILTER_PROGRAM] {
+        for name in [DNS_PROGRAM, TLS_PROGRAM, FILTER_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the object has no program {name}"))?
@@ -84,18 +90,21 @@ impl Filter {
                 .map_err(verifier_error)
                 .with_context(|| format!("program {name}"))?;
         }
-        let dns_fd = {
+        let fd_of = |ebpf: &Ebpf, name: &str| -> anyhow::Result<_> {
             let prog: &Xdp = ebpf
-                .program(DNS_PROGRAM)
-                .ok_or_else(|| anyhow!("the object has no program {DNS_PROGRAM}"))?
+                .program(name)
+                .ok_or_else(|| anyhow!("the object has no program {name}"))?
                 .try_into()?;
-            prog.fd()?.try_clone()?
+            Ok(prog.fd()?.try_clone()?)
         };
+        let dns_fd = fd_of(&ebpf, DNS_PROGRAM)?;
+        let tls_fd = fd_of(&ebpf, TLS_PROGRAM)?;
         let mut progs = aya::maps::ProgramArray::try_from(
             ebpf.map_mut(PROGS_MAP)
                 .ok_or_else(|| anyhow!("the object has no map {PROGS_MAP}"))?,
         )?;
         progs.set(PROG_DNS, &dns_fd, 0)?;
+        progs.set(PROG_TLS, &tls_fd, 0)?;
         Ok(Self {
             ebpf,
             link: opts.link,
@@ -172,6 +181,8 @@ pub struct Maps {
     pub ifaces: Array<MapData, IfaceInfo>,
     /// Decision events from the kernel.
     pub events: RingBuf<MapData>,
+    /// `block_port_key` -> 1.
+    pub block_ports: aya::maps::HashMap<MapData, u32, u8>,
 }
 
 impl Maps {
@@ -202,6 +213,7 @@ impl Maps {
             device_names: Array::try_from(take(names::DEVICE_NAMES)?)?,
             ifaces: Array::try_from(take(names::IFACES)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
+            block_ports: aya::maps::HashMap::try_from(take(names::BLOCK_PORTS)?)?,
         })
     }
 
@@ -274,7 +286,11 @@ pub fn zeroed_per_cpu<T: aya::Pod + Default>() -> anyhow::Result<PerCpuValues<T>
 
 /// Checks that the pinned maps in `dir` have the layout this build expects. Returns the names of
 /// those that do not (they must be replaced; their counters are lost).
-pub fn incompatible_pins(dir: &Path, domain_buckets: u32) -> anyhow::Result<Vec<String>> {
+pub fn incompatible_pins(
+    dir: &Path,
+    domain_buckets: u32,
+    tls_flows: u32,
+) -> anyhow::Result<Vec<String>> {
     let object = aya_obj::Object::parse(FILTER_OBJECT)
         .map_err(|e| anyhow!("parsing the filter object: {e}"))?;
     let mut bad = Vec::new();
@@ -292,10 +308,10 @@ pub fn incompatible_pins(dir: &Path, domain_buckets: u32) -> anyhow::Result<Vec<
                 info.key_size() == def.key_size()
                     && info.value_size() == def.value_size()
                     && info.max_entries()
-                        == if *name == names::DOMAINS {
-                            2 * domain_buckets
-                        } else {
-                            def.max_entries()
+                        == match *name {
+                            names::DOMAINS => 2 * domain_buckets,
+                            names::FLOWS => tls_flows.max(1),
+                            _ => def.max_entries(),
                         }
                     && info.map_flags() == def.map_flags()
             }

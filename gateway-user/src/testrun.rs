@@ -62,6 +62,7 @@ impl TestRunner {
             map_pins: None,
             trace,
             domain_buckets: apply::domain_buckets(config.max_domains),
+            tls_flows: config.max_tls_flows,
         })?;
         let maps = filter.take_maps()?;
         let trace = if trace {

@@ -1,0 +1,328 @@
+//! TLS: the ClientHello's server name, across segments, and the decision on the flow.
+//!
+//! The segment's payload is copied into per-CPU scratch memory (one `bpf_xdp_load_bytes`), then
+//! the shared walk (`gateway_common::tls`) runs a field per `bpf_loop` iteration. Where it stops
+//! at the end of a segment is kept per flow in `FLOWS` (and a host name read in part, in
+//! `FLOW_NAMES`); the next in-order segment resumes it. A retransmitted first segment restarts
+//! the walk; any other segment out of order ends it, and the policy's `on_unparsed_tls` decides.
+//! A blocked flow stays in `FLOWS`: its later packets are dropped.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use gateway_common::{
+    bytes::Bytes,
+    domain::{MAX_LEVELS, Why},
+    enums::{Action, Global, Reason, Verdict},
+    maps::{
+        FLOW_BLOCKED, FLOW_PENDING, FlowKey, GenSettings, NO_CATEGORY, POLICY_MONITOR,
+        POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK,
+    },
+    tls::{Hello, HelloSink, HelloWalk, MAX_STEPS, may_start_hello},
+};
+
+use crate::{
+    dns::{self, Frame},
+    maps,
+    packet_bytes::PacketBytes,
+};
+
+/// Bytes of a segment's payload the walk reads (the scratch buffer is twice that: indexes are
+/// masked with `PAYLOAD_MASK`).
+pub const MAX_PAYLOAD: usize = 2048;
+const PAYLOAD_MASK: usize = 4095;
+
+/// `bpf_loop` state of the walk.
+#[repr(C)]
+pub struct TlsCtx {
+    walk: HelloWalk,
+    seed: u64,
+    pos: u32,
+    end: u32,
+    /// `Hello` as a number once the loop stopped.
+    result: u32,
+    _pad: u32,
+}
+
+const R_MORE: u32 = 0;
+const R_NEED_MORE: u32 = 1;
+const R_SNI: u32 = 2;
+const R_NO_SNI: u32 = 3;
+const R_UNPARSED: u32 = 4;
+const R_NOT_HELLO: u32 = 5;
+
+/// The walk's output: the host name's text and label hashes, in scratch memory.
+struct Sink<'a> {
+    text: &'a mut [u8; 256],
+    labels: &'a mut [u64; MAX_LEVELS],
+}
+
+impl HelloSink for Sink<'_> {
+    #[inline(always)]
+    fn text(&mut self, i: usize, c: u8) {
+        self.text[i & 0xff] = c;
+    }
+    #[inline(always)]
+    fn label(&mut self, i: usize, hash: u64) {
+        self.labels[i & (MAX_LEVELS - 1)] = hash;
+    }
+}
+
+/// One field per iteration.
+extern "C" fn tls_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else { return 1 };
+    let end = (s.tls.end as usize) & PAYLOAD_MASK;
+    let mut pos = s.tls.pos as usize;
+    let seed = s.tls.seed;
+    let (payload, walk) = (&s.payload, &mut s.tls.walk);
+    let mut sink = Sink {
+        text: &mut s.text,
+        labels: &mut s.labels,
+    };
+    let r = walk.step(
+        seed,
+        |i| (i < end).then(|| payload[i & PAYLOAD_MASK]),
+        &mut pos,
+        end,
+        &mut sink,
+    );
+    s.tls.pos = pos as u32;
+    s.tls.result = match r {
+        Hello::More => return 0,
+        Hello::NeedMore => R_NEED_MORE,
+        Hello::Sni => R_SNI,
+        Hello::NoSni => R_NO_SNI,
+        Hello::Unparsed => R_UNPARSED,
+        Hello::NotHello => R_NOT_HELLO,
+    };
+    1
+}
+
+/// What the TLS program decided on a segment.
+#[derive(Clone, Copy)]
+pub struct TlsOutcome {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// `None`: no decision on the flow (uninspected, or the walk goes on).
+    pub action: Option<Action>,
+    pub category: u8,
+    /// Host name bytes in `scratch.text` (0: no name to report).
+    pub name_len: u16,
+}
+
+impl TlsOutcome {
+    #[inline(always)]
+    const fn pass(reason: Reason) -> Self {
+        Self {
+            verdict: Verdict::Pass,
+            reason,
+            action: None,
+            category: NO_CATEGORY,
+            name_len: 0,
+        }
+    }
+}
+
+/// Judges a TCP segment with payload to a TLS port.
+#[inline(always)]
+pub fn judge(
+    ctx: &XdpContext,
+    f: &Frame,
+    generation: u32,
+    settings: &GenSettings,
+    policy_id: u32,
+) -> TlsOutcome {
+    let pkt = PacketBytes::new(ctx);
+    let key = FlowKey {
+        src: f.src,
+        dst: f.dst,
+        sport: f.sport,
+        dport: f.dport,
+        _pad: 0,
+    };
+    let slot = key.mark_slot();
+    let Some(first) = pkt.u8_at(f.payload_off) else {
+        return TlsOutcome::pass(Reason::Uninspected);
+    };
+    let len = f.l3_end.saturating_sub(f.payload_off);
+    let Some(s) = maps::scratch() else {
+        return TlsOutcome::pass(Reason::Uninspected);
+    };
+
+    // Where the walk starts: saved state, a fresh walk, or nothing to do. Walk states live in
+    // scratch memory, never on the stack (misaligned stack accesses are rejected).
+    s.tls.walk = HelloWalk::new();
+    let mut first_seq = f.seq;
+    let mut existed = false;
+    let mut broken = false;
+    // SAFETY: the value is read and copied at once; the map is not changed meanwhile by us.
+    if let Some(st) = unsafe { maps::FLOWS.get(&key) } {
+        existed = true;
+        if st.state == FLOW_BLOCKED {
+            return TlsOutcome {
+                verdict: Verdict::Drop,
+                reason: Reason::FlowBlocked,
+                action: Some(Action::Block),
+                category: NO_CATEGORY,
+                name_len: 0,
+            };
+        }
+        if f.seq == st.first_seq && may_start_hello(first) {
+            // The first segment again (a retransmission): start over.
+        } else if f.seq == st.next_seq {
+            s.tls.walk = st.walk;
+            first_seq = st.first_seq;
+            if s.tls.walk.in_name() {
+                // SAFETY: as above.
+                match unsafe { maps::FLOW_NAMES.get(&key) } {
+                    Some(n) => {
+                        s.text = n.text;
+                        s.labels = n.labels;
+                    }
+                    None => {
+                        maps::count_global(Global::FlowNameLost);
+                        broken = true;
+                    }
+                }
+            }
+        } else {
+            // Out of order, or a segment missing.
+            broken = true;
+        }
+    } else if !may_start_hello(first) {
+        return TlsOutcome::pass(Reason::Uninspected);
+    }
+
+    let result = if broken {
+        R_UNPARSED
+    } else {
+        let n = if len > MAX_PAYLOAD { MAX_PAYLOAD } else { len } as u32;
+        // Verifier: 1..=2048, whatever the compiler keeps of the comparison above.
+        let n = (n.wrapping_sub(1) & (MAX_PAYLOAD as u32 - 1)) + 1;
+        // SAFETY: `n` <= 2048 bytes into the 4096-byte buffer; the helper checks the packet range.
+        let loaded = len > 0
+            && unsafe {
+                bpf_xdp_load_bytes(
+                    ctx.ctx,
+                    f.payload_off as u32,
+                    s.payload.as_mut_ptr().cast(),
+                    n,
+                )
+            } == 0;
+        if loaded {
+            s.tls.seed = settings.table_seed;
+            s.tls.pos = 0;
+            s.tls.end = n;
+            s.tls.result = R_MORE;
+            // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
+            unsafe { bpf_loop(MAX_STEPS, tls_step as *mut c_void, core::ptr::null_mut(), 0) };
+            // A segment longer than the walk reads cannot be followed by an in-order one.
+            if s.tls.result == R_NEED_MORE && (len > MAX_PAYLOAD) {
+                R_UNPARSED
+            } else {
+                s.tls.result
+            }
+        } else {
+            R_UNPARSED
+        }
+    };
+
+    let policy = maps::policy(generation, policy_id);
+    let forget = |existed: bool| {
+        if existed {
+            let _ = maps::FLOWS.remove(&key);
+            maps::mark_flow(slot, false);
+            maps::count_global(Global::FlowsRemoved);
+        }
+    };
+    let (block, reason, category, name_len) = match result {
+        R_NEED_MORE => {
+            s.flow.walk = s.tls.walk;
+            s.flow.first_seq = first_seq;
+            s.flow.next_seq = f.seq.wrapping_add(len as u32);
+            s.flow.state = FLOW_PENDING;
+            if maps::FLOWS.insert(&key, &s.flow, 0).is_ok() && !existed {
+                maps::mark_flow(slot, true);
+                maps::count_global(Global::FlowsCreated);
+            }
+            if s.tls.walk.in_name() {
+                // Built in scratch memory: the stack is too small for it.
+                s.flow_name.text = s.text;
+                s.flow_name.labels = s.labels;
+                let _ = maps::FLOW_NAMES.insert(&key, &s.flow_name, 0);
+            }
+            return TlsOutcome::pass(Reason::TlsPending);
+        }
+        R_NOT_HELLO => {
+            forget(existed);
+            return TlsOutcome::pass(Reason::Uninspected);
+        }
+        R_SNI => {
+            let labels = u32::from(s.tls.walk.labels);
+            let d = dns::decide(generation, settings, policy_id, &policy, labels);
+            let (reason, category) = match d.why {
+                Why::Explicit => (Reason::Explicit, NO_CATEGORY),
+                Why::Category(c) => (Reason::Category, c),
+                Why::Default => (Reason::Default, NO_CATEGORY),
+            };
+            (d.block, reason, category, s.tls.walk.name_len)
+        }
+        R_NO_SNI => (
+            policy.flags & POLICY_UNPARSED_TLS_BLOCK != 0,
+            Reason::TlsNoSni,
+            NO_CATEGORY,
+            0,
+        ),
+        _ => (
+            policy.flags & POLICY_UNPARSED_TLS_BLOCK != 0,
+            Reason::TlsUnparsed,
+            NO_CATEGORY,
+            0,
+        ),
+    };
+    let name_len = name_len & 0xff;
+    if !block {
+        forget(existed);
+        return TlsOutcome {
+            verdict: Verdict::Pass,
+            reason,
+            action: Some(Action::Allow),
+            category,
+            name_len,
+        };
+    }
+    if policy.flags & POLICY_MONITOR != 0 {
+        forget(existed);
+        return TlsOutcome {
+            verdict: Verdict::Pass,
+            reason,
+            action: Some(Action::Monitor),
+            category,
+            name_len,
+        };
+    }
+    // Blocked: the flow's later packets are dropped too.
+    s.flow.walk = HelloWalk::new();
+    s.flow.first_seq = first_seq;
+    s.flow.next_seq = 0;
+    s.flow.state = FLOW_BLOCKED;
+    if maps::FLOWS.insert(&key, &s.flow, 0).is_ok() && !existed {
+        maps::mark_flow(slot, true);
+        maps::count_global(Global::FlowsCreated);
+    }
+    let verdict = if policy.flags & POLICY_TLS_DROP != 0 {
+        Verdict::Drop
+    } else {
+        dns::reset(ctx, f)
+    };
+    TlsOutcome {
+        verdict,
+        reason,
+        action: Some(Action::Block),
+        category,
+        name_len,
+    }
+}
