@@ -76,3 +76,329 @@ fn every_client_hello_yields_the_name_tshark_reports() {
         "the corpus has ClientHellos over several segments"
     );
 }
+
+mod kernel {
+    //! The kernel's walk, through BPF_PROG_TEST_RUN: a real ClientHello (Chromium's, 1,756
+    //! bytes, X25519Kyber768) split at every offset into two segments, and into three, gives
+    //! the decision the unsplit one gets; resets are checked field by field.
+
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use gateway_common::{
+        enums::{Action, LinkType, Reason, Verdict},
+        tls::{Hello, HelloWalk, NameBuf, walk_segment},
+    };
+    use gateway_user::{
+        capture,
+        config::Config,
+        frames::{self, L2, L3, L4, TcpFlags},
+        sni::tcp_segment,
+        testrun::{RunResult, TestRunner},
+    };
+
+    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+    const KID: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+    const STAFF: [u8; 6] = [0x02, 0, 0, 0, 1, 2];
+    const STRICT: [u8; 6] = [0x02, 0, 0, 0, 1, 3];
+    const ACK: u32 = 0x5000_0000;
+
+    const CONFIG: &str = r#"
+[[policy]]
+name = "kids"
+block = ["google.com"]
+quic = "block"
+block_ports = ["853/tcp"]
+
+[[policy]]
+name = "staff"
+
+[[policy]]
+name = "strict"
+block = ["google.com"]
+tls_block_answer = "drop"
+on_unparsed_tls = "block"
+
+[[device]]
+name = "kid"
+mac = "02:00:00:00:01:01"
+policy = "kids"
+
+[[device]]
+name = "staff"
+mac = "02:00:00:00:01:02"
+policy = "staff"
+
+[[device]]
+name = "strict"
+mac = "02:00:00:00:01:03"
+policy = "strict"
+"#;
+
+    fn runner() -> TestRunner {
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "needs root (cargo xtask test)"
+        );
+        let config = Config::parse(CONFIG, std::path::Path::new("tls.toml")).expect("config");
+        TestRunner::new(&config, LinkType::Ethernet).expect("load")
+    }
+
+    /// Chromium's ClientHello from the corpus (SNI lh3.google.com, in its first 1,756 bytes).
+    fn chrome_hello() -> Vec<u8> {
+        let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/corpus/pcaps/tls/chrome-1250-tls-x25519-kyber.pcap");
+        let (frames, _) = capture::read(&file).expect("capture");
+        frames
+            .iter()
+            .find_map(|f| {
+                let (_, _, p) = tcp_segment(&f.data, f.link)?;
+                (p.first() == Some(&22)).then(|| p.to_vec())
+            })
+            .expect("a ClientHello")
+    }
+
+    fn segment(src: [u8; 6], sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        frames::build(
+            L2::Ethernet { src, dst: GW_MAC },
+            L3::V4 {
+                src: [10, 0, 0, src[5]],
+                dst: [192, 0, 2, 10],
+            },
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                flags: TcpFlags {
+                    ack: Some(ACK),
+                    psh: true,
+                    ..Default::default()
+                },
+            },
+            payload,
+        )
+    }
+
+    /// Runs the segments of one flow; returns the result of each.
+    fn flow(r: &mut TestRunner, src: [u8; 6], sport: u16, parts: &[&[u8]]) -> Vec<RunResult> {
+        let mut seq = 1000u32;
+        parts
+            .iter()
+            .map(|p| {
+                let f = segment(src, sport, 443, seq, p);
+                seq = seq.wrapping_add(p.len() as u32);
+                r.run(&f).expect("run")
+            })
+            .collect()
+    }
+
+    /// Checks that `out` is the reset of segment `f` (`payload` bytes at `seq`).
+    fn assert_reset(f: &[u8], out: &[u8], seq: u32, payload: usize) {
+        let q = SlicedPacket::from_ethernet(f).expect("segment");
+        let a = SlicedPacket::from_ethernet(out).expect("reset parses");
+        let (Some(TransportSlice::Tcp(qt)), Some(TransportSlice::Tcp(at))) =
+            (&q.transport, &a.transport)
+        else {
+            panic!("not TCP");
+        };
+        assert!(at.rst() && at.ack() && !at.syn() && !at.fin() && !at.psh());
+        assert_eq!(
+            at.sequence_number(),
+            ACK,
+            "seq = what the device acknowledged"
+        );
+        assert_eq!(at.acknowledgment_number(), seq.wrapping_add(payload as u32));
+        assert_eq!(
+            (at.source_port(), at.destination_port()),
+            (qt.destination_port(), qt.source_port())
+        );
+        assert!(at.payload().is_empty());
+        let (Some(NetSlice::Ipv4(qi)), Some(NetSlice::Ipv4(ai))) = (&q.net, &a.net) else {
+            panic!("not IPv4");
+        };
+        let h = ai.header().to_header();
+        assert_eq!(
+            (h.source, h.destination),
+            (qi.header().destination(), qi.header().source())
+        );
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        let th = at.to_header();
+        assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, &[]).expect("sum"));
+        assert_eq!(&out[..6], &f[6..12], "back to the device's MAC");
+    }
+
+    fn decision(results: &[RunResult]) -> (Verdict, Reason, Option<Action>) {
+        let last = results.last().expect("results");
+        for r in &results[..results.len() - 1] {
+            assert_eq!(
+                (r.verdict, r.reason),
+                (Verdict::Pass, Reason::TlsPending),
+                "segments before the decision pass"
+            );
+        }
+        (last.verdict, last.reason, last.action)
+    }
+
+    #[test]
+    fn every_split_decides_like_the_whole() {
+        let mut r = runner();
+        let hello = chrome_hello();
+        assert!(hello.len() > 1500, "Chromium's hello is over one segment");
+        let whole = flow(&mut r, KID, 1, &[&hello]);
+        assert_eq!(
+            decision(&whole),
+            (Verdict::Tx, Reason::Explicit, Some(Action::Block))
+        );
+        let f = segment(KID, 1, 443, 1000, &hello);
+        assert_reset(&f, &whole[0].output, 1000, hello.len());
+        let staff = flow(&mut r, STAFF, 1, &[&hello]);
+        assert_eq!(
+            decision(&staff),
+            (Verdict::Pass, Reason::Default, Some(Action::Allow))
+        );
+        let mut sni_in_first = 0;
+        for i in 1..hello.len() {
+            let sport = 2000 + i as u16;
+            let res = flow(&mut r, KID, sport, &[&hello[..i], &hello[i..]]);
+            if res[0].action.is_some() {
+                // The name was complete in the first segment: decided there.
+                sni_in_first += 1;
+                assert_eq!(
+                    (res[0].verdict, res[0].reason, res[0].action),
+                    decision(&whole),
+                    "split at {i}"
+                );
+                assert_eq!(
+                    (res[1].verdict, res[1].reason),
+                    (Verdict::Drop, Reason::FlowBlocked),
+                    "split at {i}: later packets of a blocked flow"
+                );
+                continue;
+            }
+            assert_eq!(decision(&res), decision(&whole), "split at {i}");
+            let f = segment(KID, sport, 443, 1000 + i as u32, &hello[i..]);
+            assert_reset(&f, &res[1].output, 1000 + i as u32, hello.len() - i);
+            let res = flow(&mut r, STAFF, sport, &[&hello[..i], &hello[i..]]);
+            assert_eq!(decision(&res), decision(&staff), "staff, split at {i}");
+        }
+        // Decided in the first segment exactly when the host walk finds the name in it.
+        let name_end = (1..=hello.len())
+            .find(|&i| {
+                let mut w = HelloWalk::new();
+                walk_segment(&mut w, 0, &hello[..i], &mut NameBuf::default()) == Hello::Sni
+            })
+            .expect("the name");
+        assert_eq!(sni_in_first, hello.len() - name_end);
+        // (This hello carries server_name near its end: most splits put it in the second
+        // segment; those after byte `name_end` in the first.)
+        assert!(sni_in_first > 0 && name_end > 1500);
+        for i in (1..hello.len()).step_by(41) {
+            for j in (i + 1..hello.len()).step_by(97) {
+                let sport = 10_000 + (i * 7 + j) as u16;
+                let res = flow(
+                    &mut r,
+                    STAFF,
+                    sport,
+                    &[&hello[..i], &hello[i..j], &hello[j..]],
+                );
+                assert_eq!(decision(&res), decision(&staff), "split at {i}, {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn retransmission_out_of_order_and_blocked_flows() {
+        let mut r = runner();
+        let hello = chrome_hello();
+        let (a, b) = hello.split_at(100);
+        // The first segment twice (a retransmission), then the second: decided as usual.
+        let res = flow(&mut r, KID, 7, &[a]);
+        assert_eq!(res[0].reason, Reason::TlsPending);
+        let f = segment(KID, 7, 443, 1000, a);
+        assert_eq!(r.run(&f).expect("run").reason, Reason::TlsPending);
+        let f = segment(KID, 7, 443, 1100, b);
+        let res = r.run(&f).expect("run");
+        assert_eq!((res.verdict, res.reason), (Verdict::Tx, Reason::Explicit));
+        // Later packets of the blocked flow, whatever they carry, are dropped.
+        let f = segment(KID, 7, 443, 9999, b"\x17\x03\x03\x00\x01x");
+        let res = r.run(&f).expect("run");
+        assert_eq!(
+            (res.verdict, res.reason),
+            (Verdict::Drop, Reason::FlowBlocked)
+        );
+
+        // Out of order: the walk ends and on_unparsed_tls decides (staff: allow; strict: block).
+        for (dev, want) in [
+            (STAFF, (Verdict::Pass, Some(Action::Allow))),
+            (STRICT, (Verdict::Drop, Some(Action::Block))),
+        ] {
+            let f = segment(dev, 8, 443, 1000, a);
+            assert_eq!(r.run(&f).expect("run").reason, Reason::TlsPending);
+            let f = segment(dev, 8, 443, 1100 + 50, b);
+            let res = r.run(&f).expect("run");
+            assert_eq!(res.reason, Reason::TlsUnparsed);
+            assert_eq!((res.verdict, res.action), want);
+        }
+        // `drop` instead of a reset.
+        let res = flow(&mut r, STRICT, 9, &[&hello]);
+        assert_eq!(
+            decision(&res),
+            (Verdict::Drop, Reason::Explicit, Some(Action::Block))
+        );
+        // Application data of a flow without state: not inspected.
+        let f = segment(STAFF, 10, 443, 5, b"\x17\x03\x03\x00\x05hello");
+        assert_eq!(r.run(&f).expect("run").reason, Reason::Uninspected);
+    }
+
+    #[test]
+    fn quic_initials_and_blocked_ports() {
+        let mut r = runner();
+        // A QUIC v1 long-header Initial, padded as clients pad them.
+        let mut initial = vec![0xc3, 0, 0, 0, 1, 8];
+        initial.resize(1200, 0);
+        let udp = |src: [u8; 6], dport: u16, payload: &[u8]| {
+            frames::build(
+                L2::Ethernet { src, dst: GW_MAC },
+                L3::V4 {
+                    src: [10, 0, 0, src[5]],
+                    dst: [192, 0, 2, 10],
+                },
+                L4::Udp { sport: 5555, dport },
+                payload,
+            )
+        };
+        let res = r.run(&udp(KID, 443, &initial)).expect("run");
+        assert_eq!(
+            (res.verdict, res.reason, res.action),
+            (Verdict::Drop, Reason::Quic, Some(Action::Block))
+        );
+        let res = r.run(&udp(STAFF, 443, &initial)).expect("run");
+        assert_eq!(
+            (res.verdict, res.reason, res.action),
+            (Verdict::Pass, Reason::Quic, Some(Action::Allow))
+        );
+        // A short-header (1-RTT) packet is not an Initial.
+        let res = r.run(&udp(KID, 443, &[0x43; 64])).expect("run");
+        assert_eq!(
+            (res.verdict, res.reason),
+            (Verdict::Pass, Reason::Uninspected)
+        );
+        // QUIC v2 numbers Initial as type 1.
+        let mut v2 = vec![0xd3, 0x6b, 0x33, 0x43, 0xcf, 8];
+        v2.resize(1200, 0);
+        assert_eq!(
+            r.run(&udp(KID, 443, &v2)).expect("run").reason,
+            Reason::Quic
+        );
+        // DNS over TLS, port 853/tcp: blocked for the kids, not for staff.
+        let res = r.run(&segment(KID, 11, 853, 1, b"x")).expect("run");
+        assert_eq!(
+            (res.verdict, res.reason, res.action),
+            (Verdict::Drop, Reason::BlockedPort, Some(Action::Block))
+        );
+        let res = r.run(&segment(STAFF, 11, 853, 1, b"x")).expect("run");
+        assert_eq!(
+            (res.verdict, res.reason),
+            (Verdict::Pass, Reason::Uninspected)
+        );
+    }
+}
