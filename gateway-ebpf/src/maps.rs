@@ -142,7 +142,7 @@ pub static BLOCK_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_BLOCK_P
 #[inline(always)]
 pub fn port_blocked(key: u32) -> bool {
     // SAFETY: the value is only tested for presence.
-    unsafe { BLOCK_PORTS.get(&key) }.is_some()
+    unsafe { BLOCK_PORTS.get(key) }.is_some()
 }
 
 /// Whether the slot of a flow is marked.

@@ -127,6 +127,9 @@ impl TlsOutcome {
 }
 
 /// Judges a TCP segment with payload to a TLS port.
+// Map values are passed by reference on purpose: by value they would be copied onto the
+// 512-byte stack (a `FlowName` is 384 bytes).
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn judge(
     ctx: &XdpContext,
@@ -159,7 +162,7 @@ pub fn judge(
     let mut existed = false;
     let mut broken = false;
     // SAFETY: the value is read and copied at once; the map is not changed meanwhile by us.
-    if let Some(st) = unsafe { maps::FLOWS.get(&key) } {
+    if let Some(st) = unsafe { maps::FLOWS.get(key) } {
         existed = true;
         if st.state == FLOW_BLOCKED {
             return TlsOutcome {
@@ -177,7 +180,7 @@ pub fn judge(
             first_seq = st.first_seq;
             if s.tls.walk.in_name() {
                 // SAFETY: as above.
-                match unsafe { maps::FLOW_NAMES.get(&key) } {
+                match unsafe { maps::FLOW_NAMES.get(key) } {
                     Some(n) => {
                         s.text = n.text;
                         s.labels = n.labels;
@@ -233,7 +236,7 @@ pub fn judge(
     let policy = maps::policy(generation, policy_id);
     let forget = |existed: bool| {
         if existed {
-            let _ = maps::FLOWS.remove(&key);
+            let _ = maps::FLOWS.remove(key);
             maps::mark_flow(slot, false);
             maps::count_global(Global::FlowsRemoved);
         }
@@ -244,7 +247,7 @@ pub fn judge(
             s.flow.first_seq = first_seq;
             s.flow.next_seq = f.seq.wrapping_add(len as u32);
             s.flow.state = FLOW_PENDING;
-            if maps::FLOWS.insert(&key, &s.flow, 0).is_ok() && !existed {
+            if maps::FLOWS.insert(key, &s.flow, 0).is_ok() && !existed {
                 maps::mark_flow(slot, true);
                 maps::count_global(Global::FlowsCreated);
             }
@@ -252,7 +255,7 @@ pub fn judge(
                 // Built in scratch memory: the stack is too small for it.
                 s.flow_name.text = s.text;
                 s.flow_name.labels = s.labels;
-                let _ = maps::FLOW_NAMES.insert(&key, &s.flow_name, 0);
+                let _ = maps::FLOW_NAMES.insert(key, &s.flow_name, 0);
             }
             return TlsOutcome::pass(Reason::TlsPending);
         }
@@ -309,7 +312,7 @@ pub fn judge(
     s.flow.first_seq = first_seq;
     s.flow.next_seq = 0;
     s.flow.state = FLOW_BLOCKED;
-    if maps::FLOWS.insert(&key, &s.flow, 0).is_ok() && !existed {
+    if maps::FLOWS.insert(key, &s.flow, 0).is_ok() && !existed {
         maps::mark_flow(slot, true);
         maps::count_global(Global::FlowsCreated);
     }
