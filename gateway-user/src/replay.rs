@@ -36,7 +36,7 @@ pub struct Record {
     /// The XDP verdict.
     pub verdict: &'static str,
     pub reason: &'static str,
-    /// The query name (DNS).
+    /// The query name (DNS) or the ClientHello's server name (TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The query type (DNS).
@@ -70,6 +70,8 @@ pub fn replay(
         tracing::warn!(frame = s.number, reason = %s.why, "frame skipped");
     }
     let mut runners: BTreeMap<LinkType, TestRunner> = BTreeMap::new();
+    // ClientHellos followed across frames with the kernel's walk, for their server names.
+    let mut hellos = crate::sni::Follower::default();
     for frame in &frames {
         if frame.data.len() < MIN_FRAME {
             tracing::warn!(
@@ -87,17 +89,16 @@ pub fn replay(
             }
         };
         let r = runner.run(&frame.data)?;
-        let (name, qtype) = dns_question(frame).unzip();
+        let (mut name, qtype) = dns_question(frame).unzip();
+        if let Some((_, crate::sni::Outcome::Sni(sni))) = hellos.feed(&frame.data, frame.link) {
+            name = Some(sni);
+        }
         let record = Record {
             frame: frame.number,
             time: frame.time.as_secs_f64(),
             device: runner.device_name(r.slot),
             policy: runner.policy_name(r.policy),
-            proto: if r.action.is_some() && r.reason != Reason::Suspended {
-                "dns"
-            } else {
-                proto_of(frame, r.reason)
-            },
+            proto: decision_proto(frame, r.action.is_some(), r.reason),
             action: r.action.map_or("pass", Action::label),
             verdict: r.verdict.label(),
             reason: r.reason.label(),
@@ -133,6 +134,24 @@ fn dns_question(frame: &Frame) -> Option<(String, u16)> {
         String::from_utf8_lossy(text.get(..len)?).into_owned(),
         qtype,
     ))
+}
+
+/// The protocol of a decision (DNS, TLS, QUIC, port), else the frame's transport.
+fn decision_proto(frame: &Frame, decided: bool, reason: Reason) -> &'static str {
+    if !decided || reason == Reason::Suspended {
+        return proto_of(frame, reason);
+    }
+    match reason {
+        Reason::BlockedPort => "port",
+        Reason::Quic => "quic",
+        Reason::TlsNoSni | Reason::TlsUnparsed | Reason::FlowBlocked => "tls",
+        _ if crate::sni::tcp_segment(&frame.data, frame.link)
+            .is_some_and(|(flow, _, _)| flow.dport == 443) =>
+        {
+            "tls"
+        }
+        _ => "dns",
+    }
 }
 
 /// The decision's protocol, or the frame's transport described with the shared parser.
