@@ -18,12 +18,22 @@ const LLVM_PACKAGES: &[&str] = &[
 ];
 /// What the tests, the demo and the benchmarks run.
 const TEST_PACKAGES: &[&str] = &[
-    "iproute2",     // ip, namespaces, veth
-    "iputils-ping", // ping from simulated devices
-    "ethtool",      // offloads off on veths
-    "util-linux",   // nsenter
-    "procps",       // sysctl
-    "bpftool",      // inspecting programs and maps when a test fails
+    "iproute2",      // ip, namespaces, veth
+    "iputils-ping",  // ping from simulated devices
+    "ethtool",       // offloads off on veths
+    "util-linux",    // nsenter
+    "procps",        // sysctl
+    "bpftool",       // inspecting programs and maps when a test fails
+    "dnsmasq-base",  // the DNS upstream of the namespace tests; a baseline of the benchmark
+    "dnsutils",      // dig
+    "knot-dnsutils", // kdig
+    "tshark",        // the reference SNI of every corpus ClientHello
+    "openssl",       // s_server upstream and s_client in the TLS namespace tests
+    "gnutls-bin",    // gnutls-cli
+    "curl",          // HTTPS client
+    "chromium",      // a real browser's two-segment ClientHello
+    "dnsperf",       // the DNS benchmark's load
+    "unbound",       // a baseline of the DNS benchmark
 ];
 
 fn quiet(program: &str, args: &[&str]) -> Option<String> {
