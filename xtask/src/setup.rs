@@ -31,6 +31,7 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",       // s_server upstream and s_client in the TLS namespace tests
     "gnutls-bin",    // gnutls-cli
     "curl",          // HTTPS client
+    "socat",         // the HTTPS upstream of the TLS namespace tests
     "chromium",      // a real browser's two-segment ClientHello
     "dnsperf",       // the DNS benchmark's load
     "unbound",       // a baseline of the DNS benchmark
