@@ -185,6 +185,8 @@ pub const SETTINGS_HAS_MAC: u32 = 1;
 pub const SETTINGS_HAS_IP: u32 = 1 << 1;
 /// `GenSettings::flags`: `DEVICE_BY_CIDR` has entries for this generation.
 pub const SETTINGS_HAS_CIDR: u32 = 1 << 2;
+/// `GenSettings::flags`: some policy of this generation blocks ports (`BLOCK_PORTS`).
+pub const SETTINGS_HAS_BLOCK_PORTS: u32 = 1 << 3;
 /// `GenSettings::flags`: this generation has been completely written.
 pub const SETTINGS_VALID: u32 = 1 << 31;
 
@@ -250,11 +252,22 @@ impl FlowKey {
     /// Slot of the flow in `FLOW_MARKS`.
     #[inline(always)]
     pub const fn mark_slot(&self) -> u32 {
-        let mut h = self.src.0[0] ^ self.src.0[1].rotate_left(17) ^ self.dst.0[0].rotate_left(31);
-        h ^= self.dst.0[1].rotate_left(47) ^ ((self.sport as u64) << 16 | self.dport as u64);
-        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        ((h >> 40) as u32) & (FLOW_MARK_SLOTS - 1)
+        flow_slot(&self.src, &self.dst, self.sport, self.dport)
     }
+}
+
+/// Slot in `FLOW_MARKS` of the flow with these addresses and ports.
+#[inline(always)]
+pub const fn flow_slot(
+    src: &crate::packet::Addr,
+    dst: &crate::packet::Addr,
+    sport: u16,
+    dport: u16,
+) -> u32 {
+    let h = (src.0[0] ^ src.0[1] ^ dst.0[0].rotate_left(32) ^ dst.0[1].rotate_left(32))
+        .wrapping_add((sport as u64) << 16 | dport as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 40) as u32) & (FLOW_MARK_SLOTS - 1)
 }
 
 /// Default capacity of `FLOWS` (`[gateway] max_tls_flows`).

@@ -217,6 +217,9 @@ impl HelloWalk {
         } else {
             self.record_left
         };
+        if self.field == field::EXT_TYPE && self.need == 2 && here >= 4 {
+            return self.extension(&read, pos, here);
+        }
         let field = self.field;
         let (n, done) = match field {
             field::SNI_NAME => match self.name(seed, &read, *pos, here, sink) {
@@ -272,6 +275,56 @@ impl HelloWalk {
         let value = self.acc;
         self.acc = 0;
         self.next(value)
+    }
+
+    /// The fast path of the common case: an extension's type and length whole in this segment
+    /// and record. Reads both, and skips as much of a body other than server_name's as is here,
+    /// in one step (the field-by-field path takes three).
+    #[inline(always)]
+    fn extension(
+        &mut self,
+        read: &impl Fn(usize) -> Option<u8>,
+        pos: &mut usize,
+        here: u32,
+    ) -> Hello {
+        let p = *pos;
+        let (Some(t0), Some(t1), Some(l0), Some(l1)) =
+            (read(p), read(p + 1), read(p + 2), read(p + 3))
+        else {
+            return Hello::Unparsed;
+        };
+        let len = u32::from(u16::from_be_bytes([l0, l1]));
+        if self.hs_left < 4 || self.exts_left < 4 {
+            return Hello::Unparsed;
+        }
+        self.consume(pos, 4);
+        if len > self.exts_left {
+            return Hello::Unparsed;
+        }
+        if u16::from_be_bytes([t0, t1]) == EXT_SERVER_NAME {
+            if len < 5 {
+                return Hello::Unparsed;
+            }
+            return self.enter(field::SNI_LIST_LEN, 2);
+        }
+        let n = if len < here - 4 { len } else { here - 4 };
+        self.consume(pos, n);
+        self.field = field::EXT_BODY;
+        self.need = len - n;
+        if self.need > 0 {
+            return Hello::More;
+        }
+        self.next_extension()
+    }
+
+    /// Takes `n` bytes of an extension (already checked against the record, the handshake and
+    /// the extensions block).
+    #[inline(always)]
+    fn consume(&mut self, pos: &mut usize, n: u32) {
+        *pos += n as usize;
+        self.record_left -= n;
+        self.hs_left -= n;
+        self.exts_left -= n;
     }
 
     /// A record header: type, version, length.

@@ -19,8 +19,8 @@ use gateway_common::bytes::Bytes as _;
 use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{
-        DecisionKey, FlowKey, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR, POLICY_QUIC_BLOCK,
-        TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key,
+        DecisionKey, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR, POLICY_QUIC_BLOCK,
+        SETTINGS_HAS_BLOCK_PORTS, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key, flow_slot,
     },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, is_suspend_exempt,
@@ -272,22 +272,25 @@ fn judge(ctx: &XdpContext) -> Outcome {
         // No DNS program loaded (or scratch missing): the query is passed, and counted so.
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
-    let policy = maps::policy(generation, dev.policy);
-    if policy.flags & POLICY_BLOCK_PORTS != 0
-        && maps::port_blocked(block_port_key(
-            generation,
-            dev.policy,
-            l3.proto,
-            l4.dst_port,
-        ))
-    {
-        return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
+    if settings.flags & SETTINGS_HAS_BLOCK_PORTS != 0 {
+        let policy = maps::policy(generation, dev.policy);
+        if policy.flags & POLICY_BLOCK_PORTS != 0
+            && maps::port_blocked(block_port_key(
+                generation,
+                dev.policy,
+                l3.proto,
+                l4.dst_port,
+            ))
+        {
+            return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
+        }
     }
     if l4.dst_port != TLS_PORT || l4.payload_off >= l3.l3_end {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
     if l3.proto == IPPROTO_UDP {
         if is_quic_initial(&pkt, l4.payload_off) {
+            let policy = maps::policy(generation, dev.policy);
             let block = policy.flags & POLICY_QUIC_BLOCK != 0;
             return decided(&dev, Proto::Quic, Reason::Quic, policy.flags, block);
         }
@@ -298,16 +301,8 @@ fn judge(ctx: &XdpContext) -> Outcome {
     }
     // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk that
     // continues, a blocked flow). Data segments of decided flows stop here.
-    let inspect = pkt.u8_at(l4.payload_off).is_some_and(may_start_hello) || {
-        let key = FlowKey {
-            src: l3.src,
-            dst: l3.dst,
-            sport: l4.src_port,
-            dport: l4.dst_port,
-            _pad: 0,
-        };
-        maps::flow_marked(key.mark_slot())
-    };
+    let inspect = pkt.u8_at(l4.payload_off).is_some_and(may_start_hello)
+        || maps::flow_marked(flow_slot(&l3.src, &l3.dst, l4.src_port, l4.dst_port));
     if inspect && let Some(s) = maps::scratch() {
         s.handoff = dns::Handoff {
             frame: dns::Frame::new(&l2, &l3, &l4),

@@ -21,8 +21,8 @@ use gateway_common::{
         DeviceRef, DeviceTraffic, DnsAnswer, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES,
         MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
         POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP,
-        POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP,
-        SETTINGS_HAS_MAC, SETTINGS_VALID, block_port_key, cidr_data, policy_index,
+        POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR,
+        SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_VALID, block_port_key, cidr_data, policy_index,
     },
     table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
@@ -167,6 +167,9 @@ impl Desired {
         }
         if !d.cidrs.is_empty() {
             flags |= SETTINGS_HAS_CIDR;
+        }
+        if !d.block_ports.is_empty() {
+            flags |= SETTINGS_HAS_BLOCK_PORTS;
         }
         d.settings = GenSettings {
             unknown_policy: config.unknown_policy as u32,

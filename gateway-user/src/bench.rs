@@ -345,6 +345,131 @@ pub fn dns(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<DnsR
     Ok(rows)
 }
 
+/// TLS verdicts at one domain-table size.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsRow {
+    pub domains: usize,
+    /// The empty program on the one-segment ClientHello (best round).
+    pub empty_ns: f64,
+    /// A ClientHello in one segment, name in no list: walked, every suffix looked up, allowed.
+    pub one_segment_ns: f64,
+    /// A ClientHello in two segments, the name in the second: both segments, run once each
+    /// (the second resumes the first's state), harness share taken off, mean of 20,000 flows.
+    pub two_segments_ns: f64,
+    /// A data segment (application data record) of an allowed flow, best round.
+    pub data_segment_ns: f64,
+    /// The empty program on the data segment, best round.
+    pub data_empty_ns: f64,
+}
+
+fn tls_segment(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    frames::build(
+        L2::Ethernet {
+            src: BENCH_MAC,
+            dst: GATEWAY_MAC,
+        },
+        L3::V4 {
+            src: [10, 0, 3, 232],
+            dst: [192, 0, 2, 80],
+        },
+        L4::Tcp {
+            sport,
+            dport: 443,
+            seq,
+            flags: TcpFlags {
+                ack: Some(1),
+                psh: true,
+                ..Default::default()
+            },
+        },
+        payload,
+    )
+}
+
+/// Measures TLS verdicts with the domain table of `dns_config(n)` for each size.
+pub fn tls(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<TlsRow>> {
+    let mut empty = load_empty()?;
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let config = dns_config(n)?;
+        let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, true)?;
+        let hello = frames::client_hello("www.unlisted-site.example", 6);
+        let one = tls_segment(40000, 1, &hello);
+        let r = runner.run(&one)?;
+        anyhow::ensure!(r.reason == Reason::Default, "one-segment hello: {r:?}");
+        let data = tls_segment(40001, 1, &[23, 3, 3, 0, 64, 0xaa, 0xbb, 0xcc]);
+        let r = runner.run(&data)?;
+        anyhow::ensure!(r.reason == Reason::Uninspected, "data segment: {r:?}");
+        let empty_prog: &mut Xdp = empty
+            .program_mut(EMPTY_PROGRAM)
+            .context("empty program")?
+            .try_into()?;
+        let (mut e, mut o, mut d, mut de) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            e.push(time_program(empty_prog, &one, repeat)?.as_nanos() as f64);
+            o.push(runner.time(&one, repeat)?.as_nanos() as f64);
+            de.push(time_program(empty_prog, &data, repeat)?.as_nanos() as f64);
+            d.push(runner.time(&data, repeat)?.as_nanos() as f64);
+        }
+        // Two segments, the name in the second (it follows the 1,263-byte key share).
+        let hello2 = frames::client_hello("www.unlisted-site.example", 12);
+        let split = 1200;
+        let (mut total, mut total_empty) = (0f64, 0f64);
+        let flows = 20_000u32;
+        for k in 0..flows {
+            let sport = 1024 + (k % 60_000) as u16;
+            let seq = k.wrapping_mul(7919);
+            let a = tls_segment(sport, seq, &hello2[..split]);
+            let b = tls_segment(sport, seq.wrapping_add(split as u32), &hello2[split..]);
+            total += runner.time(&a, 1)?.as_nanos() as f64;
+            total += runner.time(&b, 1)?.as_nanos() as f64;
+            total_empty += time_program(empty_prog, &a, 1)?.as_nanos() as f64;
+            total_empty += time_program(empty_prog, &b, 1)?.as_nanos() as f64;
+        }
+        let r = runner.run(&tls_segment(7, 1, &hello2[..split]))?;
+        anyhow::ensure!(r.reason == Reason::TlsPending, "first of two: {r:?}");
+        let r = runner.run(&tls_segment(7, 1 + split as u32, &hello2[split..]))?;
+        anyhow::ensure!(r.reason == Reason::Default, "second of two: {r:?}");
+        rows.push(TlsRow {
+            domains: n,
+            empty_ns: best(&e),
+            one_segment_ns: best(&o),
+            two_segments_ns: (total - total_empty) / f64::from(flows),
+            data_segment_ns: best(&d),
+            data_empty_ns: best(&de),
+        });
+    }
+    Ok(rows)
+}
+
+/// The TLS rows as a table.
+pub fn render_tls(rows: &[TlsRow]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "TLS verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; data segment of an allowed flow)"
+    );
+    let _ = writeln!(
+        o,
+        "| domains | empty (ns) | hello, one segment (ns) | hello, two segments, both (ns) | data segment (ns) | empty, data (ns) | data delta (ns) |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} |",
+            r.domains,
+            r.empty_ns,
+            r.one_segment_ns,
+            r.two_segments_ns,
+            r.data_segment_ns,
+            r.data_empty_ns,
+            r.data_segment_ns - r.data_empty_ns
+        );
+    }
+    o
+}
+
 /// The DNS rows as a table.
 pub fn render_dns(rows: &[DnsRow]) -> String {
     let mut o = String::new();

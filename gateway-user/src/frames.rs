@@ -193,3 +193,61 @@ pub fn sized(l2: L2, l3: L3, l4: L4, len: usize) -> Vec<u8> {
     let pad = len.saturating_sub(empty.len());
     build(l2, l3, l4, &vec![0u8; pad])
 }
+
+/// A TLS 1.3 ClientHello record shaped like a current browser's: 16 extensions around
+/// server_name (`sni`), one of them a 1,216-byte key share (X25519MLKEM768), about 1,900 bytes
+/// in all — more than one segment. `sni_after` extensions come before server_name.
+pub fn client_hello(sni: &str, sni_after: usize) -> Vec<u8> {
+    let mut exts = Vec::new();
+    let mut ext = |t: u16, body: &[u8]| {
+        exts.extend_from_slice(&t.to_be_bytes());
+        exts.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        exts.extend_from_slice(body);
+    };
+    // (type, body length) of the other extensions, in a browser-like order.
+    let others: [(u16, usize); 15] = [
+        (0x000a, 12),
+        (0x000b, 2),
+        (0x000d, 18),
+        (0x0010, 14),
+        (0x0017, 0),
+        (0x001b, 3),
+        (0x0023, 0),
+        (0x002b, 7),
+        (0x002d, 2),
+        (0x0033, 1263),
+        (0x4469, 5),
+        (0xfe0d, 186),
+        (0xff01, 1),
+        (0x0005, 5),
+        (0x0012, 0),
+    ];
+    let name = sni.as_bytes();
+    let mut server_name = Vec::new();
+    server_name.extend_from_slice(&(name.len() as u16 + 3).to_be_bytes());
+    server_name.push(0);
+    server_name.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    server_name.extend_from_slice(name);
+    for (i, (t, len)) in others.iter().enumerate() {
+        if i == sni_after {
+            ext(0, &server_name);
+        }
+        ext(*t, &vec![0x5a; *len]);
+    }
+    if sni_after >= others.len() {
+        ext(0, &server_name);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(32);
+    body.extend_from_slice(&[0x24; 32]);
+    body.extend_from_slice(&[0, 6, 0x13, 1, 0x13, 2, 0x13, 3, 1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut record = vec![22, 3, 1];
+    record.extend_from_slice(&(body.len() as u16 + 4).to_be_bytes());
+    record.push(1);
+    record.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    record.extend_from_slice(&body);
+    record
+}

@@ -27,8 +27,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
     let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
+    let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
     if args.json {
-        println!("{}", serde_json::json!({ "data_path": rows, "dns": dns }));
+        println!(
+            "{}",
+            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls })
+        );
     } else {
         print!(
             "{}",
@@ -44,6 +48,8 @@ fn main() -> anyhow::Result<()> {
         );
         println!();
         print!("{}", gateway_user::bench::render_dns(&dns));
+        println!();
+        print!("{}", gateway_user::bench::render_tls(&tls));
     }
     Ok(())
 }
