@@ -419,3 +419,83 @@ policy = "strict"
         );
     }
 }
+
+mod properties {
+    //! The walk on arbitrary damage: truncated, corrupted and arbitrarily split ClientHellos
+    //! never panic and always end; an intact one split anywhere gives the same name.
+
+    use gateway_common::tls::{Hello, HelloWalk, NameBuf, walk_segment};
+    use gateway_user::frames::client_hello;
+    use proptest::prelude::*;
+
+    /// Walks `data` cut at `cuts` (sorted, deduplicated), as consecutive segments.
+    fn walk(data: &[u8], cuts: &[usize]) -> (Hello, String) {
+        let mut w = HelloWalk::new();
+        let mut name = NameBuf::default();
+        let mut last = Hello::NeedMore;
+        let mut start = 0;
+        for &end in cuts.iter().chain(std::iter::once(&data.len())) {
+            let end = end.clamp(start, data.len());
+            last = walk_segment(&mut w, 0, &data[start..end], &mut name);
+            start = end;
+            if last != Hello::NeedMore {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&name.text[..usize::from(w.name_len)]).into_owned();
+        (last, text)
+    }
+
+    fn cuts(len: usize, raw: Vec<usize>) -> Vec<usize> {
+        let mut c: Vec<usize> = raw.into_iter().map(|x| x % (len + 1)).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn intact_hellos_give_their_name_however_split(
+            sni_after in 0usize..16,
+            raw in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let h = client_hello("www.example.org", sni_after);
+            let c = cuts(h.len(), raw);
+            prop_assert_eq!(walk(&h, &c), (Hello::Sni, "www.example.org".to_string()));
+        }
+
+        #[test]
+        fn damaged_hellos_end_cleanly(
+            sni_after in 0usize..16,
+            truncate in any::<usize>(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            raw in proptest::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let mut h = client_hello("a.example", sni_after);
+            for (at, v) in flips {
+                let i = at % h.len();
+                h[i] = v;
+            }
+            h.truncate(truncate % (h.len() + 1));
+            let c = cuts(h.len(), raw);
+            let (r, text) = walk(&h, &c);
+            // A name, when one is reported, is a host name.
+            if r == Hello::Sni {
+                prop_assert!(!text.is_empty());
+                prop_assert!(text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)));
+            }
+        }
+
+        #[test]
+        fn random_bytes_end_cleanly(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = walk(&data, &[]);
+            let mut d = data.clone();
+            if let Some(b) = d.first_mut() {
+                *b = 22;
+            }
+            let _ = walk(&d, &[d.len() / 2]);
+        }
+    }
+}
