@@ -75,6 +75,7 @@ pub mod names {
     pub const FLOW_NAMES: &str = "FLOW_NAMES";
     pub const FLOW_MARKS: &str = "FLOW_MARKS";
     pub const BLOCK_PORTS: &str = "BLOCK_PORTS";
+    pub const TLS_PORTS: &str = "TLS_PORTS";
 
     /// Maps that are pinned and shared by every attachment and by successive daemons.
     /// (`TRACE` is per loaded object: only `replay` uses it.)
@@ -98,6 +99,7 @@ pub mod names {
         FLOW_NAMES,
         FLOW_MARKS,
         BLOCK_PORTS,
+        TLS_PORTS,
     ];
 }
 
@@ -187,6 +189,8 @@ pub const SETTINGS_HAS_IP: u32 = 1 << 1;
 pub const SETTINGS_HAS_CIDR: u32 = 1 << 2;
 /// `GenSettings::flags`: some policy of this generation blocks ports (`BLOCK_PORTS`).
 pub const SETTINGS_HAS_BLOCK_PORTS: u32 = 1 << 3;
+/// `GenSettings::flags`: the TLS ports are those of `TLS_PORTS`, not 443 alone.
+pub const SETTINGS_TLS_PORTS: u32 = 1 << 4;
 /// `GenSettings::flags`: this generation has been completely written.
 pub const SETTINGS_VALID: u32 = 1 << 31;
 
@@ -275,6 +279,9 @@ pub const DEFAULT_TLS_FLOWS: u32 = 65_536;
 /// Capacity of `FLOW_NAMES`: host names split over segments are rare (a name is at most 253
 /// bytes of a ~2,000-byte ClientHello), and an entry lives for one round trip.
 pub const FLOW_NAME_SLOTS: u32 = 4096;
+/// Words of one generation's port bitmap in `TLS_PORTS` (bit `port % 64` of word `port / 64`).
+pub const TLS_PORT_WORDS: u32 = 1024;
+
 /// Capacity of `BLOCK_PORTS` (both generations).
 pub const MAX_BLOCK_PORTS: u32 = 4096;
 
@@ -503,6 +510,8 @@ mod pod {
     unsafe impl aya::Pod for super::DeviceName {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Trace {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::DecisionEvent {}
 }
 

@@ -20,7 +20,8 @@ use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{
         DecisionKey, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR, POLICY_QUIC_BLOCK,
-        SETTINGS_HAS_BLOCK_PORTS, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key, flow_slot,
+        SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT,
+        block_port_key, flow_slot,
     },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, is_suspend_exempt,
@@ -285,10 +286,10 @@ fn judge(ctx: &XdpContext) -> Outcome {
             return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
         }
     }
-    if l4.dst_port != TLS_PORT || l4.payload_off >= l3.l3_end {
+    if l4.payload_off >= l3.l3_end {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
-    if l3.proto == IPPROTO_UDP {
+    if l3.proto == IPPROTO_UDP && l4.dst_port == QUIC_PORT {
         if is_quic_initial(&pkt, l4.payload_off) {
             let policy = maps::policy(generation, dev.policy);
             let block = policy.flags & POLICY_QUIC_BLOCK != 0;
@@ -296,7 +297,12 @@ fn judge(ctx: &XdpContext) -> Outcome {
         }
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
-    if l3.proto != IPPROTO_TCP {
+    let tls_port = if settings.flags & SETTINGS_TLS_PORTS != 0 {
+        maps::tls_port(generation, l4.dst_port)
+    } else {
+        l4.dst_port == DEFAULT_TLS_PORT
+    };
+    if l3.proto != IPPROTO_TCP || !tls_port {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
     // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk that
@@ -316,8 +322,10 @@ fn judge(ctx: &XdpContext) -> Outcome {
     Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
 }
 
-/// The TCP (and UDP) port whose ClientHellos (and QUIC Initials) are inspected.
-const TLS_PORT: u16 = 443;
+/// The TCP port whose ClientHellos are inspected unless `[gateway] tls_ports` says otherwise.
+const DEFAULT_TLS_PORT: u16 = 443;
+/// The UDP port whose QUIC Initials are judged.
+const QUIC_PORT: u16 = 443;
 
 /// QUIC versions whose Initial packets are recognised: 1 (RFC 9000), 2 (RFC 9369), and the
 /// IETF drafts (0xff0000xx), which number packet types like version 1.

@@ -19,7 +19,7 @@ use gateway_common::{
     maps::{DEFAULT_DOMAIN_BUCKETS, MAX_RULESETS, policy_index, ruleset_index},
     maps::{
         DEFAULT_TLS_FLOWS, FLOW_MARK_SLOTS, FLOW_NAME_SLOTS, FlowKey, FlowName, FlowState,
-        MAX_BLOCK_PORTS,
+        MAX_BLOCK_PORTS, TLS_PORT_WORDS,
     },
     packet::Addr,
     table::{self, DomainBucket, IpBucket, MacBucket},
@@ -137,6 +137,22 @@ pub static FLOW_MARKS: Array<u64> = Array::with_max_entries(FLOW_MARK_SLOTS, 0);
 /// the daemon (standby generation only).
 #[map]
 pub static BLOCK_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_BLOCK_PORTS, 0);
+
+/// `[generation * TLS_PORT_WORDS + port / 64]`, bit `port % 64`: the TCP ports whose
+/// ClientHellos are inspected, when the generation has `SETTINGS_TLS_PORTS`. Written by the
+/// daemon through mmap (standby generation only).
+#[map]
+static TLS_PORTS: Array<u64> =
+    Array::with_max_entries(GENERATIONS * TLS_PORT_WORDS, BPF_F_MMAPABLE);
+
+/// Whether `port` is a TLS port of `generation`'s bitmap.
+#[inline(always)]
+pub fn tls_port(generation: u32, port: u16) -> bool {
+    let word = (generation & 1) * TLS_PORT_WORDS + u32::from(port >> 6);
+    TLS_PORTS
+        .get(word)
+        .is_some_and(|w| (*w >> (port & 63)) & 1 != 0)
+}
 
 /// Whether `BLOCK_PORTS` has this key.
 #[inline(always)]

@@ -22,7 +22,8 @@ use gateway_common::{
         MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
         POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP,
         POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR,
-        SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_VALID, block_port_key, cidr_data, policy_index,
+        SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS,
+        block_port_key, cidr_data, policy_index,
     },
     table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
@@ -54,6 +55,8 @@ pub struct Desired {
     pub domain_buckets: u32,
     /// (policy id, transport, port) the policies block.
     pub block_ports: BTreeSet<(u32, u8, u16)>,
+    /// The TLS ports as a bitmap (`TLS_PORTS` of one generation).
+    pub tls_ports: Vec<u64>,
 }
 
 /// Domain-table buckets for a capacity of `max_domains` (a power of two, at least 1,024).
@@ -170,6 +173,17 @@ impl Desired {
         }
         if !d.block_ports.is_empty() {
             flags |= SETTINGS_HAS_BLOCK_PORTS;
+        }
+        d.tls_ports = vec![0u64; TLS_PORT_WORDS as usize];
+        for &p in &config.tls_ports {
+            d.tls_ports[usize::from(p >> 6)] |= 1 << (p & 63);
+        }
+        if config
+            .tls_ports
+            .iter()
+            .ne([crate::config::DEFAULT_TLS_PORT].iter())
+        {
+            flags |= SETTINGS_TLS_PORTS;
         }
         d.settings = GenSettings {
             unknown_policy: config.unknown_policy as u32,
@@ -412,6 +426,7 @@ fn write_generation(
     changes += write_table(&mut maps.by_ip, generation, &images.ips)?;
     changes += write_table(&mut maps.domains, generation, &images.domains)?;
     changes += write_table(&mut maps.rulesets, generation, &images.rulesets)?;
+    changes += write_table(&mut maps.tls_ports, generation, &desired.tls_ports)?;
 
     // LPM keys are packed structs without Hash; key them by (prefix length, data) here.
     let current: HashMap<(u32, CidrData), DeviceRef> = maps

@@ -116,6 +116,7 @@ struct RawGateway {
     bpffs: Option<Spanned<PathBuf>>,
     max_domains: Option<Spanned<u32>>,
     max_tls_flows: Option<Spanned<u32>>,
+    tls_ports: Option<Spanned<Vec<Spanned<i64>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +286,8 @@ pub struct Config {
     pub max_domains: u32,
     /// Capacity of the TLS flow table (`[gateway] max_tls_flows`).
     pub max_tls_flows: u32,
+    /// TCP ports whose ClientHellos are inspected (`[gateway] tls_ports`, default 443).
+    pub tls_ports: BTreeSet<u16>,
     /// Id of the policy for devices in no inventory.
     pub unknown_policy: usize,
     pub devices: Vec<Device>,
@@ -351,6 +354,9 @@ impl Policy {
         }
     }
 }
+
+/// The TCP port whose ClientHellos are inspected unless `[gateway] tls_ports` says otherwise.
+pub const DEFAULT_TLS_PORT: u16 = 443;
 
 /// Domain-table capacity unless `[gateway] max_domains` says otherwise.
 pub const DEFAULT_MAX_DOMAINS: u32 = 262_144;
@@ -894,6 +900,37 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         }
     }
 
+    if let Some(m) = &raw.gateway.max_tls_flows
+        && *m.get_ref() == 0
+    {
+        errors.push(loc.at(m, "max_tls_flows: must be at least 1".to_string()));
+    }
+    let mut tls_ports = BTreeSet::new();
+    match &raw.gateway.tls_ports {
+        None => {
+            tls_ports.insert(DEFAULT_TLS_PORT);
+        }
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                errors.push(loc.at(
+                    list,
+                    "tls_ports: empty (expected at least one port, e.g. [443])".to_string(),
+                ));
+            }
+            for p in list.get_ref() {
+                match u16::try_from(*p.get_ref()) {
+                    Ok(port) if port != 0 => {
+                        tls_ports.insert(port);
+                    }
+                    _ => errors.push(loc.at(
+                        p,
+                        format!("tls_ports: {} is not a port (1-65535)", p.get_ref()),
+                    )),
+                }
+            }
+        }
+    }
+
     if errors.is_empty() {
         Ok(Config {
             source: loc.file.clone(),
@@ -910,6 +947,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                 .gateway
                 .max_tls_flows
                 .map_or(gateway_common::maps::DEFAULT_TLS_FLOWS, |m| *m.get_ref()),
+            tls_ports,
             unknown_policy,
             devices,
         })
@@ -1119,7 +1157,31 @@ suspended = true
             ),
             (
                 "[gateway]\nfoo = 1\n",
-                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`",
+            ),
+            (
+                "[gateway]\ntls_ports = [443, 70000]\n",
+                "t.toml:2:19: tls_ports: 70000 is not a port (1-65535)",
+            ),
+            (
+                "[gateway]\ntls_ports = []\n",
+                "t.toml:2:13: tls_ports: empty (expected at least one port, e.g. [443])",
+            ),
+            (
+                "[gateway]\nmax_tls_flows = 0\n",
+                "t.toml:2:17: max_tls_flows: must be at least 1",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nblock_ports = [\"853/sctp\"]\n",
+                "t.toml:3:16: policy \"a\": block_ports: \"853/sctp\": unknown transport \"sctp\" (expected tcp or udp)",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nblock_ports = [\"0/tcp\"]\n",
+                "t.toml:3:16: policy \"a\": block_ports: \"0/tcp\": \"0\" is not a port (1-65535)",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\ntls_block_answer = \"reset\"\n",
+                "t.toml:3:20: unknown variant `reset`, expected `rst` or `drop`",
             ),
             (
                 "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\npolicy = \"b\"\n",

@@ -172,6 +172,8 @@ pub struct Maps {
     pub by_ip: MmapArray<IpBucket>,
     pub domains: MmapArray<DomainBucket>,
     pub rulesets: MmapArray<RuleSet>,
+    /// The TLS port bitmap of both generations.
+    pub tls_ports: MmapArray<u64>,
     pub by_cidr: LpmTrie<MapData, CidrData, DeviceRef>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub device_traffic: PerCpuArray<MapData, DeviceTraffic>,
@@ -183,6 +185,9 @@ pub struct Maps {
     pub events: RingBuf<MapData>,
     /// `block_port_key` -> 1.
     pub block_ports: aya::maps::HashMap<MapData, u32, u8>,
+    /// TLS flows with a ClientHello in progress, or blocked.
+    pub flows:
+        aya::maps::HashMap<MapData, gateway_common::maps::FlowKey, gateway_common::maps::FlowState>,
 }
 
 impl Maps {
@@ -205,6 +210,7 @@ impl Maps {
             by_ip: mmap_array(take(names::DEVICE_BY_IP)?)?,
             domains: mmap_array(take(names::DOMAINS)?)?,
             rulesets: mmap_array(take(names::RULESETS)?)?,
+            tls_ports: mmap_array(take(names::TLS_PORTS)?)?,
             by_cidr: LpmTrie::try_from(take(names::DEVICE_BY_CIDR)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
             device_traffic: PerCpuArray::try_from(take(names::DEVICE_TRAFFIC)?)?,
@@ -214,6 +220,7 @@ impl Maps {
             ifaces: Array::try_from(take(names::IFACES)?)?,
             events: RingBuf::try_from(take(names::EVENTS)?)?,
             block_ports: aya::maps::HashMap::try_from(take(names::BLOCK_PORTS)?)?,
+            flows: aya::maps::HashMap::try_from(take(names::FLOWS)?)?,
         })
     }
 

@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub devices: Vec<DeviceRow>,
     pub decisions: Vec<DecisionRow>,
     pub global: BTreeMap<&'static str, u64>,
+    /// TLS flows with state now (a ClientHello in progress, or blocked).
+    pub tls_flows: u64,
     pub interfaces: Vec<InterfaceRow>,
 }
 
@@ -207,6 +209,24 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
                 .insert(g.label(), sum(&maps.global.get(&(*g as u32), 0)?));
         }
     }
+
+    // The LRU flow table evicts silently: what was created and neither removed nor is still
+    // there was evicted.
+    s.tls_flows = maps.flows.keys().filter(Result::is_ok).count() as u64;
+    let created = s
+        .global
+        .get(Global::FlowsCreated.label())
+        .copied()
+        .unwrap_or(0);
+    let removed = s
+        .global
+        .get(Global::FlowsRemoved.label())
+        .copied()
+        .unwrap_or(0);
+    s.global.insert(
+        "flows_evicted",
+        created.saturating_sub(removed).saturating_sub(s.tls_flows),
+    );
 
     for i in 0..MAX_IFACES {
         let info: IfaceInfo = maps.ifaces.get(&i, 0)?;

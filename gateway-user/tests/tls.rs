@@ -367,6 +367,31 @@ policy = "strict"
     }
 
     #[test]
+    fn configured_tls_ports() {
+        let hello = chrome_hello();
+        let config = Config::parse(
+            &format!("[gateway]\ntls_ports = [443, 8443]\n{CONFIG}"),
+            std::path::Path::new("tls.toml"),
+        )
+        .expect("config");
+        let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+        for port in [443, 8443] {
+            let res = r.run(&segment(KID, 20, port, 1, &hello)).expect("run");
+            assert_eq!(
+                (res.verdict, res.reason),
+                (Verdict::Tx, Reason::Explicit),
+                "{port}"
+            );
+        }
+        let res = r.run(&segment(KID, 21, 9443, 1, &hello)).expect("run");
+        assert_eq!(res.reason, Reason::Uninspected);
+        // By default, 443 only.
+        let mut r = runner();
+        let res = r.run(&segment(KID, 22, 8443, 1, &hello)).expect("run");
+        assert_eq!(res.reason, Reason::Uninspected);
+    }
+
+    #[test]
     fn quic_initials_and_blocked_ports() {
         let mut r = runner();
         // A QUIC v1 long-header Initial, padded as clients pad them.
