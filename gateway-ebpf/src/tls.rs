@@ -71,7 +71,10 @@ impl HelloSink for Sink<'_> {
     }
 }
 
-/// One field per iteration.
+/// Walk steps per `bpf_loop` iteration.
+const STEPS_PER_CALL: u32 = 2;
+
+/// `STEPS_PER_CALL` fields per iteration.
 extern "C" fn tls_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = maps::scratch() else { return 1 };
     let end = (s.tls.end as usize) & PAYLOAD_MASK;
@@ -82,13 +85,22 @@ extern "C" fn tls_step(_index: u64, _ctx: *mut c_void) -> i64 {
         text: &mut s.text,
         labels: &mut s.labels,
     };
-    let r = walk.step(
-        seed,
-        |i| (i < end).then(|| payload[i & PAYLOAD_MASK]),
-        &mut pos,
-        end,
-        &mut sink,
-    );
+    // A few fields per call: the call and the scratch lookup cost as much as a field.
+    let mut r = Hello::More;
+    let mut k = 0;
+    while k < STEPS_PER_CALL {
+        r = walk.step(
+            seed,
+            |i| (i < end).then(|| payload[i & PAYLOAD_MASK]),
+            &mut pos,
+            end,
+            &mut sink,
+        );
+        if r != Hello::More {
+            break;
+        }
+        k += 1;
+    }
     s.tls.pos = pos as u32;
     s.tls.result = match r {
         Hello::More => return 0,
@@ -161,8 +173,14 @@ pub fn judge(
     let mut first_seq = f.seq;
     let mut existed = false;
     let mut broken = false;
-    // SAFETY: the value is read and copied at once; the map is not changed meanwhile by us.
-    if let Some(st) = unsafe { maps::FLOWS.get(key) } {
+    // No flow of this mark slot has state: nothing to look up (a new ClientHello's usual case).
+    let state = if maps::flow_marked(slot) {
+        // SAFETY: the value is read and copied at once; the map is not changed meanwhile by us.
+        unsafe { maps::FLOWS.get(key) }
+    } else {
+        None
+    };
+    if let Some(st) = state {
         existed = true;
         if st.state == FLOW_BLOCKED {
             return TlsOutcome {
@@ -221,7 +239,14 @@ pub fn judge(
             s.tls.end = n;
             s.tls.result = R_MORE;
             // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
-            unsafe { bpf_loop(MAX_STEPS, tls_step as *mut c_void, core::ptr::null_mut(), 0) };
+            unsafe {
+                bpf_loop(
+                    MAX_STEPS / STEPS_PER_CALL,
+                    tls_step as *mut c_void,
+                    core::ptr::null_mut(),
+                    0,
+                )
+            };
             // A segment longer than the walk reads cannot be followed by an in-order one.
             if s.tls.result == R_NEED_MORE && (len > MAX_PAYLOAD) {
                 R_UNPARSED
