@@ -382,7 +382,7 @@ pub struct TlsRow {
     /// A ClientHello in one segment, name in no list: walked, every suffix looked up, allowed.
     pub one_segment_ns: f64,
     /// A ClientHello in two segments, the name in the second, each run once (the second resumes
-    /// the first's state), harness share taken off, mean of 20,000 flows: the first segment
+    /// the first's state), harness share taken off, median of 20,000 flows: the first segment
     /// (walked, state saved) and the second (state found, walked, decided, state removed).
     pub first_of_two_ns: f64,
     pub second_of_two_ns: f64,
@@ -437,17 +437,17 @@ pub fn tls(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<TlsR
         // Two segments, the name in the second (it follows the 1,263-byte key share).
         let hello2 = frames::client_hello("www.unlisted-site.example", 12);
         let split = 1200;
-        let (mut first, mut second) = (0f64, 0f64);
+        let (mut first, mut second) = (Vec::new(), Vec::new());
         let flows = 20_000u32;
         for k in 0..flows {
             let sport = 1024 + (k % 60_000) as u16;
             let seq = k.wrapping_mul(7919);
             let a = tls_segment(sport, seq, &hello2[..split]);
             let b = tls_segment(sport, seq.wrapping_add(split as u32), &hello2[split..]);
-            first += runner.time(&a, 1)?.as_nanos() as f64;
-            second += runner.time(&b, 1)?.as_nanos() as f64;
-            first -= time_program(empty_prog, &a, 1)?.as_nanos() as f64;
-            second -= time_program(empty_prog, &b, 1)?.as_nanos() as f64;
+            let ta = runner.time(&a, 1)?.as_nanos() as f64;
+            let tb = runner.time(&b, 1)?.as_nanos() as f64;
+            first.push(ta - time_program(empty_prog, &a, 1)?.as_nanos() as f64);
+            second.push(tb - time_program(empty_prog, &b, 1)?.as_nanos() as f64);
         }
         let r = checked.run(&tls_segment(7, 1, &hello2[..split]))?;
         anyhow::ensure!(r.reason == Reason::TlsPending, "first of two: {r:?}");
@@ -457,8 +457,8 @@ pub fn tls(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<TlsR
             domains: n,
             empty_ns: best(&e),
             one_segment_ns: best(&o),
-            first_of_two_ns: first / f64::from(flows),
-            second_of_two_ns: second / f64::from(flows),
+            first_of_two_ns: median(&first),
+            second_of_two_ns: median(&second),
         });
     }
     Ok(rows)
@@ -469,7 +469,7 @@ pub fn render_tls(rows: &[TlsRow]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "TLS verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; two segments: 20,000 flows, each segment run once, harness share taken off)"
+        "TLS verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; two segments: 20,000 flows, each segment run once, harness share taken off, median)"
     );
     let _ = writeln!(
         o,
