@@ -117,6 +117,8 @@ struct RawGateway {
     max_domains: Option<Spanned<u32>>,
     max_tls_flows: Option<Spanned<u32>>,
     tls_ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    #[serde(default)]
+    inventories: Vec<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +377,26 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// The network of the first `prefix` bits.
+    fn truncated(&self, prefix: u8) -> Self {
+        Self {
+            addr: mask(&self.addr, prefix),
+            prefix,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = std::net::Ipv6Addr::from(self.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.prefix >= 96 => write!(f, "{v4}/{}", self.prefix - 96),
+            _ => write!(f, "{v6}/{}", self.prefix),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub name: String,
@@ -471,6 +493,189 @@ impl Config {
     }
 }
 
+/// An inventory in TOML: `[[device]]` tables, as in gateway.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default, rename = "device")]
+    devices: Vec<RawDevice>,
+}
+
+/// The columns an inventory in CSV may have (a header row names them, in any order).
+const CSV_COLUMNS: &[&str] = &[
+    "name",
+    "mac",
+    "ip",
+    "cidr",
+    "policy",
+    "suspended",
+    "imei",
+    "mdn",
+    "iccid",
+    "nickname",
+    "type",
+    "notes",
+];
+
+/// The devices of an inventory file: CSV (by its `.csv` extension) or TOML.
+fn inventory_devices(text: &str, loc: &Locator<'_>) -> Result<Vec<RawDevice>, Vec<ConfigError>> {
+    let is_csv = loc
+        .file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if !is_csv {
+        let raw: RawInventory = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            vec![loc.error(at, e.message().to_string())]
+        })?;
+        return Ok(raw.devices);
+    }
+    csv_devices(text, loc)
+}
+
+/// Byte offsets, within `line`, where each comma-separated field starts (quotes respected).
+fn field_starts(line: &str) -> Vec<usize> {
+    let mut starts = vec![0];
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => starts.push(i + 1),
+            _ => {}
+        }
+    }
+    starts
+}
+
+/// The devices of a CSV inventory: a header row naming the columns, then a device per row.
+/// Several MACs, addresses or CIDRs in one cell are separated by spaces or `;`.
+fn csv_devices(text: &str, loc: &Locator<'_>) -> Result<Vec<RawDevice>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let header_line = text.lines().next().unwrap_or("");
+    let header_starts = field_starts(header_line);
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(vec![loc.error(0, format!("not CSV: {e}"))]),
+    };
+    let mut column: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in headers.iter().enumerate() {
+        let at = header_starts.get(i).copied().unwrap_or(0);
+        let h = h.trim();
+        match CSV_COLUMNS.iter().find(|c| c.eq_ignore_ascii_case(h)) {
+            Some(c) => {
+                if column.insert(c, i).is_some() {
+                    errors.push(loc.error(at, format!("column \"{h}\" appears twice")));
+                }
+            }
+            None => errors.push(loc.error(
+                at,
+                format!(
+                    "unknown column \"{h}\", expected one of {}",
+                    CSV_COLUMNS.join(", ")
+                ),
+            )),
+        }
+    }
+    for required in ["name", "policy"] {
+        if !column.contains_key(required) {
+            errors.push(loc.error(0, format!("the header row has no \"{required}\" column")));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut devices = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let at = e.position().map_or(0, |p| p.byte() as usize);
+                errors.push(loc.error(at, format!("bad row: {e}")));
+                continue;
+            }
+        };
+        let Some(position) = record.position() else {
+            continue;
+        };
+        let row_at = position.byte() as usize;
+        let line = text
+            .get(row_at..)
+            .and_then(|t| t.lines().next())
+            .unwrap_or("");
+        let starts = field_starts(line);
+        // The cell of `name` with its span in the file.
+        let cell = |name: &str| -> Option<Spanned<String>> {
+            let i = *column.get(name)?;
+            let value = record.get(i)?.trim();
+            if value.is_empty() {
+                return None;
+            }
+            let at = row_at + starts.get(i).copied().unwrap_or(0);
+            Some(Spanned::new(at..at + value.len(), value.to_string()))
+        };
+        let many = |name: &str| -> Option<Spanned<OneOrMany>> {
+            let c = cell(name)?;
+            let span = c.span();
+            let items = c
+                .get_ref()
+                .split(|ch: char| ch == ';' || ch.is_whitespace())
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect();
+            Some(Spanned::new(span, OneOrMany::Many(items)))
+        };
+        let Some(name) = cell("name") else {
+            errors.push(loc.error(row_at, "a row without a name".to_string()));
+            continue;
+        };
+        let Some(policy) = cell("policy") else {
+            errors.push(loc.at(&name, format!("device \"{}\": no policy", name.get_ref())));
+            continue;
+        };
+        let suspended = match cell("suspended") {
+            None => false,
+            Some(v) => match v.get_ref().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => true,
+                "false" | "no" | "0" => false,
+                other => {
+                    errors.push(loc.at(
+                        &v,
+                        format!(
+                            "device \"{}\": suspended \"{other}\" (expected true or false)",
+                            name.get_ref()
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let text_of = |n: &str| cell(n).map(Spanned::into_inner);
+        devices.push(RawDevice {
+            name,
+            mac: many("mac"),
+            ip: many("ip"),
+            cidr: many("cidr"),
+            policy,
+            suspended,
+            imei: text_of("imei"),
+            mdn: text_of("mdn"),
+            iccid: text_of("iccid"),
+            nickname: text_of("nickname"),
+            kind: text_of("type"),
+            notes: text_of("notes"),
+        });
+    }
+    if errors.is_empty() {
+        Ok(devices)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Turns byte offsets into 1-based line and column.
 struct Locator<'a> {
     text: &'a str,
@@ -499,6 +704,205 @@ impl<'a> Locator<'a> {
 
     fn at<T>(&self, spanned: &Spanned<T>, message: String) -> ConfigError {
         self.error(spanned.span().start, message)
+    }
+}
+
+/// The devices read so far (from gateway.toml and the inventories), and which device owns each
+/// name, MAC, address and CIDR.
+#[derive(Default)]
+struct DeviceIndex {
+    devices: Vec<Device>,
+    names: HashMap<String, usize>,
+    macs: HashMap<[u8; 6], String>,
+    ips: HashMap<[u8; 16], String>,
+    cidrs: HashMap<Cidr, String>,
+    /// Where each CIDR was given.
+    cidr_at: HashMap<Cidr, ConfigError>,
+}
+
+impl DeviceIndex {
+    /// Validates one device (`loc` locates it in its file) and adds it, or records why not.
+    fn add(
+        &mut self,
+        d: &RawDevice,
+        loc: &Locator<'_>,
+        policies: &[Policy],
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let Self {
+            devices,
+            names,
+            macs,
+            ips,
+            cidrs,
+            cidr_at,
+        } = self;
+        let name = d.name.get_ref();
+        if let Err(why) = check_name(name) {
+            errors.push(loc.at(&d.name, format!("device name \"{name}\" {why}")));
+            return;
+        }
+        if names.insert(name.clone(), devices.len()).is_some() {
+            errors.push(loc.at(&d.name, format!("device \"{name}\" is defined twice")));
+            return;
+        }
+        let policy = match policies.iter().position(|p| &p.name == d.policy.get_ref()) {
+            Some(id) => id,
+            None => {
+                errors.push(loc.at(
+                    &d.policy,
+                    format!(
+                        "device \"{name}\": no policy named \"{}\" (defined: {})",
+                        d.policy.get_ref(),
+                        list_names(policies)
+                    ),
+                ));
+                0
+            }
+        };
+        let mut dev = Device {
+            name: name.clone(),
+            macs: Vec::new(),
+            ips: Vec::new(),
+            cidrs: Vec::new(),
+            policy,
+            suspended: d.suspended,
+            metadata: BTreeMap::new(),
+        };
+        if let Some(list) = &d.mac {
+            for (i, s) in list.get_ref().items().into_iter().enumerate() {
+                match parse_mac(s) {
+                    Ok(mac) => match macs.get(&mac) {
+                        Some(other) => errors.push(loc.at(
+                            list,
+                            format!(
+                                "device \"{name}\": mac[{i}] {s} is already device \"{other}\"'s"
+                            ),
+                        )),
+                        None => {
+                            macs.insert(mac, name.clone());
+                            dev.macs.push(mac);
+                        }
+                    },
+                    Err(why) => errors
+                        .push(loc.at(list, format!("device \"{name}\": mac[{i}] \"{s}\": {why}"))),
+                }
+            }
+        }
+        if let Some(list) = &d.ip {
+            for (i, s) in list.get_ref().items().into_iter().enumerate() {
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_unspecified() || ip.is_multicast() => errors.push(loc.at(
+                        list,
+                        format!(
+                            "device \"{name}\": ip[{i}] {s} cannot be a device's source address"
+                        ),
+                    )),
+                    Ok(ip) => {
+                        let addr = mapped(ip);
+                        match ips.get(&addr) {
+                            Some(other) => errors.push(loc.at(
+                                list,
+                                format!(
+                                    "device \"{name}\": ip[{i}] {s} is already device \"{other}\"'s"
+                                ),
+                            )),
+                            None => {
+                                ips.insert(addr, name.clone());
+                                dev.ips.push(addr);
+                            }
+                        }
+                    }
+                    Err(_) => errors.push(loc.at(
+                        list,
+                        format!(
+                            "device \"{name}\": ip[{i}] \"{s}\" is not an IPv4 or IPv6 address"
+                        ),
+                    )),
+                }
+            }
+        }
+        if let Some(list) = &d.cidr {
+            for (i, s) in list.get_ref().items().into_iter().enumerate() {
+                match parse_cidr(s) {
+                    Ok(c) => match cidrs.get(&c) {
+                        Some(other) => errors.push(loc.at(
+                            list,
+                            format!(
+                                "device \"{name}\": cidr[{i}] {s} is already device \"{other}\"'s"
+                            ),
+                        )),
+                        None => {
+                            cidrs.insert(c, name.clone());
+                            cidr_at.insert(c, loc.at(list, String::new()));
+                            dev.cidrs.push(c);
+                        }
+                    },
+                    Err(why) => errors
+                        .push(loc.at(list, format!("device \"{name}\": cidr[{i}] \"{s}\": {why}"))),
+                }
+            }
+        }
+        if dev.macs.is_empty()
+            && dev.ips.is_empty()
+            && dev.cidrs.is_empty()
+            && d.mac.is_none()
+            && d.ip.is_none()
+            && d.cidr.is_none()
+        {
+            errors.push(loc.at(
+                &d.name,
+                format!("device \"{name}\" has no identifier: give mac, ip or cidr"),
+            ));
+        }
+        for (key, value) in [
+            ("imei", &d.imei),
+            ("mdn", &d.mdn),
+            ("iccid", &d.iccid),
+            ("nickname", &d.nickname),
+            ("type", &d.kind),
+            ("notes", &d.notes),
+        ] {
+            if let Some(v) = value {
+                dev.metadata.insert(key.to_string(), v.clone());
+            }
+        }
+        devices.push(dev);
+    }
+
+    /// Nested CIDRs of devices with different policies: which policy applies to an address in
+    /// both would depend on the prefix lengths, which is rarely what the operator meant.
+    fn check_overlaps(&self, policies: &[Policy], errors: &mut Vec<ConfigError>) {
+        let policy_of: HashMap<&str, usize> = self
+            .devices
+            .iter()
+            .map(|d| (d.name.as_str(), d.policy))
+            .collect();
+        let mut found = Vec::new();
+        for (c, owner) in &self.cidrs {
+            for len in (0..c.prefix).rev() {
+                let outer = c.truncated(len);
+                if let Some(other) = self.cidrs.get(&outer)
+                    && policy_of.get(other.as_str()) != policy_of.get(owner.as_str())
+                {
+                    let at = self.cidr_at.get(c).cloned().unwrap_or(ConfigError {
+                        file: PathBuf::new(),
+                        line: 0,
+                        column: 0,
+                        message: String::new(),
+                    });
+                    found.push((at, format!(
+                        "device \"{owner}\": cidr {c} lies inside device \"{other}\"'s {outer}, which has another policy ({} vs {})",
+                        policies.get(policy_of[owner.as_str()]).map_or("?", |p| p.name.as_str()),
+                        policies.get(policy_of[other.as_str()]).map_or("?", |p| p.name.as_str()),
+                    )));
+                }
+            }
+        }
+        found.sort_by(|a, b| (a.0.line, a.0.column, &a.1).cmp(&(b.0.line, b.0.column, &b.1)));
+        for (at, message) in found {
+            errors.push(ConfigError { message, ..at });
+        }
     }
 }
 
@@ -740,143 +1144,38 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         ));
     }
 
-    let mut devices: Vec<Device> = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut macs: HashMap<[u8; 6], String> = HashMap::new();
-    let mut ips: HashMap<[u8; 16], String> = HashMap::new();
-    let mut cidrs: HashMap<Cidr, String> = HashMap::new();
+    let mut index = DeviceIndex::default();
     for d in &raw.devices {
-        let name = d.name.get_ref();
-        if let Err(why) = check_name(name) {
-            errors.push(loc.at(&d.name, format!("device name \"{name}\" {why}")));
-            continue;
-        }
-        if names.insert(name.clone(), devices.len()).is_some() {
-            errors.push(loc.at(&d.name, format!("device \"{name}\" is defined twice")));
-            continue;
-        }
-        let policy = match policies.iter().position(|p| &p.name == d.policy.get_ref()) {
-            Some(id) => id,
-            None => {
-                errors.push(loc.at(
-                    &d.policy,
-                    format!(
-                        "device \"{name}\": no policy named \"{}\" (defined: {})",
-                        d.policy.get_ref(),
-                        list_names(&policies)
-                    ),
-                ));
-                0
-            }
-        };
-        let mut dev = Device {
-            name: name.clone(),
-            macs: Vec::new(),
-            ips: Vec::new(),
-            cidrs: Vec::new(),
-            policy,
-            suspended: d.suspended,
-            metadata: BTreeMap::new(),
-        };
-        if let Some(list) = &d.mac {
-            for (i, s) in list.get_ref().items().into_iter().enumerate() {
-                match parse_mac(s) {
-                    Ok(mac) => match macs.get(&mac) {
-                        Some(other) => errors.push(loc.at(
-                            list,
-                            format!(
-                                "device \"{name}\": mac[{i}] {s} is already device \"{other}\"'s"
-                            ),
-                        )),
-                        None => {
-                            macs.insert(mac, name.clone());
-                            dev.macs.push(mac);
-                        }
-                    },
-                    Err(why) => errors
-                        .push(loc.at(list, format!("device \"{name}\": mac[{i}] \"{s}\": {why}"))),
-                }
-            }
-        }
-        if let Some(list) = &d.ip {
-            for (i, s) in list.get_ref().items().into_iter().enumerate() {
-                match s.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_unspecified() || ip.is_multicast() => errors.push(loc.at(
-                        list,
-                        format!(
-                            "device \"{name}\": ip[{i}] {s} cannot be a device's source address"
-                        ),
-                    )),
-                    Ok(ip) => {
-                        let addr = mapped(ip);
-                        match ips.get(&addr) {
-                            Some(other) => errors.push(loc.at(
-                                list,
-                                format!(
-                                    "device \"{name}\": ip[{i}] {s} is already device \"{other}\"'s"
-                                ),
-                            )),
-                            None => {
-                                ips.insert(addr, name.clone());
-                                dev.ips.push(addr);
-                            }
+        index.add(d, loc, &policies, &mut errors);
+    }
+    for inv in &raw.gateway.inventories {
+        let path = base.join(inv.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let inv_loc = Locator::new(&text, &path);
+                match inventory_devices(&text, &inv_loc) {
+                    Ok(list) => {
+                        for d in &list {
+                            index.add(d, &inv_loc, &policies, &mut errors);
                         }
                     }
-                    Err(_) => errors.push(loc.at(
-                        list,
-                        format!(
-                            "device \"{name}\": ip[{i}] \"{s}\" is not an IPv4 or IPv6 address"
-                        ),
-                    )),
+                    Err(e) => errors.extend(e),
                 }
             }
+            Err(e) => errors.push(loc.at(
+                inv,
+                format!("inventories: {}: cannot read: {e}", path.display()),
+            )),
         }
-        if let Some(list) = &d.cidr {
-            for (i, s) in list.get_ref().items().into_iter().enumerate() {
-                match parse_cidr(s) {
-                    Ok(c) => match cidrs.get(&c) {
-                        Some(other) => errors.push(loc.at(
-                            list,
-                            format!(
-                                "device \"{name}\": cidr[{i}] {s} is already device \"{other}\"'s"
-                            ),
-                        )),
-                        None => {
-                            cidrs.insert(c, name.clone());
-                            dev.cidrs.push(c);
-                        }
-                    },
-                    Err(why) => errors
-                        .push(loc.at(list, format!("device \"{name}\": cidr[{i}] \"{s}\": {why}"))),
-                }
-            }
-        }
-        if dev.macs.is_empty()
-            && dev.ips.is_empty()
-            && dev.cidrs.is_empty()
-            && d.mac.is_none()
-            && d.ip.is_none()
-            && d.cidr.is_none()
-        {
-            errors.push(loc.at(
-                &d.name,
-                format!("device \"{name}\" has no identifier: give mac, ip or cidr"),
-            ));
-        }
-        for (key, value) in [
-            ("imei", &d.imei),
-            ("mdn", &d.mdn),
-            ("iccid", &d.iccid),
-            ("nickname", &d.nickname),
-            ("type", &d.kind),
-            ("notes", &d.notes),
-        ] {
-            if let Some(v) = value {
-                dev.metadata.insert(key.to_string(), v.clone());
-            }
-        }
-        devices.push(dev);
     }
+    index.check_overlaps(&policies, &mut errors);
+    let DeviceIndex {
+        devices,
+        macs,
+        ips,
+        cidrs,
+        ..
+    } = index;
     if devices.len() > MAX_DEVICES as usize {
         errors.push(loc.error(
             0,
@@ -1157,7 +1456,7 @@ suspended = true
             ),
             (
                 "[gateway]\nfoo = 1\n",
-                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`",
             ),
             (
                 "[gateway]\ntls_ports = [443, 70000]\n",
@@ -1243,6 +1542,153 @@ suspended = true
         for (text, want) in cases {
             assert_eq!(&first_error(text), want, "for config:\n{text}");
         }
+    }
+
+    /// Writes `gateway.toml` and inventory files into a fresh directory and loads it.
+    fn load_with(files: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gw-inv-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        let text = std::fs::read_to_string(dir.join("gateway.toml")).expect("gateway.toml");
+        let r = Config::parse(&text, &dir.join("gateway.toml"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        r.map_err(|e| {
+            e.0.iter()
+                .map(|e| {
+                    // Paths relative to the directory, for stable messages.
+                    let file = e
+                        .file
+                        .file_name()
+                        .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+                    format!("{file}:{}:{}: {}", e.line, e.column, e.message)
+                })
+                .collect()
+        })
+    }
+
+    const INVENTORY_HEAD: &str = "[gateway]\ninventories = [\"devices.csv\", \"more.toml\"]\n[[policy]]\nname = \"kids\"\n[[policy]]\nname = \"staff\"\n";
+
+    #[test]
+    fn inventories_in_csv_and_toml() {
+        let c = load_with(&[
+            ("gateway.toml", INVENTORY_HEAD),
+            (
+                "devices.csv",
+                "name,mac,ip,policy,imei,type,suspended\nbus-1,02:00:00:00:00:01,10.0.0.1,kids,356938035643809,bus,\n\"bus-2\",,10.0.0.2;10.0.0.3 fd00::2,staff,,,yes\n",
+            ),
+            (
+                "more.toml",
+                "[[device]]\nname = \"cam\"\ncidr = \"10.1.0.0/24\"\npolicy = \"kids\"\n",
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(c.devices.len(), 3);
+        let bus2 = &c.devices[1];
+        assert_eq!(
+            (bus2.name.as_str(), bus2.ips.len(), bus2.suspended),
+            ("bus-2", 3, true)
+        );
+        assert_eq!(
+            c.devices[0].metadata.get("imei").map(String::as_str),
+            Some("356938035643809")
+        );
+        assert_eq!(c.devices[2].cidrs.len(), 1);
+    }
+
+    #[test]
+    fn inventory_errors_are_located() {
+        let csv = |body: &str| {
+            load_with(&[
+                ("gateway.toml", INVENTORY_HEAD),
+                ("devices.csv", body),
+                ("more.toml", ""),
+            ])
+            .expect_err("invalid")
+        };
+        let cases: &[(&str, &str)] = &[
+            (
+                "name,mac,colour,policy\nbus,02:00:00:00:00:01,red,kids\n",
+                "devices.csv:1:10: unknown column \"colour\", expected one of name, mac, ip, cidr, policy, suspended, imei, mdn, iccid, nickname, type, notes",
+            ),
+            (
+                "name,ip\nbus,10.0.0.1\n",
+                "devices.csv:1:1: the header row has no \"policy\" column",
+            ),
+            (
+                "name,ip,policy\nbus,10.0.0.x,kids\n",
+                "devices.csv:2:5: device \"bus\": ip[0] \"10.0.0.x\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "name,ip,policy\nbus,10.0.0.1,teachers\n",
+                "devices.csv:2:14: device \"bus\": no policy named \"teachers\" (defined: kids, staff, default)",
+            ),
+            (
+                "name,ip,policy\nbus,10.0.0.1,kids\nbus,10.0.0.2,kids\n",
+                "devices.csv:3:1: device \"bus\" is defined twice",
+            ),
+            (
+                "name,ip,policy\na,10.0.0.1,kids\nb,10.0.0.1,kids\n",
+                "devices.csv:3:3: device \"b\": ip[0] 10.0.0.1 is already device \"a\"'s",
+            ),
+            (
+                "name,ip,policy,suspended\nbus,10.0.0.1,kids,maybe\n",
+                "devices.csv:2:19: device \"bus\": suspended \"maybe\" (expected true or false)",
+            ),
+            (
+                "name,ip,policy\nbus,10.0.0.1\n",
+                "devices.csv:2:1: bad row: CSV error: record 1 (line: 2, byte: 15): found record with 2 fields, but the previous record has 3 fields",
+            ),
+            (
+                "name,ip,policy\nbus,,kids\n",
+                "devices.csv:2:1: device \"bus\" has no identifier: give mac, ip or cidr",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(&csv(body)[0], want, "for devices.csv:\n{body}");
+        }
+        // TOML inventories: located in their own file; nested CIDRs with different policies.
+        let e = load_with(&[
+            ("gateway.toml", INVENTORY_HEAD),
+            ("devices.csv", "name,cidr,policy\nnet,10.1.0.0/16,kids\n"),
+            (
+                "more.toml",
+                "[[device]]\nname = \"cam\"\ncidr = \"10.1.2.0/24\"\npolicy = \"staff\"\n",
+            ),
+        ])
+        .expect_err("overlap");
+        assert_eq!(
+            e,
+            vec![
+                "more.toml:3:8: device \"cam\": cidr 10.1.2.0/24 lies inside device \"net\"'s 10.1.0.0/16, which has another policy (staff vs kids)"
+            ]
+        );
+        let e = load_with(&[
+            ("gateway.toml", INVENTORY_HEAD),
+            ("devices.csv", "name,policy\n"),
+            ("more.toml", "[[device]]\nname = \"cam\"\nkind = \"x\"\n"),
+        ])
+        .expect_err("unknown key");
+        assert!(
+            e[0].starts_with("more.toml:3:1: unknown field `kind`"),
+            "{e:?}"
+        );
+        let e = load_with(&[
+            ("gateway.toml", INVENTORY_HEAD),
+            ("devices.csv", "name,policy\n"),
+        ])
+        .expect_err("missing file");
+        assert!(
+            e[0].starts_with("gateway.toml:2:31: inventories: ")
+                && e[0].ends_with("cannot read: No such file or directory (os error 2)"),
+            "{e:?}"
+        );
     }
 
     #[test]

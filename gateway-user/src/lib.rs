@@ -9,6 +9,7 @@ pub mod apply;
 pub mod attach;
 pub mod bench;
 pub mod capture;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod frames;

@@ -37,6 +37,14 @@ enum Command {
         #[arg(long = "iface")]
         ifaces: Vec<String>,
     },
+    /// Validate a configuration (and its inventories and lists) without touching the kernel;
+    /// print what it holds and the kernel memory it will take. Exit 2 if it is invalid.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach the filter from every interface and remove all its pins.
     Detach {
         #[arg(long)]
@@ -99,6 +107,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 config,
                 interfaces: ifaces,
             }))
+        }
+        Command::Check { config, json } => {
+            let config = Config::resolve(config.as_deref())?;
+            let summary = gateway_user::check::summary(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", gateway_user::check::render(&summary));
+            }
+            Ok(())
         }
         Command::Detach { config, json } => {
             let bpffs = Config::bpffs_of(config.as_deref())?;
