@@ -94,8 +94,9 @@ fn rules(config: &Config) -> HashMap<&str, RuleSet> {
 }
 
 impl Desired {
-    /// Compiles `config` with the device slots in `slots`.
-    pub fn compile(config: &Config, slots: &HashMap<String, u32>) -> Self {
+    /// Compiles `config` with the device slots in `slots`, with the policies in force at `now`
+    /// (schedules).
+    pub fn compile(config: &Config, slots: &HashMap<String, u32>, now: jiff::Timestamp) -> Self {
         let mut d = Desired::default();
         for p in &config.policies {
             let mut flags = POLICY_PRESENT;
@@ -148,7 +149,7 @@ impl Desired {
             };
             let r = DeviceRef {
                 slot,
-                policy: dev.policy as u16,
+                policy: config.effective_policy(dev.policy, now) as u16,
                 flags: if dev.suspended { DEVICE_SUSPENDED } else { 0 },
             };
             for mac in &dev.macs {
@@ -317,10 +318,15 @@ pub struct Applied {
     pub changes: usize,
 }
 
-/// Writes `config` into `maps` and makes it active.
+/// Writes `config` into `maps` and makes it active, with the policies in force now.
 pub fn apply(maps: &mut Maps, config: &Config) -> anyhow::Result<Applied> {
+    apply_at(maps, config, jiff::Timestamp::now())
+}
+
+/// Writes `config` into `maps` and makes it active, with the policies in force at `now`.
+pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyhow::Result<Applied> {
     let slots = assign_slots(maps, config)?;
-    let mut desired = Desired::compile(config, &slots);
+    let mut desired = Desired::compile(config, &slots, now);
     let active = maps.active_generation()?;
     let next = active ^ 1;
     let images = build_images(&desired, maps.settings(active)?.table_seed)?;

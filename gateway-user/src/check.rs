@@ -106,7 +106,7 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
         .enumerate()
         .map(|(i, d)| (d.name.clone(), i as u32 + 1))
         .collect();
-    let desired = Desired::compile(config, &slots);
+    let desired = Desired::compile(config, &slots, jiff::Timestamp::now());
     anyhow::ensure!(
         desired.domains.len() <= config.max_domains as usize,
         "{} domains, more than max_domains = {}: raise [gateway] max_domains",
@@ -184,6 +184,83 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(o, "kernel memory: {}", mib(s.kernel_bytes));
     for m in &s.maps {
         let _ = writeln!(o, "  {:<24} {}", m.name, mib(m.bytes));
+    }
+    o
+}
+
+/// One device as `gateway devices` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRow {
+    pub name: String,
+    pub identifiers: Vec<String>,
+    pub policy: String,
+    /// The policy in force now (a schedule window may put another in place).
+    pub effective_policy: String,
+    pub suspended: bool,
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// The devices of `config` with the policies in force at `now`.
+pub fn devices(config: &Config, now: jiff::Timestamp) -> Vec<DeviceRow> {
+    let name = |id: usize| {
+        config
+            .policies
+            .get(id)
+            .map_or("?", |p| p.name.as_str())
+            .to_string()
+    };
+    let effective = config.effective_policies(now);
+    config
+        .devices
+        .iter()
+        .zip(effective)
+        .map(|(d, e)| {
+            let mut ids: Vec<String> = d
+                .macs
+                .iter()
+                .map(|m| {
+                    m.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                })
+                .collect();
+            ids.extend(d.ips.iter().map(|a| {
+                let v6 = std::net::Ipv6Addr::from(*a);
+                v6.to_ipv4_mapped()
+                    .map_or_else(|| v6.to_string(), |v4| v4.to_string())
+            }));
+            ids.extend(d.cidrs.iter().map(ToString::to_string));
+            DeviceRow {
+                name: d.name.clone(),
+                identifiers: ids,
+                policy: name(d.policy),
+                effective_policy: name(e),
+                suspended: d.suspended,
+                metadata: d.metadata.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The devices as a table.
+pub fn render_devices(rows: &[DeviceRow]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<24} {:<16} {:<16} {:<9} identifiers",
+        "device", "policy", "in force", "suspended"
+    );
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "{:<24} {:<16} {:<16} {:<9} {}",
+            r.name,
+            r.policy,
+            r.effective_policy,
+            if r.suspended { "yes" } else { "no" },
+            r.identifiers.join(" ")
+        );
     }
     o
 }

@@ -119,6 +119,17 @@ struct RawGateway {
     tls_ports: Option<Spanned<Vec<Spanned<i64>>>>,
     #[serde(default)]
     inventories: Vec<Spanned<PathBuf>>,
+    timezone: Option<Spanned<String>>,
+}
+
+/// One `schedule` window of a policy, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    days: Spanned<String>,
+    from: Spanned<String>,
+    to: Spanned<String>,
+    policy: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +238,8 @@ struct RawPolicy {
     dns_block_answer: Option<DnsBlockAnswer>,
     on_parse_error: Option<AllowBlock>,
     tls_block_answer: Option<TlsBlockAnswer>,
+    #[serde(default)]
+    schedule: Vec<Spanned<RawWindow>>,
     on_unparsed_tls: Option<AllowBlock>,
     quic: Option<AllowBlock>,
     #[serde(default)]
@@ -290,6 +303,10 @@ pub struct Config {
     pub max_tls_flows: u32,
     /// TCP ports whose ClientHellos are inspected (`[gateway] tls_ports`, default 443).
     pub tls_ports: BTreeSet<u16>,
+    /// The time zone of schedules (`[gateway] timezone`; the system's if not given).
+    pub timezone: jiff::tz::TimeZone,
+    /// The files it was read from: itself, its inventories and list files.
+    pub files: Vec<PathBuf>,
     /// Id of the policy for devices in no inventory.
     pub unknown_policy: usize,
     pub devices: Vec<Device>,
@@ -331,6 +348,85 @@ pub struct Policy {
     pub sinkhole_v4: [u8; 4],
     pub sinkhole_v6: [u8; 16],
     pub block_ttl: u32,
+    /// Windows during which another policy applies to this policy's devices; the first that
+    /// contains the local time wins.
+    pub schedule: Vec<Window>,
+}
+
+/// A `schedule` window: on `days` (bit 0 Monday … bit 6 Sunday), from `from` to `to` (minutes
+/// after local midnight; a window with `to <= from` runs over midnight into the next day),
+/// policy `policy` applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub days: u8,
+    pub from: u16,
+    pub to: u16,
+    pub policy: usize,
+}
+
+impl Window {
+    /// Whether local `time` (weekday 0 = Monday, minute of the day) is inside the window.
+    pub fn contains(&self, weekday: u8, minute: u16) -> bool {
+        let on = |d: u8| self.days & (1 << (d % 7)) != 0;
+        if self.from < self.to {
+            on(weekday) && self.from <= minute && minute < self.to
+        } else {
+            // Over midnight: the evening of a listed day, or the morning after one.
+            (on(weekday) && minute >= self.from) || (on(weekday + 6) && minute < self.to)
+        }
+    }
+}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// `mon-fri`, `sat,sun`, `mon,wed-fri`, `daily`: the day bits.
+fn parse_days(s: &str) -> Result<u8, String> {
+    let day = |d: &str| {
+        WEEKDAYS
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case(d.trim()))
+            .ok_or_else(|| {
+                format!(
+                    "\"{}\" is not a day (expected mon, tue, wed, thu, fri, sat, sun)",
+                    d.trim()
+                )
+            })
+    };
+    if s.trim().eq_ignore_ascii_case("daily") {
+        return Ok(0x7f);
+    }
+    let mut bits = 0u8;
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (day(a)?, day(b)?);
+                let mut d = a;
+                loop {
+                    bits |= 1 << d;
+                    if d == b {
+                        break;
+                    }
+                    d = (d + 1) % 7;
+                }
+            }
+            None => bits |= 1 << day(part)?,
+        }
+    }
+    Ok(bits)
+}
+
+/// `HH:MM` (00:00 to 24:00) as minutes after midnight.
+fn parse_time(s: &str) -> Result<u16, String> {
+    let bad = || format!("\"{s}\" is not a time of day (expected HH:MM, 00:00 to 24:00)");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if m > 59 || h > 24 || (h == 24 && m != 0) {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
 }
 
 impl Policy {
@@ -353,6 +449,7 @@ impl Policy {
             sinkhole_v4: [0; 4],
             sinkhole_v6: [0; 16],
             block_ttl: DEFAULT_BLOCK_TTL,
+            schedule: Vec::new(),
         }
     }
 }
@@ -485,6 +582,37 @@ impl Config {
             ConfigErrors(vec![locate.error(at, e.message().to_string())])
         })?;
         validate(raw, &locate)
+    }
+
+    /// The policy in force for a device of policy `policy` at `now`: the first of its schedule's
+    /// windows that contains the local time, else its own.
+    pub fn effective_policy(&self, policy: usize, now: jiff::Timestamp) -> usize {
+        self.policy_at(policy, self.local_time(now))
+    }
+
+    /// The policy in force for every device at `now`, in device order.
+    pub fn effective_policies(&self, now: jiff::Timestamp) -> Vec<usize> {
+        let at = self.local_time(now);
+        self.devices
+            .iter()
+            .map(|d| self.policy_at(d.policy, at))
+            .collect()
+    }
+
+    /// Weekday (0 = Monday) and minute of the day at `now` in the configured time zone.
+    fn local_time(&self, now: jiff::Timestamp) -> (u8, u16) {
+        let local = now.to_zoned(self.timezone.clone()).datetime();
+        (
+            local.weekday().to_monday_zero_offset() as u8,
+            local.hour() as u16 * 60 + local.minute() as u16,
+        )
+    }
+
+    fn policy_at(&self, policy: usize, (weekday, minute): (u8, u16)) -> usize {
+        self.policies
+            .get(policy)
+            .and_then(|p| p.schedule.iter().find(|w| w.contains(weekday, minute)))
+            .map_or(policy, |w| w.policy)
     }
 
     /// The id of the policy called `name`.
@@ -908,6 +1036,8 @@ impl DeviceIndex {
 
 fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
+    // Every file this configuration is made of (watched for changes by the daemon).
+    let mut files = vec![loc.file.clone()];
 
     let bpffs = match &raw.gateway.bpffs {
         Some(p) if !p.get_ref().is_absolute() => {
@@ -956,6 +1086,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         };
         for list in &c.lists {
             let path = base.join(list.get_ref());
+            files.push(path.clone());
             match lists::read(&path, &mut cat.domains) {
                 Ok(stats) => {
                     if stats.invalid > 0 {
@@ -1036,12 +1167,13 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                 }
             }
         }
-        for (files, allow, key) in [
+        for (list_files, allow, key) in [
             (&p.allow_lists, true, "allow_lists"),
             (&p.block_lists, false, "block_lists"),
         ] {
-            for f in files {
+            for f in list_files {
                 let path = base.join(f.get_ref());
+                files.push(path.clone());
                 let mut d = Domains::default();
                 match lists::read(&path, &mut d) {
                     Ok(_) => {
@@ -1114,6 +1246,89 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     if !policies.iter().any(|p| p.name == DEFAULT_POLICY) {
         policies.push(Policy::allow_all(DEFAULT_POLICY, raw.gateway.mode));
     }
+    // Schedules, now that every policy name is known.
+    for p in &raw.policies {
+        let name = p.name.get_ref();
+        let Some(id) = policies.iter().position(|q| &q.name == name) else {
+            continue;
+        };
+        for (i, w) in p.schedule.iter().enumerate() {
+            let w = w.get_ref();
+            let what = format!("policy \"{name}\": schedule[{i}]");
+            let days = parse_days(w.days.get_ref())
+                .map_err(|why| errors.push(loc.at(&w.days, format!("{what}: days: {why}"))));
+            let from = parse_time(w.from.get_ref())
+                .map_err(|why| errors.push(loc.at(&w.from, format!("{what}: from: {why}"))));
+            let to = parse_time(w.to.get_ref())
+                .map_err(|why| errors.push(loc.at(&w.to, format!("{what}: to: {why}"))));
+            let target = policies.iter().position(|q| &q.name == w.policy.get_ref());
+            let target = match target {
+                None => {
+                    errors.push(loc.at(
+                        &w.policy,
+                        format!(
+                            "{what}: no policy named \"{}\" (defined: {})",
+                            w.policy.get_ref(),
+                            list_names(&policies)
+                        ),
+                    ));
+                    continue;
+                }
+                Some(t) if t == id => {
+                    errors.push(loc.at(
+                        &w.policy,
+                        format!("{what}: a policy cannot schedule itself"),
+                    ));
+                    continue;
+                }
+                Some(t) => t,
+            };
+            if raw
+                .policies
+                .iter()
+                .any(|q| q.name.get_ref() == w.policy.get_ref() && !q.schedule.is_empty())
+            {
+                errors.push(loc.at(
+                    &w.policy,
+                    format!(
+                        "{what}: \"{}\" has a schedule of its own (schedules do not chain)",
+                        w.policy.get_ref()
+                    ),
+                ));
+                continue;
+            }
+            if let (Ok(days), Ok(from), Ok(to)) = (days, from, to) {
+                if from == to {
+                    errors.push(loc.at(&w.to, format!("{what}: an empty window (from = to)")));
+                    continue;
+                }
+                if let Some(pol) = policies.get_mut(id) {
+                    pol.schedule.push(Window {
+                        days,
+                        from: from % (24 * 60),
+                        to: to % (24 * 60),
+                        policy: target,
+                    });
+                }
+            }
+        }
+    }
+    let timezone = match &raw.gateway.timezone {
+        None => jiff::tz::TimeZone::system(),
+        Some(tz) => match jiff::tz::TimeZone::get(tz.get_ref()) {
+            Ok(z) => z,
+            Err(_) => {
+                errors.push(loc.at(
+                    tz,
+                    format!(
+                        "timezone: \"{}\" is not a time zone (expected an IANA name like Europe/Berlin)",
+                        tz.get_ref()
+                    ),
+                ));
+                jiff::tz::TimeZone::UTC
+            }
+        },
+    };
     let unknown_policy = match &raw.gateway.unknown_devices {
         Some(s) => match policies.iter().position(|p| &p.name == s.get_ref()) {
             Some(id) => id,
@@ -1150,6 +1365,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     }
     for inv in &raw.gateway.inventories {
         let path = base.join(inv.get_ref());
+        files.push(path.clone());
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let inv_loc = Locator::new(&text, &path);
@@ -1247,6 +1463,8 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                 .max_tls_flows
                 .map_or(gateway_common::maps::DEFAULT_TLS_FLOWS, |m| *m.get_ref()),
             tls_ports,
+            timezone,
+            files,
             unknown_policy,
             devices,
         })
@@ -1456,7 +1674,7 @@ suspended = true
             ),
             (
                 "[gateway]\nfoo = 1\n",
-                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`, `timezone`",
             ),
             (
                 "[gateway]\ntls_ports = [443, 70000]\n",
@@ -1688,6 +1906,127 @@ suspended = true
             e[0].starts_with("gateway.toml:2:31: inventories: ")
                 && e[0].ends_with("cannot read: No such file or directory (os error 2)"),
             "{e:?}"
+        );
+    }
+
+    const SCHEDULED: &str = r#"
+[gateway]
+timezone = "America/New_York"
+
+[[policy]]
+name = "students"
+schedule = [
+  { days = "mon-fri", from = "08:00", to = "15:00", policy = "class" },
+  { days = "fri,sat", from = "22:00", to = "06:00", policy = "night" },
+]
+
+[[policy]]
+name = "class"
+
+[[policy]]
+name = "night"
+
+[[device]]
+name = "tablet"
+ip = "10.0.0.1"
+policy = "students"
+"#;
+
+    /// The policy in force for the tablet at a local time in New York.
+    fn in_force(c: &Config, local: &str) -> String {
+        let t = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M", local)
+            .expect("time")
+            .to_zoned(jiff::tz::TimeZone::get("America/New_York").expect("tz"))
+            .expect("zoned")
+            .timestamp();
+        c.policies[c.effective_policy(c.devices[0].policy, t)]
+            .name
+            .clone()
+    }
+
+    #[test]
+    fn schedules_switch_at_their_boundaries() {
+        let c = parse(SCHEDULED).expect("valid");
+        // 2026-11-23 is a Monday; 2026-11-27 a Friday.
+        for (at, want) in [
+            ("2026-11-23 07:59", "students"),
+            ("2026-11-23 08:00", "class"),
+            ("2026-11-23 14:59", "class"),
+            ("2026-11-23 15:00", "students"),
+            // Days of week: not on Saturday or Sunday.
+            ("2026-11-28 09:00", "students"),
+            ("2026-11-29 09:00", "students"),
+            // Over midnight: Friday 22:00 to Saturday 06:00, Saturday 22:00 to Sunday 06:00.
+            ("2026-11-27 21:59", "students"),
+            ("2026-11-27 22:00", "night"),
+            ("2026-11-28 05:59", "night"),
+            ("2026-11-28 06:00", "students"),
+            ("2026-11-28 23:30", "night"),
+            ("2026-11-29 05:00", "night"),
+            // Thursday night is not a listed evening; Friday morning is not the morning after one.
+            ("2026-11-26 23:00", "students"),
+            ("2026-11-27 05:00", "students"),
+        ] {
+            assert_eq!(in_force(&c, at), want, "at {at}");
+        }
+        // The same instant is another local time elsewhere: the configured zone decides.
+        let utc = parse(&SCHEDULED.replace("America/New_York", "UTC")).expect("valid");
+        let t: jiff::Timestamp = "2026-11-23T13:30:00Z".parse().expect("instant");
+        assert_eq!(utc.policies[utc.effective_policy(0, t)].name, "class");
+        assert_eq!(c.policies[c.effective_policy(0, t)].name, "class");
+        let t: jiff::Timestamp = "2026-11-23T19:30:00Z".parse().expect("instant");
+        assert_eq!(utc.policies[utc.effective_policy(0, t)].name, "students");
+        assert_eq!(c.policies[c.effective_policy(0, t)].name, "class");
+    }
+
+    #[test]
+    fn schedule_errors_are_located() {
+        let with = |window: &str| {
+            first_error(&format!(
+                "[[policy]]\nname = \"a\"\nschedule = [{window}]\n[[policy]]\nname = \"b\"\n"
+            ))
+        };
+        for (window, want) in [
+            (
+                r#"{ days = "mon-fru", from = "08:00", to = "15:00", policy = "b" }"#,
+                "t.toml:3:22: policy \"a\": schedule[0]: days: \"fru\" is not a day (expected mon, tue, wed, thu, fri, sat, sun)",
+            ),
+            (
+                r#"{ days = "mon", from = "8:00", to = "15:00", policy = "b" }"#,
+                "t.toml:3:36: policy \"a\": schedule[0]: from: \"8:00\" is not a time of day (expected HH:MM, 00:00 to 24:00)",
+            ),
+            (
+                r#"{ days = "mon", from = "08:00", to = "25:00", policy = "b" }"#,
+                "t.toml:3:50: policy \"a\": schedule[0]: to: \"25:00\" is not a time of day (expected HH:MM, 00:00 to 24:00)",
+            ),
+            (
+                r#"{ days = "mon", from = "08:00", to = "08:00", policy = "b" }"#,
+                "t.toml:3:50: policy \"a\": schedule[0]: an empty window (from = to)",
+            ),
+            (
+                r#"{ days = "mon", from = "08:00", to = "09:00", policy = "c" }"#,
+                "t.toml:3:68: policy \"a\": schedule[0]: no policy named \"c\" (defined: a, b, default)",
+            ),
+            (
+                r#"{ days = "mon", from = "08:00", to = "09:00", policy = "a" }"#,
+                "t.toml:3:68: policy \"a\": schedule[0]: a policy cannot schedule itself",
+            ),
+            (
+                r#"{ days = "mon", from = "08:00", to = "09:00", policy = "b", colour = 1 }"#,
+                "t.toml:3:73: unknown field `colour`, expected one of `days`, `from`, `to`, `policy`",
+            ),
+        ] {
+            assert_eq!(with(window), want, "{window}");
+        }
+        assert_eq!(
+            first_error("[gateway]\ntimezone = \"Mars/Olympus\"\n"),
+            "t.toml:2:12: timezone: \"Mars/Olympus\" is not a time zone (expected an IANA name like Europe/Berlin)"
+        );
+        assert_eq!(
+            first_error(
+                "[[policy]]\nname = \"a\"\nschedule = [{ days = \"mon\", from = \"08:00\", to = \"09:00\", policy = \"b\" }]\n[[policy]]\nname = \"b\"\nschedule = [{ days = \"mon\", from = \"08:00\", to = \"09:00\", policy = \"a\" }]\n"
+            ),
+            "t.toml:3:68: policy \"a\": schedule[0]: \"b\" has a schedule of its own (schedules do not chain)"
         );
     }
 

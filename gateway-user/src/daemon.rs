@@ -1,12 +1,18 @@
 //! `gateway run`: attach, then keep the configuration current until told to stop.
 //!
 //! Stopping the daemon (SIGTERM, SIGINT, a crash, SIGKILL) leaves the filter attached and
-//! enforcing the last configuration; `gateway detach` removes it. SIGHUP reloads the
-//! configuration; one that fails validation is rejected and the running one stays.
+//! enforcing the last configuration; `gateway detach` removes it. The configuration is reloaded
+//! on SIGHUP (`gateway reload` sends it) and when one of its files changes; one that fails
+//! validation is rejected and the running one stays. Schedules switch policies at their window
+//! boundaries (checked every second) by applying a new generation.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -38,11 +44,87 @@ fn interfaces(opts: &RunOptions, config: &Config) -> Vec<Interface> {
     }
 }
 
+/// Where the daemons keep their pid and reload status, one pair per bpffs root.
+const RUNTIME_DIR: &str = "/run/gateway";
+
+/// The daemon's runtime file `ext` for the filter pinned under `bpffs`.
+pub fn runtime_file(bpffs: &Path, ext: &str) -> PathBuf {
+    let name = bpffs.to_string_lossy().trim_matches('/').replace('/', "_");
+    Path::new(RUNTIME_DIR).join(format!("{name}.{ext}"))
+}
+
+/// What the daemon says about its reloads (`<runtime>.status`, JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Reloads rejected (invalid configuration) or failed (writing the maps).
+    pub failed: u64,
+    /// The last attempt: what triggered it (`signal`, `watch`), whether it worked, and why not.
+    pub last_trigger: Option<String>,
+    pub last_ok: Option<bool>,
+    pub last_error: Option<String>,
+    /// Schedule switches applied.
+    pub schedule_switches: u64,
+}
+
+impl ReloadStatus {
+    /// Reads the status file (an absent or unreadable one is the zero status).
+    pub fn read(path: &Path) -> Self {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, path: &Path) {
+        let tmp = path.with_extension("status.tmp");
+        let result = serde_json::to_string(self)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the reload status");
+        }
+    }
+}
+
+/// The configuration in force and what the daemon watches of it.
+struct State {
+    config: Config,
+    /// Modification times of `config.files` when it was read.
+    mtimes: Vec<Option<SystemTime>>,
+    /// The policy in force for each device (schedules), as last applied.
+    effective: Vec<usize>,
+    status: ReloadStatus,
+    status_path: PathBuf,
+}
+
+fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, or until the filter is detached from outside.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = Config::resolve(opts.config.as_deref())?;
     let ifaces = interfaces(&opts, &config);
     let mut running = attach::start(&config, &ifaces)?;
+    let pid_path = runtime_file(&running.pins.root, "pid");
+    std::fs::create_dir_all(RUNTIME_DIR)
+        .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
+        .with_context(|| format!("writing {}", pid_path.display()))?;
+    let mut state = State {
+        mtimes: mtimes(&config.files),
+        effective: config.effective_policies(jiff::Timestamp::now()),
+        status: ReloadStatus::default(),
+        status_path: runtime_file(&running.pins.root, "status"),
+        config,
+    };
+    state.status.write(&state.status_path);
+    let config = &state.config;
     for a in &running.attachments {
         tracing::info!(iface = %a.iface, mode = a.mode.label(), link = a.link.label(), adopted = a.adopted, "filtering");
     }
@@ -82,11 +164,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                notify("RELOADING=1");
-                reload(&opts, &mut running);
-                notify("READY=1");
-            }
+            _ = hup.recv() => reload(&opts, &mut running, &mut state, "signal"),
             ready = events_fd.readable() => {
                 if let Ok(mut guard) = ready {
                     log_events(&mut running);
@@ -97,11 +175,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
                     tracing::info!("the filter was detached (gateway detach); exiting");
+                    let _ = std::fs::remove_file(&pid_path);
                     return Ok(());
                 }
+                let now = mtimes(&state.config.files);
+                if now != state.mtimes {
+                    // Recorded first: a rejected file is not retried until it changes again.
+                    state.mtimes = now;
+                    reload(&opts, &mut running, &mut state, "watch");
+                }
+                follow_schedule(&mut running, &mut state);
             }
         }
     }
+    let _ = std::fs::remove_file(&pid_path);
     notify("STOPPING=1");
     tracing::info!("exiting; the filter stays attached and enforcing (gateway detach removes it)");
     Ok(())
@@ -131,36 +218,80 @@ fn log_events(running: &mut Running) {
     }
 }
 
-/// Re-reads the configuration and applies it; keeps the running one if the new one is bad.
-fn reload(opts: &RunOptions, running: &mut Running) {
-    match Config::resolve(opts.config.as_deref()) {
-        Ok(config) => {
-            let wanted = interfaces(opts, &config);
-            let current: Vec<&str> = running
-                .attachments
+/// Applies a new generation when a schedule window opens or closes.
+fn follow_schedule(running: &mut Running, state: &mut State) {
+    let now = jiff::Timestamp::now();
+    let effective = state.config.effective_policies(now);
+    if effective == state.effective {
+        return;
+    }
+    match apply::apply_at(&mut running.maps, &state.config, now) {
+        Ok(a) => {
+            let switched = effective
                 .iter()
-                .map(|a| a.iface.as_str())
-                .collect();
-            if wanted.iter().map(|i| i.name.as_str()).collect::<Vec<_>>() != current {
-                tracing::warn!(
-                    "interface changes take effect at the next start; applying policies and devices now"
-                );
-            }
-            if config.bpffs != running.pins.root {
-                tracing::warn!("bpffs changes take effect at the next start");
-            }
-            match apply::apply(&mut running.maps, &config) {
-                Ok(a) => {
-                    tracing::info!(generation = a.generation, changes = a.changes, "reloaded");
-                    running.applied = a;
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "reload failed while writing maps")
-                }
-            }
+                .zip(&state.effective)
+                .filter(|(a, b)| a != b)
+                .count();
+            tracing::info!(
+                generation = a.generation,
+                devices = switched,
+                "schedule: policies switched"
+            );
+            running.applied = a;
+            state.effective = effective;
+            state.status.schedule_switches += 1;
+            state.status.write(&state.status_path);
+        }
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "schedule switch failed; retrying"),
+    }
+}
+
+/// Re-reads the configuration and applies it; keeps the running one if the new one is bad.
+/// The outcome is logged and counted in the status file `gateway reload` reads.
+fn reload(opts: &RunOptions, running: &mut Running, state: &mut State, trigger: &str) {
+    notify("RELOADING=1");
+    let result = try_reload(opts, running, state);
+    state.status.last_trigger = Some(trigger.to_string());
+    match result {
+        Ok(()) => {
+            state.status.reloads += 1;
+            state.status.last_ok = Some(true);
+            state.status.last_error = None;
         }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
+            let e = format!("{e:#}");
+            tracing::error!(trigger, error = %e, "reload rejected; the running configuration stays");
+            state.status.failed += 1;
+            state.status.last_ok = Some(false);
+            state.status.last_error = Some(e);
         }
     }
+    state.status.write(&state.status_path);
+    notify("READY=1");
+}
+
+fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> anyhow::Result<()> {
+    let config = Config::resolve(opts.config.as_deref())?;
+    let wanted = interfaces(opts, &config);
+    let current: Vec<&str> = running
+        .attachments
+        .iter()
+        .map(|a| a.iface.as_str())
+        .collect();
+    if wanted.iter().map(|i| i.name.as_str()).collect::<Vec<_>>() != current {
+        tracing::warn!(
+            "interface changes take effect at the next start; applying policies and devices now"
+        );
+    }
+    if config.bpffs != running.pins.root {
+        tracing::warn!("bpffs changes take effect at the next start");
+    }
+    let now = jiff::Timestamp::now();
+    let a = apply::apply_at(&mut running.maps, &config, now).context("writing the maps")?;
+    tracing::info!(generation = a.generation, changes = a.changes, "reloaded");
+    running.applied = a;
+    state.effective = config.effective_policies(now);
+    state.mtimes = mtimes(&config.files);
+    state.config = config;
+    Ok(())
 }

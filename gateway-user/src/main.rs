@@ -45,6 +45,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the devices: identifiers, policy, and the policy in force now (schedules).
+    Devices {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its configuration (SIGHUP), and report the outcome.
+    /// Exit 2 if the new configuration was rejected (the running one stays).
+    Reload {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the daemon to report.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Detach the filter from every interface and remove all its pins.
     Detach {
         #[arg(long)]
@@ -115,6 +131,17 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 print!("{}", gateway_user::check::render(&summary));
+            }
+            Ok(())
+        }
+        Command::Reload { config, timeout } => reload(config.as_deref(), timeout),
+        Command::Devices { config, json } => {
+            let config = Config::resolve(config.as_deref())?;
+            let rows = gateway_user::check::devices(&config, jiff::Timestamp::now());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", gateway_user::check::render_devices(&rows));
             }
             Ok(())
         }
@@ -195,5 +222,54 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `gateway reload`: SIGHUP to the daemon of this configuration's bpffs root, then its verdict.
+fn reload(config: Option<&std::path::Path>, timeout: u64) -> anyhow::Result<()> {
+    let bpffs = Config::bpffs_of(config)?;
+    let pid_path = daemon::runtime_file(&bpffs, "pid");
+    let status_path = daemon::runtime_file(&bpffs, "status");
+    let pid: i32 = std::fs::read_to_string(&pid_path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .with_context(|| {
+            format!(
+                "no daemon for {} ({} is missing): is `gateway run` started?",
+                bpffs.display(),
+                pid_path.display()
+            )
+        })?;
+    let before = daemon::ReloadStatus::read(&status_path);
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "signalling the daemon (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let now = daemon::ReloadStatus::read(&status_path);
+        if now.reloads + now.failed > before.reloads + before.failed {
+            return match now.last_ok {
+                Some(true) => {
+                    println!(
+                        "reloaded (pid {pid}; {} reloads, {} rejected)",
+                        now.reloads, now.failed
+                    );
+                    Ok(())
+                }
+                _ => Err(gateway_user::BadInput(format!(
+                    "reload rejected, the running configuration stays: {}",
+                    now.last_error.unwrap_or_default()
+                ))
+                .into()),
+            };
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the daemon (pid {pid}) did not report within {timeout} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

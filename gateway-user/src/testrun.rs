@@ -84,7 +84,12 @@ impl TestRunner {
 
     /// Writes a new configuration (as a reload would).
     pub fn reconfigure(&mut self, config: &Config) -> anyhow::Result<()> {
-        self.applied = apply::apply(&mut self.maps, config)?;
+        self.reconfigure_at(config, jiff::Timestamp::now())
+    }
+
+    /// As `reconfigure`, with the policies in force at `now` (schedules).
+    pub fn reconfigure_at(&mut self, config: &Config, now: jiff::Timestamp) -> anyhow::Result<()> {
+        self.applied = apply::apply_at(&mut self.maps, config, now)?;
         self.device_names = self
             .applied
             .slots
