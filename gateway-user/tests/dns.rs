@@ -746,3 +746,54 @@ fn dns_over_tcp() {
     );
     assert_eq!(eth.run(&syn).expect("run").reason, Reason::Uninspected);
 }
+
+/// Schedules through the kernel: the policy in force when the configuration is applied decides
+/// (the daemon re-applies at each window boundary).
+#[test]
+fn scheduled_policies_decide_in_their_windows() {
+    let text = r#"
+[gateway]
+timezone = "UTC"
+
+[[policy]]
+name = "students"
+block = ["always.example"]
+schedule = [{ days = "mon-fri", from = "08:00", to = "15:00", policy = "class" }]
+
+[[policy]]
+name = "class"
+block = ["always.example", "games.example"]
+
+[[device]]
+name = "tablet"
+mac = "02:00:00:00:01:01"
+policy = "students"
+"#;
+    let config = Config::parse(text, std::path::Path::new("schedule.toml")).expect("config");
+    let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+    let l2 = L2::Ethernet {
+        src: mac(1),
+        dst: GW_MAC,
+    };
+    let ask = |r: &mut TestRunner, name: &str| {
+        let res = r
+            .run(&dns_frame(l2, V4, &query(7, name, RecordType::A, false)))
+            .expect("run");
+        (res.verdict, res.policy)
+    };
+    let class = config.policy_id("class").expect("class") as u32;
+    let students = config.policy_id("students").expect("students") as u32;
+    // Monday 2026-11-23: in class at 10:00, out at 16:00; Saturday: never.
+    for (at, games, policy) in [
+        ("2026-11-23T10:00:00Z", Verdict::Tx, class),
+        ("2026-11-23T16:00:00Z", Verdict::Pass, students),
+        ("2026-11-28T10:00:00Z", Verdict::Pass, students),
+        ("2026-11-23T08:00:00Z", Verdict::Tx, class),
+        ("2026-11-23T07:59:00Z", Verdict::Pass, students),
+    ] {
+        r.reconfigure_at(&config, at.parse().expect("instant"))
+            .expect("apply");
+        assert_eq!(ask(&mut r, "games.example"), (games, policy), "at {at}");
+        assert_eq!(ask(&mut r, "always.example").0, Verdict::Tx, "at {at}");
+    }
+}

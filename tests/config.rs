@@ -1,0 +1,159 @@
+//! Tier 3 for configuration: reloads with real queries. A configuration that fails validation
+//! is rejected by `gateway reload` (exit 2) and the running one keeps enforcing; an edited file
+//! is picked up by the daemon on its own; under a continuous stream of queries, 50 reloads
+//! between two configurations lose no query, and every answer is the old policy's or the new
+//! one's.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use gateway_testbed::{Bed, Daemon, Dnsmasq, Pins, dig};
+
+fn config(bed: &Bed, flip_blocked: bool) -> String {
+    let dev = &bed.devices[0];
+    let block = if flip_blocked {
+        r#"["always.example", "flip.example"]"#
+    } else {
+        r#"["always.example"]"#
+    };
+    format!(
+        r#"
+[[interface]]
+name = "{}"
+
+[[policy]]
+name = "students"
+block = {block}
+
+[[device]]
+name = "laptop"
+mac = "{}"
+policy = "students"
+"#,
+        dev.gw_if, dev.mac
+    )
+}
+
+/// Waits until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what}: not seen within 10 s")
+}
+
+#[test]
+fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
+    let bed = Bed::new(1)?;
+    let pins = Pins::with_config("", &config(&bed, true))?;
+    let daemon = Daemon::start(&bed.gw, &pins, &["d1"])?;
+    let _upstream = Dnsmasq::start(
+        &bed.up,
+        &bed.upstream_ip,
+        &[
+            ("always.example", "198.51.100.1"),
+            ("flip.example", "198.51.100.2"),
+            ("allowed.example", "198.51.100.3"),
+        ],
+    )?;
+    let (ns, up) = (&bed.devices[0].ns, bed.upstream_ip.clone());
+    let status = |name: &str| dig(ns, "dig", &up, name, "A").map(|l| l.status);
+    assert_eq!(status("flip.example")?, "NXDOMAIN");
+
+    // A bad configuration: rejected as a whole, exit 2, the running one still enforces.
+    pins.rewrite(
+        "",
+        &format!(
+            "{}\n[[device]]\nname = \"x\"\nip = \"10.9.9.9\"\npolicy = \"nope\"\n",
+            config(&bed, false)
+        ),
+    )?;
+    let out = pins.gateway("reload", &[])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("reload rejected") && err.contains("no policy named \"nope\""),
+        "{err}"
+    );
+    assert_eq!(
+        status("flip.example")?,
+        "NXDOMAIN",
+        "the old policy still enforces"
+    );
+    assert_eq!(status("allowed.example")?, "NOERROR");
+
+    // An edited file is reloaded by the daemon itself.
+    pins.rewrite("", &config(&bed, false))?;
+    eventually("the edited configuration in force", || {
+        status("flip.example").is_ok_and(|s| s == "NOERROR")
+    })?;
+
+    // Reloads under load: one thread queries without pause while this one reloads.
+    let stop = AtomicBool::new(false);
+    let seen = std::thread::scope(
+        |scope| -> anyhow::Result<Vec<(String, anyhow::Result<String>)>> {
+            let load = scope.spawn(|| {
+                let mut seen: Vec<(String, anyhow::Result<String>)> = Vec::new();
+                let names = ["flip.example", "always.example", "allowed.example"];
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = names[i % names.len()];
+                    seen.push((name.to_string(), status(name)));
+                    i += 1;
+                }
+                seen
+            });
+            for k in 0..50 {
+                pins.rewrite("", &config(&bed, k % 2 == 0))?;
+                let out = pins.gateway("reload", &[])?;
+                assert!(
+                    out.status.success(),
+                    "reload {k}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+            load.join()
+                .map_err(|_| anyhow::anyhow!("load thread panicked"))
+        },
+    )?;
+    assert!(
+        seen.len() > 50,
+        "only {} queries during the reloads",
+        seen.len()
+    );
+    let mut flips = (0, 0);
+    for (name, r) in &seen {
+        let s = match r {
+            Ok(s) => s.as_str(),
+            Err(e) => panic!("{name}: lost or timed out during reloads: {e:#}"),
+        };
+        match name.as_str() {
+            "always.example" => assert_eq!(s, "NXDOMAIN", "always blocked"),
+            "allowed.example" => assert_eq!(s, "NOERROR", "never blocked"),
+            _ => match s {
+                "NXDOMAIN" => flips.0 += 1,
+                "NOERROR" => flips.1 += 1,
+                other => panic!("flip.example: {other}"),
+            },
+        }
+    }
+    // The last configuration (k = 49: flip allowed) is in force.
+    assert_eq!(status("flip.example")?, "NOERROR");
+    assert!(daemon.log_text().contains("reloaded"));
+    eprintln!(
+        "{} queries during 50 reloads; flip.example blocked {} times, allowed {} times",
+        seen.len(),
+        flips.0,
+        flips.1
+    );
+    Ok(())
+}
