@@ -255,6 +255,21 @@ fn free_slot<B: Bucket>(b: &B) -> Option<usize> {
     (0..B::WAYS).find(|i| b.key(*i) == B::empty())
 }
 
+/// Removes `key` from `table`; returns whether it was there.
+pub fn remove<B: Bucket>(table: &mut [B], seed: u64, key: &B::Key) -> bool {
+    let buckets = table.len() as u32;
+    let h = B::hash(key, seed);
+    for b in [home(h, buckets) as usize, alternate(h, buckets) as usize] {
+        if let Some(bucket) = table.get_mut(b)
+            && let Some(i) = slot_of(bucket, key)
+        {
+            bucket.set(i, B::empty(), B::Value::default());
+            return true;
+        }
+    }
+    false
+}
+
 /// Inserts or replaces `key` in `table` (a power-of-two number of buckets). Keys already in the
 /// table may move to their other bucket to make room.
 pub fn insert<B: Bucket>(

@@ -57,6 +57,50 @@ pub struct Desired {
     pub block_ports: BTreeSet<(u32, u8, u16)>,
     /// The TLS ports as a bitmap (`TLS_PORTS` of one generation).
     pub tls_ports: Vec<u64>,
+    /// Rule set -> id (`rulesets[id]`).
+    pub ruleset_ids: HashMap<RuleSet, u32>,
+}
+
+/// What the last `apply` built, kept so the next one changes only what differs: a 10-domain
+/// edit of a 1M-domain policy writes those domains' buckets, not the whole table.
+#[derive(Debug, Default)]
+pub struct ApplyCache {
+    seed: u64,
+    domains: HashMap<String, u32>,
+    ruleset_ids: HashMap<RuleSet, u32>,
+    domain_image: Vec<DomainBucket>,
+}
+
+/// The domain table `cache` holds, changed into `desired`'s: removed and changed domains
+/// first, then added ones. `None` when that cannot be done in place (another seed or size, a
+/// fingerprint collision, a full neighbourhood): then the table is built anew.
+fn update_domains(desired: &Desired, cache: &ApplyCache, seed: u64) -> Option<Vec<DomainBucket>> {
+    if cache.seed != seed || cache.domain_image.len() != desired.domain_buckets as usize {
+        return None;
+    }
+    let mut t = cache.domain_image.clone();
+    for (d, id) in &cache.domains {
+        if desired.domains.get(d) != Some(id) && !desired.domains.contains_key(d) {
+            table::remove(&mut t, seed, &fingerprint(d.as_bytes(), seed));
+        }
+    }
+    for (d, id) in &desired.domains {
+        match cache.domains.get(d) {
+            Some(old) if old == id => {}
+            known => {
+                let fp = fingerprint(d.as_bytes(), seed);
+                // A new domain whose fingerprint is taken: a collision; rebuild with a new seed.
+                if known.is_none()
+                    && table::lookup(|i| t.get(i as usize), desired.domain_buckets, seed, &fp)
+                        .is_some()
+                {
+                    return None;
+                }
+                table::insert(&mut t, seed, fp, *id).ok()?;
+            }
+        }
+    }
+    Some(t)
 }
 
 /// Domain-table buckets for a capacity of `max_domains` (a power of two, at least 1,024).
@@ -97,6 +141,17 @@ impl Desired {
     /// Compiles `config` with the device slots in `slots`, with the policies in force at `now`
     /// (schedules).
     pub fn compile(config: &Config, slots: &HashMap<String, u32>, now: jiff::Timestamp) -> Self {
+        Self::compile_after(config, slots, now, &HashMap::new())
+    }
+
+    /// As `compile`, keeping the ids of rule sets that `previous` numbered (so a small change
+    /// leaves the other domains' entries as they are).
+    pub fn compile_after(
+        config: &Config,
+        slots: &HashMap<String, u32>,
+        now: jiff::Timestamp,
+        previous: &HashMap<RuleSet, u32>,
+    ) -> Self {
         let mut d = Desired::default();
         for p in &config.policies {
             let mut flags = POLICY_PRESENT;
@@ -132,16 +187,35 @@ impl Desired {
                 sinkhole_v6_be: p.sinkhole_v6,
             });
         }
-        let mut ids: HashMap<RuleSet, u32> = HashMap::new();
-        d.rulesets.push(RuleSet::default());
-        for (domain, r) in rules(config) {
-            let next = d.rulesets.len() as u32;
-            let id = *ids.entry(r).or_insert(next);
-            if id == next {
-                d.rulesets.push(r);
+        // Rule set ids: the previous ones where the rule set still exists, then the lowest free.
+        // Id 0 is the empty rule set.
+        let rules = rules(config);
+        let distinct: HashSet<RuleSet> = rules.values().copied().collect();
+        let mut ids: HashMap<RuleSet, u32> = previous
+            .iter()
+            .filter(|(r, id)| **id != 0 && distinct.contains(r))
+            .map(|(r, id)| (*r, *id))
+            .collect();
+        let used: HashSet<u32> = ids.values().copied().collect();
+        let mut free = (1u32..).filter(|i| !used.contains(i));
+        let mut fresh: Vec<&RuleSet> = distinct.iter().filter(|r| !ids.contains_key(r)).collect();
+        fresh.sort();
+        for r in fresh {
+            if let Some(id) = free.next() {
+                ids.insert(*r, id);
             }
-            d.domains.insert(domain.to_string(), id);
         }
+        let top = ids.values().copied().max().unwrap_or(0) as usize;
+        d.rulesets = vec![RuleSet::default(); top + 1];
+        for (r, id) in &ids {
+            d.rulesets[*id as usize] = *r;
+        }
+        for (domain, r) in rules {
+            if let Some(id) = ids.get(&r) {
+                d.domains.insert(domain.to_string(), *id);
+            }
+        }
+        d.ruleset_ids = ids;
         d.domain_buckets = domain_buckets(config.max_domains);
         for dev in &config.devices {
             let Some(&slot) = slots.get(&dev.name) else {
@@ -235,8 +309,13 @@ fn build<B: Bucket>(
 
 /// Builds the identity tables, keeping `seed` if it works (so unchanged entries stay where they
 /// are and only changed buckets are written) and drawing new seeds if a neighbourhood overflows.
-fn build_images(desired: &Desired, seed: u64) -> anyhow::Result<Images> {
+fn build_images(
+    desired: &Desired,
+    seed: u64,
+    cache: Option<&ApplyCache>,
+) -> anyhow::Result<Images> {
     let mut seed = if seed == 0 { random_seed()? } else { seed };
+    let mut cached = cache.and_then(|c| update_domains(desired, c, seed));
     for _ in 0..16 {
         let macs = build::<MacBucket>(
             MAC_BUCKETS,
@@ -248,7 +327,8 @@ fn build_images(desired: &Desired, seed: u64) -> anyhow::Result<Images> {
             seed,
             desired.ips.iter().map(|(a, r)| (table::ip_key(a), *r)),
         );
-        if let (Ok(macs), Ok(ips), Some(domains)) = (macs, ips, build_domains(desired, seed)) {
+        let domains = cached.take().or_else(|| build_domains(desired, seed));
+        if let (Ok(macs), Ok(ips), Some(domains)) = (macs, ips, domains) {
             let mut rulesets = desired.rulesets.clone();
             rulesets.resize(MAX_RULESETS as usize, RuleSet::default());
             return Ok(Images {
@@ -326,10 +406,13 @@ pub fn apply(maps: &mut Maps, config: &Config) -> anyhow::Result<Applied> {
 /// Writes `config` into `maps` and makes it active, with the policies in force at `now`.
 pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyhow::Result<Applied> {
     let slots = assign_slots(maps, config)?;
-    let mut desired = Desired::compile(config, &slots, now);
+    let cache = maps.apply_cache.take();
+    let previous_ids = cache.as_ref().map(|c| &c.ruleset_ids);
+    let mut desired =
+        Desired::compile_after(config, &slots, now, previous_ids.unwrap_or(&HashMap::new()));
     let active = maps.active_generation()?;
     let next = active ^ 1;
-    let images = build_images(&desired, maps.settings(active)?.table_seed)?;
+    let images = build_images(&desired, maps.settings(active)?.table_seed, cache.as_ref())?;
     desired.settings.table_seed = images.seed;
     let mut changes = write_generation(maps, next, &desired, &images)
         .with_context(|| format!("writing generation {next}"))?;
@@ -344,6 +427,12 @@ pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyho
         devices = slots.len(),
         "configuration active"
     );
+    maps.apply_cache = Some(ApplyCache {
+        seed: images.seed,
+        domains: desired.domains,
+        ruleset_ids: desired.ruleset_ids,
+        domain_image: images.domains,
+    });
     Ok(Applied {
         generation: next,
         slots,

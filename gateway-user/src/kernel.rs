@@ -185,6 +185,8 @@ pub struct Maps {
     pub events: RingBuf<MapData>,
     /// `block_port_key` -> 1.
     pub block_ports: aya::maps::HashMap<MapData, u32, u8>,
+    /// What the last apply built (see `apply::ApplyCache`).
+    pub apply_cache: Option<crate::apply::ApplyCache>,
     /// TLS flows with a ClientHello in progress, or blocked.
     pub flows:
         aya::maps::HashMap<MapData, gateway_common::maps::FlowKey, gateway_common::maps::FlowState>,
@@ -221,6 +223,7 @@ impl Maps {
             events: RingBuf::try_from(take(names::EVENTS)?)?,
             block_ports: aya::maps::HashMap::try_from(take(names::BLOCK_PORTS)?)?,
             flows: aya::maps::HashMap::try_from(take(names::FLOWS)?)?,
+            apply_cache: None,
         })
     }
 

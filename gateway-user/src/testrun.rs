@@ -87,6 +87,11 @@ impl TestRunner {
         self.reconfigure_at(config, jiff::Timestamp::now())
     }
 
+    /// Map entries the last `reconfigure` wrote or deleted (both generations).
+    pub fn changes(&self) -> usize {
+        self.applied.changes
+    }
+
     /// As `reconfigure`, with the policies in force at `now` (schedules).
     pub fn reconfigure_at(&mut self, config: &Config, now: jiff::Timestamp) -> anyhow::Result<()> {
         self.applied = apply::apply_at(&mut self.maps, config, now)?;

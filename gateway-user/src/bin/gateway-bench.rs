@@ -28,10 +28,15 @@ fn main() -> anyhow::Result<()> {
     let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
     let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
     let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
+    let config = args
+        .dns_sizes
+        .iter()
+        .map(|&n| gateway_user::bench::config(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls })
+            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "config": config })
         );
     } else {
         print!(
@@ -50,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", gateway_user::bench::render_dns(&dns));
         println!();
         print!("{}", gateway_user::bench::render_tls(&tls));
+        println!();
+        print!("{}", gateway_user::bench::render_config(&config));
     }
     Ok(())
 }
