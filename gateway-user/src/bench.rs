@@ -487,7 +487,7 @@ pub fn render_tls(rows: &[TlsRow]) -> String {
 }
 
 /// The configuration benchmark at one size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ConfigRow {
     pub domains: usize,
     /// `gateway check` of a configuration whose category is a list file of `domains` lines:
@@ -498,7 +498,7 @@ pub struct ConfigRow {
     /// Applying a configuration that differs in 10 domains, seconds, and the entries written.
     pub diff_seconds: f64,
     pub diff_changes: usize,
-    /// Peak resident memory of this process so far, MiB.
+    /// Peak resident memory of the process (check, load and diff, as a daemon does them), MiB.
     pub peak_rss_mib: f64,
 }
 

@@ -16,6 +16,10 @@ struct Args {
     /// Domain-table sizes of the DNS benchmark.
     #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
     dns_sizes: Vec<usize>,
+    /// Only the configuration benchmark at this size, as JSON (the full benchmark runs each
+    /// size in a child process, so its peak memory is that of the work alone).
+    #[arg(long)]
+    config_only: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,13 +29,20 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(n) = args.config_only {
+        println!(
+            "{}",
+            serde_json::to_string(&gateway_user::bench::config(n)?)?
+        );
+        return Ok(());
+    }
     let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
     let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
     let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
     let config = args
         .dns_sizes
         .iter()
-        .map(|&n| gateway_user::bench::config(n))
+        .map(|&n| config_in_child(n))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if args.json {
         println!(
@@ -59,4 +70,17 @@ fn main() -> anyhow::Result<()> {
         print!("{}", gateway_user::bench::render_config(&config));
     }
     Ok(())
+}
+
+/// The configuration benchmark at `n` domains, run by a child process of this binary.
+fn config_in_child(n: usize) -> anyhow::Result<gateway_user::bench::ConfigRow> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--config-only", &n.to_string()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "configuration benchmark at {n} domains: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
