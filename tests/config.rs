@@ -1,16 +1,17 @@
 //! Tier 3 for configuration: reloads with real queries. A configuration that fails validation
 //! is rejected by `gateway reload` (exit 2) and the running one keeps enforcing; an edited file
-//! is picked up by the daemon on its own; under a continuous stream of queries, 50 reloads
-//! between two configurations lose no query, and every answer is the old policy's or the new
-//! one's.
+//! is picked up by the daemon on its own; under a continuous stream of DNS queries and TLS
+//! handshakes, 50 reloads between two configurations lose none, and every answer is the old
+//! policy's or the new one's.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::bail;
-use gateway_testbed::{Bed, Daemon, Dnsmasq, Pins, dig};
+use gateway_testbed::{
+    Bed, Daemon, Dnsmasq, Handshake, HttpsUpstream, Pins, curl_https, dig, eventually,
+};
 
 fn config(bed: &Bed, flip_blocked: bool) -> String {
     let dev = &bed.devices[0];
@@ -37,18 +38,6 @@ policy = "students"
     )
 }
 
-/// Waits until `f` holds.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{what}: not seen within 10 s")
-}
-
 #[test]
 fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
     let bed = Bed::new(1)?;
@@ -63,8 +52,20 @@ fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
             ("allowed.example", "198.51.100.3"),
         ],
     )?;
+    let _https = HttpsUpstream::start(&bed.up, &[443])?;
     let (ns, up) = (&bed.devices[0].ns, bed.upstream_ip.clone());
     let status = |name: &str| dig(ns, "dig", &up, name, "A").map(|l| l.status);
+    // A TLS handshake to the upstream with this server name, as its DNS status: a reset by
+    // the gateway reads as NXDOMAIN (blocked), a completed handshake as NOERROR.
+    let handshake = |name: &str| {
+        curl_https(ns, &up, name).map(|h| match h {
+            Handshake::Reset => "NXDOMAIN".to_string(),
+            Handshake::Completed => "NOERROR".to_string(),
+        })
+    };
+    eventually("the HTTPS upstream listening", || {
+        handshake("allowed.example").is_ok_and(|s| s == "NOERROR")
+    })?;
     assert_eq!(status("flip.example")?, "NXDOMAIN");
 
     // A bad configuration: rejected as a whole, exit 2, the running one still enforces.
@@ -105,7 +106,13 @@ fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let name = names[i % names.len()];
-                    seen.push((name.to_string(), status(name)));
+                    // Every fourth round is TLS.
+                    let r = if (i / names.len()) % 4 == 3 {
+                        handshake(name)
+                    } else {
+                        status(name)
+                    };
+                    seen.push((name.to_string(), r));
                     i += 1;
                 }
                 seen
@@ -149,8 +156,10 @@ fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
     // The last configuration (k = 49: flip allowed) is in force.
     assert_eq!(status("flip.example")?, "NOERROR");
     assert!(daemon.log_text().contains("reloaded"));
+    assert_eq!(handshake("flip.example")?, "NOERROR");
+    assert_eq!(handshake("always.example")?, "NXDOMAIN");
     eprintln!(
-        "{} queries during 50 reloads; flip.example blocked {} times, allowed {} times",
+        "{} queries and handshakes during 50 reloads; flip.example blocked {} times, allowed {} times",
         seen.len(),
         flips.0,
         flips.1

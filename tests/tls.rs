@@ -1,86 +1,15 @@
 //! Tier 3 for TLS: real clients (`curl`, `openssl s_client`, `gnutls-cli`, headless `chromium`)
 //! in two device namespaces with different policies, offloads off on every veth so segments are
-//! as on a wire, an HTTPS upstream (socat). An allowed server name completes its handshake; a blocked one fails with a connection reset from the gateway on one device and
-//! succeeds on the other. QUIC Initials are dropped for one policy; port 853 is blocked.
+//! as on a wire, an HTTPS upstream (socat). An allowed server name completes its handshake; a
+//! blocked one fails with a connection reset from the gateway on one device and succeeds on the
+//! other. QUIC Initials are dropped for one policy; port 853 is blocked.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Output, Stdio};
 
 use anyhow::{Context as _, bail};
-use gateway_testbed::{Bed, Daemon, Netns, Pins, unique};
-
-/// Kills the servers on drop.
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A self-signed certificate and key (`cert.pem`, `key.pem`) in a fresh directory.
-fn certificate(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=upstream.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    if !out.status.success() {
-        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// An HTTPS server on `port` in `ns`: socat forks a TLS server per connection. A connection the
-/// gateway reset on the device's side stays half open on the server's (with part of a
-/// ClientHello, when the name was in its second segment) until it times out: it must not hold up
-/// the next client, as it would a one-connection-at-a-time server.
-fn server(ns: &Netns, port: u16, dir: &Path) -> anyhow::Result<Child> {
-    let page = dir.join("page.http");
-    std::fs::write(
-        &page,
-        "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html><body>upstream answered</body></html>\n",
-    )?;
-    ns.command("socat")
-        .arg(format!(
-            "OPENSSL-LISTEN:{port},fork,reuseaddr,verify=0,cert={},key={}",
-            dir.join("cert.pem").display(),
-            dir.join("key.pem").display()
-        ))
-        .arg(format!("SYSTEM:cat {}", page.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting socat")
-}
-
-/// Every veth of the bed without offloads: what the gateway sees is what a wire carries.
-fn offloads_off(bed: &Bed) -> anyhow::Result<()> {
-    let off = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"];
-    let mut ifaces: Vec<(&Netns, &str)> = vec![(&bed.gw, "up0"), (&bed.up, "eth0")];
-    for d in &bed.devices {
-        ifaces.push((&d.ns, "eth0"));
-        ifaces.push((&bed.gw, d.gw_if.as_str()));
-    }
-    for (ns, iface) in ifaces {
-        let mut args = vec!["-K", iface];
-        args.extend(off);
-        ns.run("ethtool", &args)?;
-    }
-    Ok(())
-}
+use gateway_testbed::{
+    Bed, Daemon, Handshake, HttpsUpstream, Netns, Pins, curl_https, eventually, unique,
+};
 
 fn text(o: &Output) -> String {
     format!(
@@ -91,43 +20,14 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// How a client's connection ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Result {
-    /// The handshake completed (and the page came back, for HTTP clients).
-    Completed,
-    /// The connection was reset.
-    Reset,
-}
-
+/// The upstream's address on the bed.
 const UPSTREAM: &str = "10.201.99.2";
 
-fn curl(ns: &Netns, name: &str) -> anyhow::Result<Result> {
-    let o = ns.output(
-        "curl",
-        &[
-            "-sSk",
-            "--max-time",
-            "20",
-            "--resolve",
-            &format!("{name}:443:{UPSTREAM}"),
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("https://{name}/"),
-        ],
-    )?;
-    let t = text(&o);
-    match o.status.code() {
-        Some(0) if t.contains("200") => Ok(Result::Completed),
-        // 35: the TLS handshake failed; 56: receiving failed; with the reset as the cause.
-        Some(35 | 56) if t.contains("reset") => Ok(Result::Reset),
-        _ => bail!("curl {name}: {t}"),
-    }
+fn curl(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
+    curl_https(ns, UPSTREAM, name)
 }
 
-fn s_client(ns: &Netns, name: &str) -> anyhow::Result<Result> {
+fn s_client(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
     let o = ns
         .command("timeout")
         .args(["20", "openssl", "s_client", "-connect"])
@@ -137,15 +37,15 @@ fn s_client(ns: &Netns, name: &str) -> anyhow::Result<Result> {
         .output()?;
     let t = text(&o);
     if o.status.success() && t.contains("BEGIN CERTIFICATE") {
-        Ok(Result::Completed)
+        Ok(Handshake::Completed)
     } else if t.contains("errno=104") || t.contains("reset") {
-        Ok(Result::Reset)
+        Ok(Handshake::Reset)
     } else {
         bail!("openssl s_client {name}: {t}")
     }
 }
 
-fn gnutls(ns: &Netns, name: &str) -> anyhow::Result<Result> {
+fn gnutls(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
     let o = ns
         .command("timeout")
         .args([
@@ -162,18 +62,18 @@ fn gnutls(ns: &Netns, name: &str) -> anyhow::Result<Result> {
         .output()?;
     let t = text(&o);
     if t.contains("Handshake was completed") {
-        Ok(Result::Completed)
+        Ok(Handshake::Completed)
     } else if t.contains("Error in the push function")
         || t.contains("Error in the pull function")
         || t.contains("reset")
     {
-        Ok(Result::Reset)
+        Ok(Handshake::Reset)
     } else {
         bail!("gnutls-cli {name}: {t}")
     }
 }
 
-fn chromium(ns: &Netns, name: &str) -> anyhow::Result<Result> {
+fn chromium(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
     let profile = std::env::temp_dir().join(unique("gwchromium"));
     let o = ns
         .command("timeout")
@@ -206,9 +106,9 @@ fn chromium(ns: &Netns, name: &str) -> anyhow::Result<Result> {
         .collect::<Vec<_>>()
         .join("\n");
     if t.contains("upstream answered") {
-        Ok(Result::Completed)
+        Ok(Handshake::Completed)
     } else if t.contains("ERR_CONNECTION_RESET") {
-        Ok(Result::Reset)
+        Ok(Handshake::Reset)
     } else {
         bail!("chromium {name}: {t}")
     }
@@ -233,22 +133,10 @@ fn decisions(pins: &Pins, device: &str, proto: &str, action: &str, reason: &str)
         .unwrap_or(0)
 }
 
-/// Waits until `f` holds (counters are read from another process).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("{what}: not seen")
-}
-
 #[test]
 fn real_clients_two_policies() -> anyhow::Result<()> {
     let bed = Bed::new(2)?;
-    offloads_off(&bed)?;
+    bed.offloads_off()?;
     let (laptop, sensor) = (&bed.devices[0], &bed.devices[1]);
     let body = format!(
         r#"
@@ -281,18 +169,13 @@ policy = "staff"
     );
     let pins = Pins::with_config("", &body)?;
     let _daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
-    let dir = std::env::temp_dir().join(unique("gwtls"));
-    certificate(&dir)?;
-    let _servers = Servers(vec![
-        server(&bed.up, 443, &dir)?,
-        server(&bed.up, 853, &dir)?,
-    ]);
+    let _upstream = HttpsUpstream::start(&bed.up, &[443, 853])?;
     // The server is up once the allowed name completes from the staff device.
     eventually("the upstream listening", || {
-        curl(&sensor.ns, "blocked.test").is_ok_and(|r| r == Result::Completed)
+        curl(&sensor.ns, "blocked.test").is_ok_and(|r| r == Handshake::Completed)
     })?;
 
-    type Client = fn(&Netns, &str) -> anyhow::Result<Result>;
+    type Client = fn(&Netns, &str) -> anyhow::Result<Handshake>;
     let clients: [(&str, Client); 4] = [
         ("curl", curl),
         ("openssl s_client", s_client),
@@ -303,20 +186,20 @@ policy = "staff"
         let before = decisions(&pins, "laptop", "tls", "block", "explicit");
         assert_eq!(
             client(&laptop.ns, "allowed.test")?,
-            Result::Completed,
+            Handshake::Completed,
             "{tool}: allowed name"
         );
         let r = client(&laptop.ns, "blocked.test")
             .with_context(|| format!("stats: {}", pins.stats().unwrap_or_default()))?;
-        assert_eq!(r, Result::Reset, "{tool}: blocked name");
+        assert_eq!(r, Handshake::Reset, "{tool}: blocked name");
         assert_eq!(
             client(&laptop.ns, "WWW.Blocked.TEST")?,
-            Result::Reset,
+            Handshake::Reset,
             "{tool}: a subdomain, in capitals"
         );
         assert_eq!(
             client(&sensor.ns, "blocked.test")?,
-            Result::Completed,
+            Handshake::Completed,
             "{tool}: the same name on the staff device"
         );
         eventually(&format!("{tool}: blocks counted"), || {
@@ -370,6 +253,5 @@ policy = "staff"
         "853/tcp open for the sensor"
     );
     assert!(decisions(&pins, "laptop", "port", "block", "blocked_port") >= 1);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

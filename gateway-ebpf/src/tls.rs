@@ -182,7 +182,7 @@ pub fn judge(
     };
     if let Some(st) = state {
         existed = true;
-        if st.state == FLOW_BLOCKED {
+        if st.state == FLOW_BLOCKED && !(may_start_hello(first) && f.seq != st.first_seq) {
             return TlsOutcome {
                 verdict: Verdict::Drop,
                 reason: Reason::FlowBlocked,
@@ -191,8 +191,9 @@ pub fn judge(
                 name_len: 0,
             };
         }
-        if f.seq == st.first_seq && may_start_hello(first) {
-            // The first segment again (a retransmission): start over.
+        if st.state == FLOW_BLOCKED || (f.seq == st.first_seq && may_start_hello(first)) {
+            // A new connection on the ports of a blocked one (its ClientHello at another
+            // sequence number), or the first segment again (a retransmission): start over.
         } else if f.seq == st.next_seq {
             s.tls.walk = st.walk;
             first_seq = st.first_seq;

@@ -342,6 +342,12 @@ policy = "strict"
             (res.verdict, res.reason),
             (Verdict::Drop, Reason::FlowBlocked)
         );
+        // Its ClientHello retransmitted: dropped too. A new connection on the same ports (its
+        // ClientHello at another sequence number) is judged anew.
+        let f = segment(KID, 7, 443, 1000, a);
+        assert_eq!(r.run(&f).expect("run").reason, Reason::FlowBlocked);
+        let res = r.run(&segment(KID, 7, 443, 777_000, &hello)).expect("run");
+        assert_eq!((res.verdict, res.reason), (Verdict::Tx, Reason::Explicit));
 
         // Out of order: the walk ends and on_unparsed_tls decides (staff: allow; strict: block).
         for (dev, want) in [

@@ -717,3 +717,145 @@ impl Drop for Daemon {
         let _ = fs::remove_file(&self.log);
     }
 }
+
+/// Waits up to 10 s until `f` holds (counters and answers come from other processes).
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what}: not seen within 10 s")
+}
+
+impl Bed {
+    /// Every veth of the bed without offloads: what the gateway sees is what a wire carries.
+    pub fn offloads_off(&self) -> anyhow::Result<()> {
+        let off = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"];
+        let mut ifaces: Vec<(&Netns, &str)> = vec![(&self.gw, "up0"), (&self.up, "eth0")];
+        for d in &self.devices {
+            ifaces.push((&d.ns, "eth0"));
+            ifaces.push((&self.gw, d.gw_if.as_str()));
+        }
+        for (ns, iface) in ifaces {
+            let mut args = vec!["-K", iface];
+            args.extend(off);
+            ns.run("ethtool", &args)?;
+        }
+        Ok(())
+    }
+}
+
+/// HTTPS servers in a namespace, with a fresh self-signed certificate: socat forks a TLS server
+/// per connection. A connection the gateway reset on the device's side stays half open on the
+/// server's (with part of a ClientHello, when the name was in its second segment) until it times
+/// out: it must not hold up the next client, as it would a one-connection-at-a-time server.
+/// Killed, and its files removed, on drop.
+pub struct HttpsUpstream {
+    servers: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl HttpsUpstream {
+    pub fn start(ns: &Netns, ports: &[u16]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("gwhttps"));
+        fs::create_dir_all(&dir)?;
+        let mut up = Self {
+            servers: Vec::new(),
+            dir,
+        };
+        let (cert, key, page) = (
+            up.dir.join("cert.pem"),
+            up.dir.join("key.pem"),
+            up.dir.join("page.http"),
+        );
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=upstream.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()?;
+        check("openssl req", out)?;
+        let body = "<html><body>upstream answered</body></html>\n";
+        fs::write(
+            &page,
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )?;
+        for port in ports {
+            let child = ns
+                .command("socat")
+                .arg(format!(
+                    "OPENSSL-LISTEN:{port},fork,reuseaddr,verify=0,cert={},key={}",
+                    cert.display(),
+                    key.display()
+                ))
+                // The response, then the connection held open for the client to read it and
+                // close first (closing at once races the client's request under load).
+                .arg(format!("SYSTEM:cat {}; sleep 5", page.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting socat")?;
+            up.servers.push(child);
+        }
+        Ok(up)
+    }
+}
+
+impl Drop for HttpsUpstream {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How a TLS client's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// The handshake completed (and the page came back, for HTTP clients).
+    Completed,
+    /// The connection was reset.
+    Reset,
+}
+
+/// `curl https://NAME/` from `ns`, with NAME resolved to `upstream`.
+pub fn curl_https(ns: &Netns, upstream: &str, name: &str) -> anyhow::Result<Handshake> {
+    let o = ns.output(
+        "curl",
+        &[
+            "-sSk",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("{name}:443:{upstream}"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://{name}/"),
+        ],
+    )?;
+    let t = format!(
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    match o.status.code() {
+        Some(0) if t.contains("200") => Ok(Handshake::Completed),
+        // 35: the TLS handshake failed; 56: receiving failed; with the reset as the cause.
+        Some(35 | 56) if t.contains("reset") => Ok(Handshake::Reset),
+        _ => bail!("curl {name}: {t}"),
+    }
+}
