@@ -126,9 +126,17 @@ pub struct L4 {
     pub tcp_flags: u8,
     /// ICMP/ICMPv6 type (ICMP only).
     pub icmp_type: u8,
-    /// TCP sequence and acknowledgement numbers (TCP only).
-    pub seq: u32,
-    pub ack: u32,
+}
+
+/// The sequence and acknowledgement numbers of the TCP header at `l4_off`. Not part of
+/// `parse_l4`: only the DNS and TLS paths need them, and carrying them costs every TCP frame.
+#[inline(always)]
+pub fn tcp_seq_ack<B: Bytes + ?Sized>(b: &B, l4_off: usize) -> Option<(u32, u32)> {
+    let h = b.read::<8>(l4_off + 4)?;
+    Some((
+        u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+        u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+    ))
 }
 
 /// TCP flag bits.
@@ -402,8 +410,6 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
                 payload_off: off + hlen,
                 tcp_flags: h[13],
                 icmp_type: 0,
-                seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-                ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
             })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
@@ -714,9 +720,12 @@ mod tests {
         t[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
         t[8..12].copy_from_slice(&0xa0b0_c0d0u32.to_be_bytes());
         let f = ipv4(IPPROTO_TCP, 5, 0, &t);
-        let (_, _, l4) = all(&f, LinkType::RawIp).expect("parses");
+        let (_, l3, l4) = all(&f, LinkType::RawIp).expect("parses");
         assert_eq!(l4.payload_off, 20 + 32);
-        assert_eq!((l4.seq, l4.ack), (0x0102_0304, 0xa0b0_c0d0));
+        assert_eq!(
+            tcp_seq_ack(f.as_slice(), l3.l4_off),
+            Some((0x0102_0304, 0xa0b0_c0d0))
+        );
         let mut bad = f.clone();
         bad[20 + 12] = 4 << 4;
         assert_eq!(

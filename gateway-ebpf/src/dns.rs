@@ -106,7 +106,13 @@ pub struct Frame {
 
 impl Frame {
     #[inline(always)]
-    pub fn new(l2: &L2, l3: &L3, l4: &L4) -> Self {
+    pub fn new(pkt: &PacketBytes, l2: &L2, l3: &L3, l4: &L4) -> Self {
+        let tcp = l3.proto == IPPROTO_TCP;
+        let (seq, ack) = if tcp {
+            gateway_common::packet::tcp_seq_ack(pkt, l3.l4_off).unwrap_or((0, 0))
+        } else {
+            (0, 0)
+        };
         Self {
             l3_off: opaque(l2.l3_off),
             l4_off: opaque(l3.l4_off),
@@ -117,9 +123,9 @@ impl Frame {
             dst: l3.dst,
             sport: l4.src_port,
             dport: l4.dst_port,
-            tcp: l3.proto == IPPROTO_TCP,
-            seq: l4.seq,
-            ack: l4.ack,
+            tcp,
+            seq,
+            ack,
         }
         .bounded()
     }

@@ -262,7 +262,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
         // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
         if let Some(s) = maps::scratch() {
             s.handoff = dns::Handoff {
-                frame: dns::Frame::new(&l2, &l3, &l4),
+                frame: dns::Frame::new(&pkt, &l2, &l3, &l4),
                 generation,
                 slot: dev.slot,
                 policy: dev.policy & 63,
@@ -311,7 +311,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
         || maps::flow_marked(flow_slot(&l3.src, &l3.dst, l4.src_port, l4.dst_port));
     if inspect && let Some(s) = maps::scratch() {
         s.handoff = dns::Handoff {
-            frame: dns::Frame::new(&l2, &l3, &l4),
+            frame: dns::Frame::new(&pkt, &l2, &l3, &l4),
             generation,
             slot: dev.slot,
             policy: dev.policy & 63,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use gateway_common::{
     enums::LinkType,
-    packet::{Addr, Fragment, IPPROTO_TCP, parse_l2, parse_l3, parse_l4},
+    packet::{Addr, Fragment, IPPROTO_TCP, parse_l2, parse_l3, parse_l4, tcp_seq_ack},
     tls::{Hello, HelloWalk, NameBuf, may_start_hello, walk_segment},
 };
 
@@ -60,7 +60,7 @@ pub fn tcp_segment(data: &[u8], link: LinkType) -> Option<(FlowKey, u32, &[u8])>
             sport: l4.src_port,
             dport: l4.dst_port,
         },
-        l4.seq,
+        tcp_seq_ack(data, l3.l4_off)?.0,
         payload,
     ))
 }

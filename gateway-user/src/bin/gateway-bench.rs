@@ -20,6 +20,9 @@ struct Args {
     /// size in a child process, so its peak memory is that of the work alone).
     #[arg(long)]
     config_only: Option<usize>,
+    /// Only the data-path table.
+    #[arg(long)]
+    data_path_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,13 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
+    if args.data_path_only {
+        print!(
+            "{}",
+            gateway_user::bench::render("Data path per frame (BPF_PROG_TEST_RUN)", &rows)
+        );
+        return Ok(());
+    }
     let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
     let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
     let config = args
