@@ -233,6 +233,20 @@ pub const POLICY_UNPARSED_TLS_BLOCK: u32 = 1 << 6;
 pub const POLICY_QUIC_BLOCK: u32 = 1 << 7;
 /// `PolicyEntry::flags`: the policy has `block_ports` entries in `BLOCK_PORTS`.
 pub const POLICY_BLOCK_PORTS: u32 = 1 << 8;
+/// `PolicyEntry::flags`: decision events only for blocked (and monitored) names
+/// (`log = "blocked"`).
+pub const POLICY_LOG_BLOCKED: u32 = 1 << 9;
+/// `PolicyEntry::flags`: no decision events at all (`log = "none"`); counters still count.
+pub const POLICY_LOG_NONE: u32 = 1 << 10;
+
+/// Whether a decision with `action` under a policy with `flags` emits a decision event.
+#[inline(always)]
+pub const fn logs(flags: u32, action: crate::enums::Action) -> bool {
+    if flags & POLICY_LOG_NONE != 0 {
+        return false;
+    }
+    !(flags & POLICY_LOG_BLOCKED != 0 && matches!(action, crate::enums::Action::Allow))
+}
 
 /// Key of `BLOCK_PORTS`: generation, policy, transport (`IPPROTO_TCP`/`IPPROTO_UDP`), port.
 #[inline(always)]

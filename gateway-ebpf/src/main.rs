@@ -21,7 +21,7 @@ use gateway_common::{
     maps::{
         DecisionKey, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR, POLICY_QUIC_BLOCK,
         SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT,
-        block_port_key, flow_slot,
+        block_port_key, flow_slot, logs,
     },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, is_suspend_exempt,
@@ -120,7 +120,7 @@ fn judge_tls(ctx: &XdpContext) -> Outcome {
         return Outcome::new(&dev, d.verdict, d.reason);
     };
     count_decision(&dev, Proto::Tls, action, d.reason, d.category);
-    if d.reason != Reason::FlowBlocked {
+    if d.reason != Reason::FlowBlocked && logs(maps::policy(generation, dev.policy).flags, action) {
         maps::emit(|ev| {
             // SAFETY: no preconditions.
             ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
@@ -162,7 +162,7 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
     };
     let d = dns::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
     count_decision(&dev, Proto::Dns, d.action, d.reason, d.category);
-    if d.name_len > 0 {
+    if d.name_len > 0 && logs(maps::policy(generation, dev.policy).flags, d.action) {
         maps::emit(|ev| {
             // SAFETY: no preconditions.
             ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };

@@ -19,17 +19,18 @@ use gateway_common::{
     maps::{
         CidrData, DEVICE_SLOTS, DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT, DecisionKey, DeviceName,
         DeviceRef, DeviceTraffic, DnsAnswer, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES,
-        MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
-        POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP,
-        POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR,
-        SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS,
-        block_port_key, cidr_data, policy_index,
+        MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY,
+        POLICY_LOG_BLOCKED, POLICY_LOG_NONE, POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK,
+        POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry,
+        SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC,
+        SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS, block_port_key, cidr_data,
+        policy_index,
     },
     table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
 
 use crate::{
-    config::{Config, DnsBlockAnswer, Mode},
+    config::{Config, DnsBlockAnswer, LogLevel, Mode},
     kernel::{Maps, zeroed_per_cpu},
     mmap::MmapArray,
 };
@@ -161,6 +162,8 @@ impl Desired {
                 (p.https_empty, POLICY_HTTPS_EMPTY),
                 (p.parse_error_block, POLICY_PARSE_ERROR_BLOCK),
                 (p.tls_drop, POLICY_TLS_DROP),
+                (p.log == LogLevel::Blocked, POLICY_LOG_BLOCKED),
+                (p.log == LogLevel::None, POLICY_LOG_NONE),
                 (p.unparsed_tls_block, POLICY_UNPARSED_TLS_BLOCK),
                 (p.quic_block, POLICY_QUIC_BLOCK),
                 (!p.block_ports.is_empty(), POLICY_BLOCK_PORTS),

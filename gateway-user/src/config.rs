@@ -150,6 +150,17 @@ pub enum AllowBlock {
     Block,
 }
 
+/// `log`: which decisions of a policy leave a decision event (history, logs). Counters count
+/// every decision whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    #[default]
+    All,
+    Blocked,
+    None,
+}
+
 /// `tls_block_answer`: how a blocked ClientHello is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,6 +249,7 @@ struct RawPolicy {
     dns_block_answer: Option<DnsBlockAnswer>,
     on_parse_error: Option<AllowBlock>,
     tls_block_answer: Option<TlsBlockAnswer>,
+    log: Option<LogLevel>,
     #[serde(default)]
     schedule: Vec<Spanned<RawWindow>>,
     on_unparsed_tls: Option<AllowBlock>,
@@ -342,6 +354,7 @@ pub struct Policy {
     pub dns_answer: DnsBlockAnswer,
     pub parse_error_block: bool,
     pub tls_drop: bool,
+    pub log: LogLevel,
     pub unparsed_tls_block: bool,
     pub quic_block: bool,
     pub block_ports: BTreeSet<BlockedPort>,
@@ -443,6 +456,7 @@ impl Policy {
             dns_answer: DnsBlockAnswer::Nxdomain,
             parse_error_block: false,
             tls_drop: false,
+            log: LogLevel::All,
             unparsed_tls_block: false,
             quic_block: false,
             block_ports: BTreeSet::new(),
@@ -1197,6 +1211,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         pol.dns_answer = p.dns_block_answer.unwrap_or(DnsBlockAnswer::Nxdomain);
         pol.parse_error_block = p.on_parse_error == Some(AllowBlock::Block);
         pol.tls_drop = p.tls_block_answer == Some(TlsBlockAnswer::Drop);
+        pol.log = p.log.unwrap_or_default();
         pol.unparsed_tls_block = p.on_unparsed_tls == Some(AllowBlock::Block);
         pol.quic_block = p.quic == Some(AllowBlock::Block);
         for bp in &p.block_ports {
@@ -1675,6 +1690,10 @@ suspended = true
             (
                 "[gateway]\nfoo = 1\n",
                 "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`, `timezone`",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nlog = \"some\"\n",
+                "t.toml:3:7: unknown variant `some`, expected one of `all`, `blocked`, `none`",
             ),
             (
                 "[gateway]\ntls_ports = [443, 70000]\n",

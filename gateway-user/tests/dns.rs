@@ -835,3 +835,72 @@ fn small_changes_write_few_entries() {
     assert_eq!(verdict(&mut r, "new3.example"), Verdict::Drop);
     assert_eq!(verdict(&mut r, "d8.list.example"), Verdict::Drop);
 }
+
+/// `log` per policy, honoured in the kernel: `all` leaves an event per decision, `blocked` only
+/// for blocked names, `none` none at all.
+#[test]
+fn log_levels_are_honoured_in_the_kernel() {
+    let text = r#"
+[[policy]]
+name = "everything"
+block = ["blocked.example"]
+
+[[policy]]
+name = "only-blocks"
+block = ["blocked.example"]
+log = "blocked"
+
+[[policy]]
+name = "private"
+block = ["blocked.example"]
+log = "none"
+
+[[device]]
+name = "a"
+mac = "02:00:00:00:01:01"
+policy = "everything"
+
+[[device]]
+name = "b"
+mac = "02:00:00:00:01:02"
+policy = "only-blocks"
+
+[[device]]
+name = "c"
+mac = "02:00:00:00:01:03"
+policy = "private"
+"#;
+    let config = Config::parse(text, std::path::Path::new("log.toml")).expect("config");
+    let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+    r.maps.drain_events();
+    for (dev, want) in [(1u8, 2usize), (2, 1), (3, 0)] {
+        let l2 = L2::Ethernet {
+            src: mac(dev),
+            dst: GW_MAC,
+        };
+        let blocked = r
+            .run(&dns_frame(
+                l2,
+                V4,
+                &query(1, "blocked.example", RecordType::A, false),
+            ))
+            .expect("run");
+        let allowed = r
+            .run(&dns_frame(
+                l2,
+                V4,
+                &query(2, "other.example", RecordType::A, false),
+            ))
+            .expect("run");
+        // Decided the same way whatever the logging.
+        assert_eq!(
+            (blocked.verdict, allowed.verdict),
+            (Verdict::Tx, Verdict::Pass)
+        );
+        let events = r.maps.drain_events();
+        assert_eq!(events.len(), want, "device {dev}: {events:?}");
+        if want == 1 {
+            assert_eq!(events[0].name(), "blocked.example");
+        }
+    }
+}
