@@ -19,13 +19,13 @@ use gateway_common::bytes::Bytes as _;
 use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{
-        DecisionKey, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR, POLICY_QUIC_BLOCK,
-        SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT,
-        block_port_key, flow_slot, logs,
+        DecisionKey, GenSettings, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR,
+        POLICY_QUIC_BLOCK, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_NO_ACTION, Trace,
+        UNKNOWN_SLOT, block_port_key, flow_slot, logs,
     },
     packet::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, is_suspend_exempt,
-        parse_l2, parse_l3, parse_l4,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4,
+        is_suspend_exempt, parse_l2, parse_l3, parse_l4,
     },
     tls::may_start_hello,
 };
@@ -99,44 +99,85 @@ pub fn gateway_tls(ctx: XdpContext) -> u32 {
     finish(&ctx, &out)
 }
 
+/// What a tail-called program starts from: the main program's handoff, its generation's
+/// settings and the device. `Err` is the outcome when that cannot be had.
 #[inline(always)]
-fn judge_tls(ctx: &XdpContext) -> Outcome {
+fn take_handoff() -> Result<(dns::Handoff, &'static GenSettings, Device), Outcome> {
     let Some(s) = maps::scratch() else {
-        return Outcome::unjudged();
+        return Err(Outcome::unjudged());
     };
     let h = s.handoff;
-    let generation = h.generation & 1;
     let dev = Device {
         slot: h.slot,
         policy: h.policy & 63,
         flags: 0,
         known: h.slot != UNKNOWN_SLOT,
     };
-    let Some(settings) = maps::settings_of(generation) else {
-        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    match maps::settings_of(h.generation & 1) {
+        Some(settings) => Ok((h, settings, dev)),
+        None => Err(Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)),
+    }
+}
+
+/// A decision on a name (the query's or the ClientHello's, left in `scratch.text`): counted,
+/// and, if `event`, an event unless the policy's `log` says not to.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn decided_on_name(
+    dev: &Device,
+    generation: u32,
+    proto: Proto,
+    action: Action,
+    reason: Reason,
+    category: u8,
+    qtype: u16,
+    name_len: u16,
+    event: bool,
+) {
+    count_decision(dev, proto, action, reason, category);
+    if !event || !logs(maps::policy(generation, dev.policy).flags, action) {
+        return;
+    }
+    maps::emit(|ev| {
+        // SAFETY: no preconditions.
+        ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
+        ev.slot = dev.slot;
+        ev.policy = dev.policy;
+        ev.qtype = qtype;
+        ev.proto = proto as u8;
+        ev.action = action as u8;
+        ev.reason = reason as u8;
+        ev.category = category;
+        ev.name_len = name_len;
+        if let Some(s) = maps::scratch() {
+            ev.name = s.text;
+        }
+    });
+}
+
+#[inline(always)]
+fn judge_tls(ctx: &XdpContext) -> Outcome {
+    let (h, settings, dev) = match take_handoff() {
+        Ok(t) => t,
+        Err(out) => return out,
     };
+    let generation = h.generation & 1;
     let d = tls::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
     let Some(action) = d.action else {
         return Outcome::new(&dev, d.verdict, d.reason);
     };
-    count_decision(&dev, Proto::Tls, action, d.reason, d.category);
-    if d.reason != Reason::FlowBlocked && logs(maps::policy(generation, dev.policy).flags, action) {
-        maps::emit(|ev| {
-            // SAFETY: no preconditions.
-            ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
-            ev.slot = dev.slot;
-            ev.policy = dev.policy;
-            ev.qtype = 0;
-            ev.proto = Proto::Tls as u8;
-            ev.action = action as u8;
-            ev.reason = d.reason as u8;
-            ev.category = d.category;
-            ev.name_len = d.name_len;
-            if let Some(s) = maps::scratch() {
-                ev.name = s.text;
-            }
-        });
-    }
+    decided_on_name(
+        &dev,
+        generation,
+        Proto::Tls,
+        action,
+        d.reason,
+        d.category,
+        0,
+        d.name_len,
+        // A blocked flow's later packets are counted, not logged again.
+        d.reason != Reason::FlowBlocked,
+    );
     Outcome {
         action: action as u32,
         ..Outcome::new(&dev, d.verdict, d.reason)
@@ -145,41 +186,24 @@ fn judge_tls(ctx: &XdpContext) -> Outcome {
 
 #[inline(always)]
 fn judge_dns(ctx: &XdpContext) -> Outcome {
-    let Some(s) = maps::scratch() else {
-        return Outcome::unjudged();
+    let (h, settings, dev) = match take_handoff() {
+        Ok(t) => t,
+        Err(out) => return out,
     };
-    let h = s.handoff;
     let generation = h.generation & 1;
-    let slot = h.slot;
-    let dev = Device {
-        slot,
-        policy: h.policy & 63,
-        flags: 0,
-        known: slot != UNKNOWN_SLOT,
-    };
-    let Some(settings) = maps::settings_of(generation) else {
-        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
-    };
     let d = dns::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
-    count_decision(&dev, Proto::Dns, d.action, d.reason, d.category);
-    if d.name_len > 0 && logs(maps::policy(generation, dev.policy).flags, d.action) {
-        maps::emit(|ev| {
-            // SAFETY: no preconditions.
-            ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
-            ev.slot = dev.slot;
-            ev.policy = dev.policy;
-            ev.qtype = d.qtype;
-            ev.proto = Proto::Dns as u8;
-            ev.action = d.action as u8;
-            ev.reason = d.reason as u8;
-            ev.category = d.category;
-            ev.name_len = d.name_len;
-            // The DNS program left the name in scratch memory.
-            if let Some(s) = maps::scratch() {
-                ev.name = s.text;
-            }
-        });
-    }
+    decided_on_name(
+        &dev,
+        generation,
+        Proto::Dns,
+        d.action,
+        d.reason,
+        d.category,
+        d.qtype,
+        d.name_len,
+        // Only queries whose name was read; malformed ones are counted.
+        d.name_len > 0,
+    );
     Outcome {
         action: d.action as u32,
         ..Outcome::new(&dev, d.verdict, d.reason)
@@ -260,16 +284,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
         && (l3.proto == IPPROTO_UDP || (l3.proto == IPPROTO_TCP && l4.payload_off < l3.l3_end))
     {
         // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
-        if let Some(s) = maps::scratch() {
-            s.handoff = dns::Handoff {
-                frame: dns::Frame::new(&pkt, &l2, &l3, &l4),
-                generation,
-                slot: dev.slot,
-                policy: dev.policy & 63,
-            };
-            // SAFETY: PROGS holds programs of this type; on success this does not return.
-            unsafe { maps::PROGS.tail_call(ctx, maps::PROG_DNS) };
-        }
+        hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_DNS);
         // No DNS program loaded (or scratch missing): the query is passed, and counted so.
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
@@ -309,17 +324,36 @@ fn judge(ctx: &XdpContext) -> Outcome {
     // continues, a blocked flow). Data segments of decided flows stop here.
     let inspect = pkt.u8_at(l4.payload_off).is_some_and(may_start_hello)
         || maps::flow_marked(flow_slot(&l3.src, &l3.dst, l4.src_port, l4.dst_port));
-    if inspect && let Some(s) = maps::scratch() {
+    if inspect {
+        hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_TLS);
+    }
+    Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
+}
+
+/// Leaves the frame's findings in scratch memory and tail-calls program `prog` of `PROGS`.
+/// Returns only if that cannot be done (scratch missing, no program loaded).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn hand_over(
+    ctx: &XdpContext,
+    pkt: &PacketBytes,
+    l2: &L2,
+    l3: &L3,
+    l4: &L4,
+    generation: u32,
+    dev: &Device,
+    prog: u32,
+) {
+    if let Some(s) = maps::scratch() {
         s.handoff = dns::Handoff {
-            frame: dns::Frame::new(&pkt, &l2, &l3, &l4),
+            frame: dns::Frame::new(pkt, l2, l3, l4),
             generation,
             slot: dev.slot,
             policy: dev.policy & 63,
         };
-        // SAFETY: as above.
-        unsafe { maps::PROGS.tail_call(ctx, maps::PROG_TLS) };
+        // SAFETY: PROGS holds programs of this type; on success this does not return.
+        unsafe { maps::PROGS.tail_call(ctx, prog) };
     }
-    Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
 }
 
 /// The TCP port whose ClientHellos are inspected unless `[gateway] tls_ports` says otherwise.
