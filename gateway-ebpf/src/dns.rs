@@ -254,6 +254,16 @@ extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
+/// The reason and category a decision on a name is counted under.
+#[inline(always)]
+pub(crate) fn counted_as(why: Why) -> (Reason, u8) {
+    match why {
+        Why::Explicit => (Reason::Explicit, gateway_common::maps::NO_CATEGORY),
+        Why::Category(c) => (Reason::Category, c),
+        Why::Default => (Reason::Default, gateway_common::maps::NO_CATEGORY),
+    }
+}
+
 /// The decision on the name now in `scratch.text` (`len` bytes) for `policy`.
 #[inline(always)]
 pub(crate) fn decide(
@@ -422,11 +432,7 @@ fn judge_name(
     let policy = *policy;
     let header = *header;
     let d = decide(generation, settings, policy_id, &policy, labels);
-    let (reason, category) = match d.why {
-        Why::Explicit => (Reason::Explicit, gateway_common::maps::NO_CATEGORY),
-        Why::Category(c) => (Reason::Category, c),
-        Why::Default => (Reason::Default, gateway_common::maps::NO_CATEGORY),
-    };
+    let (reason, category) = counted_as(d.why);
     let monitor = policy.flags & POLICY_MONITOR != 0;
     if !d.block {
         if (qtype == QTYPE_HTTPS || qtype == QTYPE_SVCB) && policy.flags & POLICY_HTTPS_EMPTY != 0 {

@@ -15,10 +15,10 @@ use aya_ebpf::{
 };
 use gateway_common::{
     bytes::Bytes,
-    domain::{MAX_LEVELS, Why},
+    domain::MAX_LEVELS,
     enums::{Action, Global, Reason, Verdict},
     maps::{
-        FLOW_BLOCKED, FLOW_PENDING, FlowKey, GenSettings, NO_CATEGORY, POLICY_MONITOR,
+        FLOW_BLOCKED, FLOW_PENDING, FlowKey, FlowState, GenSettings, NO_CATEGORY, POLICY_MONITOR,
         POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK,
     },
     tls::{Hello, HelloSink, HelloWalk, MAX_STEPS, may_start_hello},
@@ -260,11 +260,19 @@ pub fn judge(
     };
 
     let policy = maps::policy(generation, policy_id);
+    // The flow's state leaves `FLOWS`, or (from `scratch.flow`) goes in: marks and counters
+    // follow.
     let forget = |existed: bool| {
         if existed {
             let _ = maps::FLOWS.remove(key);
             maps::mark_flow(slot, false);
             maps::count_global(Global::FlowsRemoved);
+        }
+    };
+    let keep = |flow: &FlowState| {
+        if maps::FLOWS.insert(key, flow, 0).is_ok() && !existed {
+            maps::mark_flow(slot, true);
+            maps::count_global(Global::FlowsCreated);
         }
     };
     let (block, reason, category, name_len) = match result {
@@ -273,10 +281,7 @@ pub fn judge(
             s.flow.first_seq = first_seq;
             s.flow.next_seq = f.seq.wrapping_add(len as u32);
             s.flow.state = FLOW_PENDING;
-            if maps::FLOWS.insert(key, &s.flow, 0).is_ok() && !existed {
-                maps::mark_flow(slot, true);
-                maps::count_global(Global::FlowsCreated);
-            }
+            keep(&s.flow);
             if s.tls.walk.in_name() {
                 // Built in scratch memory: the stack is too small for it.
                 s.flow_name.text = s.text;
@@ -292,11 +297,7 @@ pub fn judge(
         R_SNI => {
             let labels = u32::from(s.tls.walk.labels);
             let d = dns::decide(generation, settings, policy_id, &policy, labels);
-            let (reason, category) = match d.why {
-                Why::Explicit => (Reason::Explicit, NO_CATEGORY),
-                Why::Category(c) => (Reason::Category, c),
-                Why::Default => (Reason::Default, NO_CATEGORY),
-            };
+            let (reason, category) = dns::counted_as(d.why);
             (d.block, reason, category, s.tls.walk.name_len)
         }
         R_NO_SNI => (
@@ -313,22 +314,17 @@ pub fn judge(
         ),
     };
     let name_len = name_len & 0xff;
-    if !block {
+    // Allowed, or blocked under `mode = monitor`: passed, and the flow forgotten.
+    if !block || policy.flags & POLICY_MONITOR != 0 {
         forget(existed);
         return TlsOutcome {
             verdict: Verdict::Pass,
             reason,
-            action: Some(Action::Allow),
-            category,
-            name_len,
-        };
-    }
-    if policy.flags & POLICY_MONITOR != 0 {
-        forget(existed);
-        return TlsOutcome {
-            verdict: Verdict::Pass,
-            reason,
-            action: Some(Action::Monitor),
+            action: Some(if block {
+                Action::Monitor
+            } else {
+                Action::Allow
+            }),
             category,
             name_len,
         };
@@ -338,10 +334,7 @@ pub fn judge(
     s.flow.first_seq = first_seq;
     s.flow.next_seq = 0;
     s.flow.state = FLOW_BLOCKED;
-    if maps::FLOWS.insert(key, &s.flow, 0).is_ok() && !existed {
-        maps::mark_flow(slot, true);
-        maps::count_global(Global::FlowsCreated);
-    }
+    keep(&s.flow);
     let verdict = if policy.flags & POLICY_TLS_DROP != 0 {
         Verdict::Drop
     } else {
