@@ -77,12 +77,13 @@ fn every_client_hello_yields_the_name_tshark_reports() {
     );
 }
 
+mod common;
+
 mod kernel {
     //! The kernel's walk, through BPF_PROG_TEST_RUN: a real ClientHello (Chromium's, 1,756
     //! bytes, X25519Kyber768) split at every offset into two segments, and into three, gives
     //! the decision the unsplit one gets; resets are checked field by field.
 
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     use gateway_common::{
         enums::{Action, LinkType, Reason, Verdict},
         tls::{Hello, HelloWalk, NameBuf, walk_segment},
@@ -191,41 +192,6 @@ policy = "strict"
             .collect()
     }
 
-    /// Checks that `out` is the reset of segment `f` (`payload` bytes at `seq`).
-    fn assert_reset(f: &[u8], out: &[u8], seq: u32, payload: usize) {
-        let q = SlicedPacket::from_ethernet(f).expect("segment");
-        let a = SlicedPacket::from_ethernet(out).expect("reset parses");
-        let (Some(TransportSlice::Tcp(qt)), Some(TransportSlice::Tcp(at))) =
-            (&q.transport, &a.transport)
-        else {
-            panic!("not TCP");
-        };
-        assert!(at.rst() && at.ack() && !at.syn() && !at.fin() && !at.psh());
-        assert_eq!(
-            at.sequence_number(),
-            ACK,
-            "seq = what the device acknowledged"
-        );
-        assert_eq!(at.acknowledgment_number(), seq.wrapping_add(payload as u32));
-        assert_eq!(
-            (at.source_port(), at.destination_port()),
-            (qt.destination_port(), qt.source_port())
-        );
-        assert!(at.payload().is_empty());
-        let (Some(NetSlice::Ipv4(qi)), Some(NetSlice::Ipv4(ai))) = (&q.net, &a.net) else {
-            panic!("not IPv4");
-        };
-        let h = ai.header().to_header();
-        assert_eq!(
-            (h.source, h.destination),
-            (qi.header().destination(), qi.header().source())
-        );
-        assert_eq!(h.header_checksum, h.calc_header_checksum());
-        let th = at.to_header();
-        assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, &[]).expect("sum"));
-        assert_eq!(&out[..6], &f[6..12], "back to the device's MAC");
-    }
-
     fn decision(results: &[RunResult]) -> (Verdict, Reason, Option<Action>) {
         let last = results.last().expect("results");
         for r in &results[..results.len() - 1] {
@@ -249,7 +215,7 @@ policy = "strict"
             (Verdict::Tx, Reason::Explicit, Some(Action::Block))
         );
         let f = segment(KID, 1, 443, 1000, &hello);
-        assert_reset(&f, &whole[0].output, 1000, hello.len());
+        super::common::assert_reset(&f, &whole[0].output, LinkType::Ethernet, 1000, ACK);
         let staff = flow(&mut r, STAFF, 1, &[&hello]);
         assert_eq!(
             decision(&staff),
@@ -276,7 +242,13 @@ policy = "strict"
             }
             assert_eq!(decision(&res), decision(&whole), "split at {i}");
             let f = segment(KID, sport, 443, 1000 + i as u32, &hello[i..]);
-            assert_reset(&f, &res[1].output, 1000 + i as u32, hello.len() - i);
+            super::common::assert_reset(
+                &f,
+                &res[1].output,
+                LinkType::Ethernet,
+                1000 + i as u32,
+                ACK,
+            );
         }
         // Allowed flows: decided at the segment that completes the name, then forgotten (the rest
         // is not inspected).
