@@ -211,26 +211,49 @@ pub fn foundation(rounds: u32, repeat: u32) -> anyhow::Result<Vec<Row>> {
 
 /// The rows as a table.
 pub fn render(title: &str, rows: &[Row]) -> String {
+    table(
+        title,
+        &[
+            "frame",
+            "bytes",
+            "empty XDP (ns)",
+            "gateway (ns)",
+            "delta (ns)",
+            "ratio",
+            "medians (ns)",
+        ],
+        true,
+        rows.iter().map(|r| {
+            vec![
+                r.frame.clone(),
+                r.bytes.to_string(),
+                format!("{:.0}", r.empty_ns),
+                format!("{:.0}", r.gateway_ns),
+                format!("{:+.0}", r.delta_ns),
+                format!("{:.2}", r.ratio),
+                format!("{:.0} / {:.0}", r.empty_median_ns, r.gateway_median_ns),
+            ]
+        }),
+    )
+}
+
+/// A Markdown table: a title line, the header, the alignment row (numbers right-aligned; the
+/// first column left-aligned if `label_first`), and the rows.
+fn table(
+    title: &str,
+    headers: &[&str],
+    label_first: bool,
+    rows: impl Iterator<Item = Vec<String>>,
+) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "{title}");
-    let _ = writeln!(
-        o,
-        "| frame | bytes | empty XDP (ns) | gateway (ns) | delta (ns) | ratio | medians (ns) |"
-    );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "| {} |", headers.join(" | "));
+    let align: Vec<&str> = (0..headers.len())
+        .map(|i| if i == 0 && label_first { "---" } else { "---:" })
+        .collect();
+    let _ = writeln!(o, "|{}|", align.join("|"));
     for r in rows {
-        let _ = writeln!(
-            o,
-            "| {} | {} | {:.0} | {:.0} | {:+.0} | {:.2} | {:.0} / {:.0} |",
-            r.frame,
-            r.bytes,
-            r.empty_ns,
-            r.gateway_ns,
-            r.delta_ns,
-            r.ratio,
-            r.empty_median_ns,
-            r.gateway_median_ns
-        );
+        let _ = writeln!(o, "| {} |", r.join(" | "));
     }
     o
 }
@@ -466,24 +489,26 @@ pub fn tls(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<TlsR
 
 /// The TLS rows as a table.
 pub fn render_tls(rows: &[TlsRow]) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "TLS verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; two segments: 20,000 flows, each segment run once, harness share taken off, median)"
-    );
-    let _ = writeln!(
-        o,
-        "| domains | empty (ns) | hello, one segment (ns) | first of two (ns) | second of two (ns) |"
-    );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let _ = writeln!(
-            o,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            r.domains, r.empty_ns, r.one_segment_ns, r.first_of_two_ns, r.second_of_two_ns
-        );
-    }
-    o
+    table(
+        "TLS verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; two segments: 20,000 flows, each segment run once, harness share taken off, median)",
+        &[
+            "domains",
+            "empty (ns)",
+            "hello, one segment (ns)",
+            "first of two (ns)",
+            "second of two (ns)",
+        ],
+        false,
+        rows.iter().map(|r| {
+            vec![
+                r.domains.to_string(),
+                format!("{:.0}", r.empty_ns),
+                format!("{:.0}", r.one_segment_ns),
+                format!("{:.0}", r.first_of_two_ns),
+                format!("{:.0}", r.second_of_two_ns),
+            ]
+        }),
+    )
 }
 
 /// The configuration benchmark at one size.
@@ -564,62 +589,62 @@ pub fn config(n: usize) -> anyhow::Result<ConfigRow> {
 
 /// The configuration rows as a table.
 pub fn render_config(rows: &[ConfigRow]) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "Configuration (a category from a list file; check = read, validate, compile; diff = 10 domains added)"
-    );
-    let _ = writeln!(
-        o,
-        "| domains | check (s) | full load (s) | 10-domain diff (ms) | entries written | peak RSS (MiB) |"
-    );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let _ = writeln!(
-            o,
-            "| {} | {:.2} | {:.2} | {:.0} | {} | {:.0} |",
-            r.domains,
-            r.check_seconds,
-            r.load_seconds,
-            r.diff_seconds * 1000.0,
-            r.diff_changes,
-            r.peak_rss_mib
-        );
-    }
-    o
+    table(
+        "Configuration (a category from a list file; check = read, validate, compile; diff = 10 domains added)",
+        &[
+            "domains",
+            "check (s)",
+            "full load (s)",
+            "10-domain diff (ms)",
+            "entries written",
+            "peak RSS (MiB)",
+        ],
+        false,
+        rows.iter().map(|r| {
+            vec![
+                r.domains.to_string(),
+                format!("{:.2}", r.check_seconds),
+                format!("{:.2}", r.load_seconds),
+                format!("{:.0}", r.diff_seconds * 1000.0),
+                r.diff_changes.to_string(),
+                format!("{:.0}", r.peak_rss_mib),
+            ]
+        }),
+    )
 }
 
 /// The DNS rows as a table.
 pub fn render_dns(rows: &[DnsRow]) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "DNS verdicts (BPF_PROG_TEST_RUN; warm = best round; cold = 100,000 distinct names once each)"
-    );
-    let _ = writeln!(
-        o,
-        "| domains | table MiB | bytes/domain | load (s) | empty (ns) | miss, warm (ns) | block, warm (ns) | cold, run once (ns) | empty, run once (ns) | cold verdict (ns) | miss/empty |"
-    );
-    let _ = writeln!(
-        o,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for r in rows {
-        let _ = writeln!(
-            o,
-            "| {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
-            r.domains,
-            r.table_bytes as f64 / (1 << 20) as f64,
-            r.bytes_per_domain,
-            r.load_seconds,
-            r.empty_ns,
-            r.miss_ns,
-            r.block_ns,
-            r.cold_ns,
-            r.cold_empty_ns,
-            r.cold_ns - r.cold_empty_ns,
-            r.miss_ns / r.empty_ns
-        );
-    }
-    o
+    table(
+        "DNS verdicts (BPF_PROG_TEST_RUN; warm = best round; cold = 100,000 distinct names once each)",
+        &[
+            "domains",
+            "table MiB",
+            "bytes/domain",
+            "load (s)",
+            "empty (ns)",
+            "miss, warm (ns)",
+            "block, warm (ns)",
+            "cold, run once (ns)",
+            "empty, run once (ns)",
+            "cold verdict (ns)",
+            "miss/empty",
+        ],
+        false,
+        rows.iter().map(|r| {
+            vec![
+                r.domains.to_string(),
+                format!("{:.1}", r.table_bytes as f64 / (1 << 20) as f64),
+                format!("{:.1}", r.bytes_per_domain),
+                format!("{:.2}", r.load_seconds),
+                format!("{:.0}", r.empty_ns),
+                format!("{:.0}", r.miss_ns),
+                format!("{:.0}", r.block_ns),
+                format!("{:.0}", r.cold_ns),
+                format!("{:.0}", r.cold_empty_ns),
+                format!("{:.0}", r.cold_ns - r.cold_empty_ns),
+                format!("{:.1}", r.miss_ns / r.empty_ns),
+            ]
+        }),
+    )
 }
