@@ -72,16 +72,17 @@ pub struct ApplyCache {
     domain_image: Vec<DomainBucket>,
 }
 
-/// The domain table `cache` holds, changed into `desired`'s: removed and changed domains
-/// first, then added ones. `None` when that cannot be done in place (another seed or size, a
-/// fingerprint collision, a full neighbourhood): then the table is built anew.
+/// The domain table `cache` holds, changed into `desired`'s: removed domains deleted, then new
+/// and changed ones inserted (an insert replaces the value). `None` when that cannot be done in
+/// place (another seed or size, a fingerprint collision, a full neighbourhood): then the table is
+/// built anew.
 fn update_domains(desired: &Desired, cache: &ApplyCache, seed: u64) -> Option<Vec<DomainBucket>> {
     if cache.seed != seed || cache.domain_image.len() != desired.domain_buckets as usize {
         return None;
     }
     let mut t = cache.domain_image.clone();
-    for (d, id) in &cache.domains {
-        if desired.domains.get(d) != Some(id) && !desired.domains.contains_key(d) {
+    for d in cache.domains.keys() {
+        if !desired.domains.contains_key(d) {
             table::remove(&mut t, seed, &fingerprint(d.as_bytes(), seed));
         }
     }

@@ -136,7 +136,9 @@ fn dns_question(frame: &Frame) -> Option<(String, u16)> {
     ))
 }
 
-/// The protocol of a decision (DNS, TLS, QUIC, port), else the frame's transport.
+/// The protocol of a decision (DNS, TLS, QUIC, port), else the frame's transport. A decision on
+/// a name is DNS when the frame goes to port 53 (the kernel's own dispatch rule), TLS otherwise
+/// (whichever TLS ports are configured).
 fn decision_proto(frame: &Frame, decided: bool, reason: Reason) -> &'static str {
     if !decided || reason == Reason::Suspended {
         return proto_of(frame, reason);
@@ -144,14 +146,17 @@ fn decision_proto(frame: &Frame, decided: bool, reason: Reason) -> &'static str 
     match reason {
         Reason::BlockedPort => "port",
         Reason::Quic => "quic",
-        Reason::TlsNoSni | Reason::TlsUnparsed | Reason::FlowBlocked => "tls",
-        _ if crate::sni::tcp_segment(&frame.data, frame.link)
-            .is_some_and(|(flow, _, _)| flow.dport == 443) =>
-        {
-            "tls"
-        }
-        _ => "dns",
+        _ if dst_port(frame) == Some(53) => "dns",
+        _ => "tls",
     }
+}
+
+/// The transport destination port of a frame, read with the shared parser.
+fn dst_port(frame: &Frame) -> Option<u16> {
+    let b = frame.data.as_slice();
+    let l2 = parse_l2(b, frame.link).ok()?;
+    let l3 = parse_l3(b, &l2).ok()?;
+    Some(parse_l4(b, &l3).ok()?.dst_port)
 }
 
 /// The decision's protocol, or the frame's transport described with the shared parser.
