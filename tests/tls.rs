@@ -4,21 +4,12 @@
 //! blocked one fails with a connection reset from the gateway on one device and succeeds on the
 //! other. QUIC Initials are dropped for one policy; port 853 is blocked.
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
 use gateway_testbed::{
-    Bed, Daemon, Handshake, HttpsUpstream, Netns, Pins, curl_https, eventually, unique,
+    Bed, Daemon, Handshake, HttpsUpstream, Netns, Pins, curl_https, eventually, output_text, unique,
 };
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The upstream's address on the bed.
 const UPSTREAM: &str = "10.201.99.2";
@@ -35,7 +26,7 @@ fn s_client(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
         .args(["-servername", name])
         .stdin(Stdio::null())
         .output()?;
-    let t = text(&o);
+    let t = output_text(&o);
     if o.status.success() && t.contains("BEGIN CERTIFICATE") {
         Ok(Handshake::Completed)
     } else if t.contains("errno=104") || t.contains("reset") {
@@ -60,7 +51,7 @@ fn gnutls(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
         .arg(UPSTREAM)
         .stdin(Stdio::null())
         .output()?;
-    let t = text(&o);
+    let t = output_text(&o);
     if t.contains("Handshake was completed") {
         Ok(Handshake::Completed)
     } else if t.contains("Error in the push function")
@@ -100,7 +91,7 @@ fn chromium(ns: &Netns, name: &str) -> anyhow::Result<Handshake> {
         .output()?;
     let _ = std::fs::remove_dir_all(&profile);
     // Without a session bus chromium logs D-Bus errors by the dozen: not ours.
-    let t: String = text(&o)
+    let t: String = output_text(&o)
         .lines()
         .filter(|l| !l.contains("dbus"))
         .collect::<Vec<_>>()

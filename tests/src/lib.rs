@@ -829,6 +829,16 @@ pub enum Handshake {
     Reset,
 }
 
+/// A client's exit status, stdout and stderr, as one text to search and to show on failure.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// `curl https://NAME/` from `ns`, with NAME resolved to `upstream`.
 pub fn curl_https(ns: &Netns, upstream: &str, name: &str) -> anyhow::Result<Handshake> {
     let o = ns.output(
@@ -846,12 +856,7 @@ pub fn curl_https(ns: &Netns, upstream: &str, name: &str) -> anyhow::Result<Hand
             &format!("https://{name}/"),
         ],
     )?;
-    let t = format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let t = output_text(&o);
     match o.status.code() {
         Some(0) if t.contains("200") => Ok(Handshake::Completed),
         // 35: the TLS handshake failed; 56: receiving failed; with the reset as the cause.
