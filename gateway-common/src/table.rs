@@ -255,8 +255,8 @@ fn free_slot<B: Bucket>(b: &B) -> Option<usize> {
     (0..B::WAYS).find(|i| b.key(*i) == B::empty())
 }
 
-/// Removes `key` from `table`; returns whether it was there.
-pub fn remove<B: Bucket>(table: &mut [B], seed: u64, key: &B::Key) -> bool {
+/// Removes `key` from `table`; returns the bucket it was in, if it was there.
+pub fn remove<B: Bucket>(table: &mut [B], seed: u64, key: &B::Key) -> Option<usize> {
     let buckets = table.len() as u32;
     let h = B::hash(key, seed);
     for b in [home(h, buckets) as usize, alternate(h, buckets) as usize] {
@@ -264,10 +264,10 @@ pub fn remove<B: Bucket>(table: &mut [B], seed: u64, key: &B::Key) -> bool {
             && let Some(i) = slot_of(bucket, key)
         {
             bucket.set(i, B::empty(), B::Value::default());
-            return true;
+            return Some(b);
         }
     }
-    false
+    None
 }
 
 /// Inserts or replaces `key` in `table` (a power-of-two number of buckets). Keys already in the
@@ -278,6 +278,18 @@ pub fn insert<B: Bucket>(
     key: B::Key,
     value: B::Value,
 ) -> Result<(), TableFull> {
+    insert_noting(table, seed, key, value, |_| {})
+}
+
+/// As `insert`, calling `wrote` with the index of every bucket it writes (for writing only
+/// those to the kernel). On `TableFull` the table has lost a key: rebuild it.
+pub fn insert_noting<B: Bucket>(
+    table: &mut [B],
+    seed: u64,
+    key: B::Key,
+    value: B::Value,
+    mut wrote: impl FnMut(usize),
+) -> Result<(), TableFull> {
     let buckets = table.len() as u32;
     let h = B::hash(&key, seed);
     let (b1, b2) = (home(h, buckets) as usize, alternate(h, buckets) as usize);
@@ -285,6 +297,7 @@ pub fn insert<B: Bucket>(
         let bucket = table.get_mut(b).ok_or(TableFull)?;
         if let Some(i) = slot_of(bucket, &key) {
             bucket.set(i, key, value);
+            wrote(b);
             return Ok(());
         }
     }
@@ -292,6 +305,7 @@ pub fn insert<B: Bucket>(
         let bucket = table.get_mut(b).ok_or(TableFull)?;
         if let Some(i) = free_slot(bucket) {
             bucket.set(i, key, value);
+            wrote(b);
             return Ok(());
         }
     }
@@ -306,12 +320,14 @@ pub fn insert<B: Bucket>(
         let bucket = table.get_mut(at).ok_or(TableFull)?;
         let (vk, vv) = (bucket.key(i), bucket.value(i));
         bucket.set(i, k, v);
+        wrote(at);
         let vh = B::hash(&vk, seed);
         let (v1, v2) = (home(vh, buckets) as usize, alternate(vh, buckets) as usize);
         let other = if v1 == at { v2 } else { v1 };
         let dest = table.get_mut(other).ok_or(TableFull)?;
         if let Some(j) = free_slot(dest) {
             dest.set(j, vk, vv);
+            wrote(other);
             return Ok(());
         }
         (k, v, at) = (vk, vv, other);

@@ -2,13 +2,14 @@
 //!
 //! The maps hold two generations of policy state. `apply` writes the complete new state into the
 //! standby generation (changing only entries that differ), flips `CONTROL.active`, waits for packets
-//! that started on the old generation to finish, and then brings the old generation in step so
+//! that started on the old generation to finish (an RCU grace period), and then brings the old generation in step so
 //! it is ready to be the standby next time. A packet reads `CONTROL` once, so it is judged
 //! wholly by the old or wholly by the new configuration.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::Hash,
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,11 +33,13 @@ use gateway_common::{
 use crate::{
     config::{Config, DnsBlockAnswer, LogLevel, Mode},
     kernel::{Maps, zeroed_per_cpu},
+    lists::Domains,
     mmap::MmapArray,
 };
 
-/// How long packets that read the old generation may still be running. XDP programs run for
-/// microseconds under RCU; this is generous.
+/// How long packets that read the old generation may still be running, where the kernel cannot
+/// say (see `sys::wait_for_running_programs`). XDP programs run for microseconds; this is
+/// generous.
 pub const GRACE: Duration = Duration::from_millis(20);
 
 /// The state a generation must hold for a configuration.
@@ -48,61 +51,302 @@ pub struct Desired {
     pub ips: HashMap<[u8; 16], DeviceRef>,
     /// (IPv4-mapped/IPv6 network, prefix in IPv6 bits) -> device.
     pub cidrs: HashMap<([u8; 16], u8), DeviceRef>,
-    /// Domain (normalised text) -> rule set id; ids index `rulesets`.
-    pub domains: HashMap<String, u32>,
-    /// Distinct rule sets; id 0 is the empty one (never stored in the table).
-    pub rulesets: Vec<RuleSet>,
+    /// What the categories and policies say about each domain.
+    pub rules: DomainRules,
     /// Domain-table buckets per generation.
     pub domain_buckets: u32,
     /// (policy id, transport, port) the policies block.
     pub block_ports: BTreeSet<(u32, u8, u16)>,
     /// The TLS ports as a bitmap (`TLS_PORTS` of one generation).
     pub tls_ports: Vec<u64>,
-    /// Rule set -> id (`rulesets[id]`).
-    pub ruleset_ids: HashMap<RuleSet, u32>,
 }
 
 /// What the last `apply` built, kept so the next one changes only what differs: a 10-domain
-/// edit of a 1M-domain policy writes those domains' buckets, not the whole table.
+/// edit of a 1M-domain policy recomputes and writes those domains' buckets, not the whole table.
 #[derive(Debug, Default)]
 pub struct ApplyCache {
     seed: u64,
-    domains: HashMap<String, u32>,
-    ruleset_ids: HashMap<RuleSet, u32>,
+    rules: DomainRules,
     domain_image: Vec<DomainBucket>,
 }
 
-/// The domain table `cache` holds, changed into `desired`'s: removed domains deleted, then new
-/// and changed ones inserted (an insert replaces the value). `None` when that cannot be done in
-/// place (another seed or size, a fingerprint collision, a full neighbourhood): then the table is
-/// built anew.
-fn update_domains(desired: &Desired, cache: &ApplyCache, seed: u64) -> Option<Vec<DomainBucket>> {
-    if cache.seed != seed || cache.domain_image.len() != desired.domain_buckets as usize {
-        return None;
-    }
-    let mut t = cache.domain_image.clone();
-    for d in cache.domains.keys() {
-        if !desired.domains.contains_key(d) {
-            table::remove(&mut t, seed, &fingerprint(d.as_bytes(), seed));
-        }
-    }
-    for (d, id) in &desired.domains {
-        match cache.domains.get(d) {
-            Some(old) if old == id => {}
-            known => {
-                let fp = fingerprint(d.as_bytes(), seed);
-                // A new domain whose fingerprint is taken: a collision; rebuild with a new seed.
-                if known.is_none()
-                    && table::lookup(|i| t.get(i as usize), desired.domain_buckets, seed, &fp)
-                        .is_some()
-                {
-                    return None;
-                }
-                table::insert(&mut t, seed, fp, *id).ok()?;
+/// The domain table `image` (as built for the previous rules), changed in place for the domains
+/// in `changed`: removed ones deleted, new and changed ones inserted. Returns the buckets
+/// written, or `None` when that cannot be done in place (another seed or size, a fingerprint
+/// collision, a full neighbourhood): then the table is built anew.
+fn update_domains(
+    image: &mut [DomainBucket],
+    rules: &DomainRules,
+    changed: &Changed,
+    seed: u64,
+) -> Option<BTreeSet<usize>> {
+    let buckets = image.len() as u32;
+    let mut dirty = BTreeSet::new();
+    for (d, _) in changed {
+        if !rules.domains.contains_key(d) {
+            let fp = fingerprint(d.as_bytes(), seed);
+            if let Some(b) = table::remove(image, seed, &fp) {
+                dirty.insert(b);
             }
         }
     }
-    Some(t)
+    for (d, old) in changed {
+        let Some(&id) = rules.domains.get(d) else {
+            continue;
+        };
+        let fp = fingerprint(d.as_bytes(), seed);
+        // A new domain whose fingerprint is taken: a collision; rebuild with a new seed.
+        if *old == 0 && table::lookup(|i| image.get(i as usize), buckets, seed, &fp).is_some() {
+            return None;
+        }
+        table::insert_noting(image, seed, fp, id, |b| {
+            dirty.insert(b);
+        })
+        .ok()?;
+    }
+    Some(dirty)
+}
+
+/// Every domain the categories and policies of a configuration name, with the rule set each
+/// gets, numbered; and the sources it was compiled from, so that the next configuration can be
+/// compiled from the difference.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DomainRules {
+    /// Domain (normalised text) -> rule set id; ids index `rulesets`.
+    pub domains: HashMap<String, u32>,
+    /// Rule sets by id; id 0 is the empty one (never stored in the table), free ids are empty.
+    pub rulesets: Vec<RuleSet>,
+    /// Rule set -> id.
+    pub ids: HashMap<RuleSet, u32>,
+    /// Domains per rule set id (an id is freed when it reaches 0).
+    uses: Vec<usize>,
+    /// Category names and their sources; policy names and their allow and block entries.
+    categories: Vec<(String, Vec<Arc<Domains>>)>,
+    policies: Vec<(String, BTreeSet<String>, BTreeSet<String>)>,
+}
+
+/// Domains whose rule set id changed, each with its old id (0: it had none).
+pub type Changed = Vec<(String, u32)>;
+
+/// Above this share of the domains touched, compiling anew is cheaper than the difference.
+const INCREMENTAL_LIMIT_PERCENT: usize = 10;
+
+impl DomainRules {
+    /// Compiles the rules of `config`, keeping the ids of rule sets that `previous` numbered (so
+    /// the table entries of domains whose rules did not change stay as they are).
+    pub fn compile(config: &Config, previous: &HashMap<RuleSet, u32>) -> Self {
+        let rules = rules(config);
+        let distinct: HashSet<RuleSet> = rules.values().copied().collect();
+        let mut ids: HashMap<RuleSet, u32> = previous
+            .iter()
+            .filter(|(r, id)| **id != 0 && distinct.contains(r))
+            .map(|(r, id)| (*r, *id))
+            .collect();
+        let used: HashSet<u32> = ids.values().copied().collect();
+        let mut free = (1u32..).filter(|i| !used.contains(i));
+        let mut fresh: Vec<&RuleSet> = distinct.iter().filter(|r| !ids.contains_key(r)).collect();
+        fresh.sort();
+        for r in fresh {
+            if let Some(id) = free.next() {
+                ids.insert(*r, id);
+            }
+        }
+        let top = ids.values().copied().max().unwrap_or(0) as usize;
+        let mut out = Self {
+            rulesets: vec![RuleSet::default(); top + 1],
+            uses: vec![0; top + 1],
+            ..Self::sources_of(config)
+        };
+        for (r, id) in &ids {
+            out.rulesets[*id as usize] = *r;
+        }
+        out.domains.reserve(rules.len());
+        for (domain, r) in rules {
+            if let Some(&id) = ids.get(&r) {
+                out.domains.insert(domain.to_string(), id);
+                out.uses[id as usize] += 1;
+            }
+        }
+        out.ids = ids;
+        out
+    }
+
+    fn sources_of(config: &Config) -> Self {
+        Self {
+            categories: config
+                .categories
+                .iter()
+                .map(|c| (c.name.clone(), c.sources.clone()))
+                .collect(),
+            policies: config
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), p.allow.clone(), p.block.clone()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// These rules brought to `config`, and each domain whose rule set id changed with its old
+    /// id (0: it had none). Only the domains of sources that changed are recomputed (a list file
+    /// that was read again, inline domains, a policy's entries); when categories or policies
+    /// were added, removed or renamed, or too much changed for that to pay, the rules are
+    /// compiled anew (keeping the rule set ids) and compared domain by domain.
+    pub fn update(self, config: &Config) -> (Self, Changed) {
+        match self.update_in_place(config) {
+            Ok(done) => done,
+            Err(old) => {
+                let old = *old;
+                let new = Self::compile(config, &old.ids);
+                let mut changed: Changed = old
+                    .domains
+                    .iter()
+                    .filter(|(d, id)| new.domains.get(*d) != Some(id))
+                    .map(|(d, id)| (d.clone(), *id))
+                    .collect();
+                changed.extend(
+                    new.domains
+                        .keys()
+                        .filter(|d| !old.domains.contains_key(*d))
+                        .map(|d| (d.clone(), 0)),
+                );
+                (new, changed)
+            }
+        }
+    }
+
+    /// `update` by recomputing the touched domains only; `Err(self)` when that does not apply.
+    fn update_in_place(mut self, config: &Config) -> Result<(Self, Changed), Box<Self>> {
+        let next = Self::sources_of(config);
+        let same_names = self.categories.len() == next.categories.len()
+            && self.policies.len() == next.policies.len()
+            && self
+                .categories
+                .iter()
+                .zip(&next.categories)
+                .all(|(a, b)| a.0 == b.0)
+            && self
+                .policies
+                .iter()
+                .zip(&next.policies)
+                .all(|(a, b)| a.0 == b.0);
+        let touched = if same_names {
+            self.touched_by(&next)
+        } else {
+            None
+        };
+        let Some(touched) = touched else {
+            return Err(Box::new(self));
+        };
+        self.categories = next.categories;
+        self.policies = next.policies;
+        let mut changed = Vec::new();
+        for d in touched {
+            let want = rule_set_of(config, &d);
+            let old = self.domains.get(&d).copied().unwrap_or(0);
+            if self.rulesets.get(old as usize) == Some(&want)
+                && (old != 0 || want == RuleSet::default())
+            {
+                continue;
+            }
+            self.release(old);
+            if want == RuleSet::default() {
+                self.domains.remove(&d);
+            } else {
+                let id = self.number(want);
+                self.domains.insert(d.clone(), id);
+            }
+            changed.push((d, old));
+        }
+        Ok((self, changed))
+    }
+
+    /// The domains whose rules may differ between these sources and `next`: every domain of a
+    /// category source that is not the same `Arc` on both sides, and the policy entries that
+    /// differ. `None` when they are too many.
+    fn touched_by<'a>(&'a self, next: &'a Self) -> Option<Vec<String>> {
+        let limit = (self.domains.len() * INCREMENTAL_LIMIT_PERCENT / 100).max(10_000);
+        let mut touched: BTreeSet<&'a str> = BTreeSet::new();
+        for ((_, old), (_, new)) in self.categories.iter().zip(&next.categories) {
+            let gone = old
+                .iter()
+                .filter(|x| !new.iter().any(|y| Arc::ptr_eq(x, y)));
+            let came = new
+                .iter()
+                .filter(|x| !old.iter().any(|y| Arc::ptr_eq(x, y)));
+            for s in gone.chain(came) {
+                touched.extend(s.block.iter().chain(&s.allow).map(String::as_str));
+                if touched.len() > limit {
+                    return None;
+                }
+            }
+        }
+        for ((_, old_allow, old_block), (_, allow, block)) in
+            self.policies.iter().zip(&next.policies)
+        {
+            touched.extend(old_allow.symmetric_difference(allow).map(String::as_str));
+            touched.extend(old_block.symmetric_difference(block).map(String::as_str));
+        }
+        (touched.len() <= limit).then(|| touched.into_iter().map(str::to_string).collect())
+    }
+
+    /// The id of `r`, numbering it (lowest free id) if it is new; counts one more use.
+    fn number(&mut self, r: RuleSet) -> u32 {
+        let id = match self.ids.get(&r) {
+            Some(&id) => id,
+            None => {
+                let id = (1..self.uses.len())
+                    .find(|&i| self.uses[i] == 0)
+                    .unwrap_or(self.uses.len());
+                if id == self.uses.len() {
+                    self.uses.push(0);
+                    self.rulesets.push(RuleSet::default());
+                }
+                self.rulesets[id] = r;
+                self.ids.insert(r, id as u32);
+                id as u32
+            }
+        };
+        self.uses[id as usize] += 1;
+        id
+    }
+
+    /// One use of rule set `id` fewer; the id is freed at none.
+    fn release(&mut self, id: u32) {
+        let i = id as usize;
+        if id == 0 || i >= self.uses.len() {
+            return;
+        }
+        self.uses[i] = self.uses[i].saturating_sub(1);
+        if self.uses[i] == 0 {
+            self.ids.remove(&self.rulesets[i]);
+            self.rulesets[i] = RuleSet::default();
+        }
+    }
+}
+
+/// What `config`'s categories and policies say about `domain` (exactly that name).
+fn rule_set_of(config: &Config, domain: &str) -> RuleSet {
+    let mut r = RuleSet::default();
+    for (id, c) in config.categories.iter().enumerate() {
+        let bit = 1u64 << (id & 63);
+        if c.blocks(domain) {
+            r.categories |= bit;
+        }
+        if c.allows(domain) {
+            r.category_exceptions |= bit;
+        }
+    }
+    for (id, p) in config.policies.iter().enumerate() {
+        let bit = 1u64 << (id & 63);
+        if p.allow.contains(domain) {
+            r.allow_policies |= bit;
+        }
+        if p.block.contains(domain) {
+            r.block_policies |= bit;
+        }
+    }
+    r
 }
 
 /// Domain-table buckets for a capacity of `max_domains` (a power of two, at least 1,024).
@@ -120,11 +364,13 @@ fn rules(config: &Config) -> HashMap<&str, RuleSet> {
     let mut rules: HashMap<&str, RuleSet> = HashMap::new();
     for (id, c) in config.categories.iter().enumerate() {
         let bit = 1u64 << (id & 63);
-        for d in &c.domains.block {
-            rules.entry(d.as_str()).or_default().categories |= bit;
-        }
-        for d in &c.domains.allow {
-            rules.entry(d.as_str()).or_default().category_exceptions |= bit;
+        for s in &c.sources {
+            for d in &s.block {
+                rules.entry(d.as_str()).or_default().categories |= bit;
+            }
+            for d in &s.allow {
+                rules.entry(d.as_str()).or_default().category_exceptions |= bit;
+            }
         }
     }
     for (id, p) in config.policies.iter().enumerate() {
@@ -143,16 +389,20 @@ impl Desired {
     /// Compiles `config` with the device slots in `slots`, with the policies in force at `now`
     /// (schedules).
     pub fn compile(config: &Config, slots: &HashMap<String, u32>, now: jiff::Timestamp) -> Self {
-        Self::compile_after(config, slots, now, &HashMap::new())
+        Self::compile_with(
+            config,
+            slots,
+            now,
+            DomainRules::compile(config, &HashMap::new()),
+        )
     }
 
-    /// As `compile`, keeping the ids of rule sets that `previous` numbered (so a small change
-    /// leaves the other domains' entries as they are).
-    pub fn compile_after(
+    /// As `compile`, with the domain rules already compiled.
+    pub fn compile_with(
         config: &Config,
         slots: &HashMap<String, u32>,
         now: jiff::Timestamp,
-        previous: &HashMap<RuleSet, u32>,
+        rules: DomainRules,
     ) -> Self {
         let mut d = Desired::default();
         for p in &config.policies {
@@ -191,35 +441,7 @@ impl Desired {
                 sinkhole_v6_be: p.sinkhole_v6,
             });
         }
-        // Rule set ids: the previous ones where the rule set still exists, then the lowest free.
-        // Id 0 is the empty rule set.
-        let rules = rules(config);
-        let distinct: HashSet<RuleSet> = rules.values().copied().collect();
-        let mut ids: HashMap<RuleSet, u32> = previous
-            .iter()
-            .filter(|(r, id)| **id != 0 && distinct.contains(r))
-            .map(|(r, id)| (*r, *id))
-            .collect();
-        let used: HashSet<u32> = ids.values().copied().collect();
-        let mut free = (1u32..).filter(|i| !used.contains(i));
-        let mut fresh: Vec<&RuleSet> = distinct.iter().filter(|r| !ids.contains_key(r)).collect();
-        fresh.sort();
-        for r in fresh {
-            if let Some(id) = free.next() {
-                ids.insert(*r, id);
-            }
-        }
-        let top = ids.values().copied().max().unwrap_or(0) as usize;
-        d.rulesets = vec![RuleSet::default(); top + 1];
-        for (r, id) in &ids {
-            d.rulesets[*id as usize] = *r;
-        }
-        for (domain, r) in rules {
-            if let Some(id) = ids.get(&r) {
-                d.domains.insert(domain.to_string(), *id);
-            }
-        }
-        d.ruleset_ids = ids;
+        d.rules = rules;
         d.domain_buckets = domain_buckets(config.max_domains);
         for dev in &config.devices {
             let Some(&slot) = slots.get(&dev.name) else {
@@ -281,6 +503,9 @@ struct Images {
     macs: Vec<MacBucket>,
     ips: Vec<IpBucket>,
     domains: Vec<DomainBucket>,
+    /// The domain buckets that differ from what both generations hold, when the table was
+    /// changed in place; `None` when it was built anew (then every bucket is compared).
+    dirty_domains: Option<BTreeSet<usize>>,
     rulesets: Vec<RuleSet>,
 }
 
@@ -288,8 +513,8 @@ struct Images {
 /// a neighbourhood overflows or two domains share a fingerprint.
 fn build_domains(desired: &Desired, seed: u64) -> Option<Vec<DomainBucket>> {
     let mut t = vec![DomainBucket::default(); desired.domain_buckets as usize];
-    let mut seen: HashMap<u64, &str> = HashMap::with_capacity(desired.domains.len());
-    for (d, id) in &desired.domains {
+    let mut seen: HashMap<u64, &str> = HashMap::with_capacity(desired.rules.domains.len());
+    for (d, id) in &desired.rules.domains {
         let fp = fingerprint(d.as_bytes(), seed);
         if seen.insert(fp, d).is_some() {
             return None;
@@ -311,15 +536,28 @@ fn build<B: Bucket>(
     Ok(t)
 }
 
+/// The domain table last written, and the domains changed since, for an update in place.
+struct Previous {
+    image: Vec<DomainBucket>,
+    seed: u64,
+    changed: Changed,
+}
+
 /// Builds the identity tables, keeping `seed` if it works (so unchanged entries stay where they
 /// are and only changed buckets are written) and drawing new seeds if a neighbourhood overflows.
+/// The domain table is `previous` changed in place when that works.
 fn build_images(
     desired: &Desired,
     seed: u64,
-    cache: Option<&ApplyCache>,
+    previous: Option<Previous>,
 ) -> anyhow::Result<Images> {
     let mut seed = if seed == 0 { random_seed()? } else { seed };
-    let mut cached = cache.and_then(|c| update_domains(desired, c, seed));
+    let mut cached = previous
+        .filter(|p| p.seed == seed && p.image.len() == desired.domain_buckets as usize)
+        .and_then(|mut p| {
+            let dirty = update_domains(&mut p.image, &desired.rules, &p.changed, seed)?;
+            Some((p.image, Some(dirty)))
+        });
     for _ in 0..16 {
         let macs = build::<MacBucket>(
             MAC_BUCKETS,
@@ -331,15 +569,18 @@ fn build_images(
             seed,
             desired.ips.iter().map(|(a, r)| (table::ip_key(a), *r)),
         );
-        let domains = cached.take().or_else(|| build_domains(desired, seed));
-        if let (Ok(macs), Ok(ips), Some(domains)) = (macs, ips, domains) {
-            let mut rulesets = desired.rulesets.clone();
+        let domains = cached
+            .take()
+            .or_else(|| build_domains(desired, seed).map(|t| (t, None)));
+        if let (Ok(macs), Ok(ips), Some((domains, dirty_domains))) = (macs, ips, domains) {
+            let mut rulesets = desired.rules.rulesets.clone();
             rulesets.resize(MAX_RULESETS as usize, RuleSet::default());
             return Ok(Images {
                 seed,
                 macs,
                 ips,
                 domains,
+                dirty_domains,
                 rulesets,
             });
         }
@@ -349,7 +590,7 @@ fn build_images(
         "tables are too full ({} MACs, {} addresses, {} domains; at most {}, {} and the configured max_domains)",
         desired.macs.len(),
         desired.ips.len(),
-        desired.domains.len(),
+        desired.rules.domains.len(),
         gateway_common::maps::MAX_MAC_IDS,
         gateway_common::maps::MAX_IP_IDS
     )
@@ -391,6 +632,30 @@ fn write_table<B: aya::Pod + PartialEq>(
     Ok(changes)
 }
 
+/// Writes the buckets `dirty` of `image` as generation `generation` of `table`; returns how many
+/// differed.
+fn write_buckets<B: aya::Pod + PartialEq>(
+    table: &mut MmapArray<B>,
+    generation: u32,
+    image: &[B],
+    dirty: &BTreeSet<usize>,
+) -> anyhow::Result<usize> {
+    let base = generation as usize * image.len();
+    let mut changes = 0;
+    for &i in dirty {
+        let b = image.get(i).context("dirty bucket out of range")?;
+        if table.get(base + i).as_ref() != Some(b) {
+            anyhow::ensure!(
+                table.set(base + i, *b),
+                "table index {} out of range",
+                base + i
+            );
+            changes += 1;
+        }
+    }
+    Ok(changes)
+}
+
 /// What an `apply` did.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
@@ -410,19 +675,29 @@ pub fn apply(maps: &mut Maps, config: &Config) -> anyhow::Result<Applied> {
 /// Writes `config` into `maps` and makes it active, with the policies in force at `now`.
 pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyhow::Result<Applied> {
     let slots = assign_slots(maps, config)?;
-    let cache = maps.apply_cache.take();
-    let previous_ids = cache.as_ref().map(|c| &c.ruleset_ids);
-    let mut desired =
-        Desired::compile_after(config, &slots, now, previous_ids.unwrap_or(&HashMap::new()));
+    // The cache is taken: if this apply fails part way, the next one starts afresh.
+    let (rules, previous) = match maps.apply_cache.take() {
+        Some(cache) => {
+            let (rules, changed) = cache.rules.update(config);
+            let previous = Previous {
+                image: cache.domain_image,
+                seed: cache.seed,
+                changed,
+            };
+            (rules, Some(previous))
+        }
+        None => (DomainRules::compile(config, &HashMap::new()), None),
+    };
+    let mut desired = Desired::compile_with(config, &slots, now, rules);
     let active = maps.active_generation()?;
     let next = active ^ 1;
-    let images = build_images(&desired, maps.settings(active)?.table_seed, cache.as_ref())?;
+    let images = build_images(&desired, maps.settings(active)?.table_seed, previous)?;
     desired.settings.table_seed = images.seed;
     let mut changes = write_generation(maps, next, &desired, &images)
         .with_context(|| format!("writing generation {next}"))?;
     maps.activate(next)
         .context("activating the new generation")?;
-    std::thread::sleep(GRACE);
+    crate::sys::wait_for_running_programs(GRACE);
     changes += write_generation(maps, active, &desired, &images)
         .with_context(|| format!("writing generation {active}"))?;
     tracing::info!(
@@ -433,8 +708,7 @@ pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyho
     );
     maps.apply_cache = Some(ApplyCache {
         seed: images.seed,
-        domains: desired.domains,
-        ruleset_ids: desired.ruleset_ids,
+        rules: desired.rules,
         domain_image: images.domains,
     });
     Ok(Applied {
@@ -523,7 +797,10 @@ fn write_generation(
 
     changes += write_table(&mut maps.by_mac, generation, &images.macs)?;
     changes += write_table(&mut maps.by_ip, generation, &images.ips)?;
-    changes += write_table(&mut maps.domains, generation, &images.domains)?;
+    changes += match &images.dirty_domains {
+        Some(dirty) => write_buckets(&mut maps.domains, generation, &images.domains, dirty)?,
+        None => write_table(&mut maps.domains, generation, &images.domains)?,
+    };
     changes += write_table(&mut maps.rulesets, generation, &images.rulesets)?;
     changes += write_table(&mut maps.tls_ports, generation, &desired.tls_ports)?;
 
@@ -603,4 +880,131 @@ pub fn slot_names(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Each domain's rule set, independent of the numbering.
+    fn meaning(r: &DomainRules) -> BTreeMap<String, RuleSet> {
+        r.domains
+            .iter()
+            .map(|(d, id)| (d.clone(), r.rulesets[*id as usize]))
+            .collect()
+    }
+
+    fn config(dir: &Path, text: &str) -> Config {
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, text).expect("write");
+        Config::load(&file).expect("valid")
+    }
+
+    fn text(inline: &str, allow: &str, list: &str) -> String {
+        format!(
+            "[[category]]\nname = \"ads\"\nlists = [\"{list}\"]\ndomains = [{inline}]\n\
+             [[category]]\nname = \"games\"\ndomains = [\"play.example\", \"x3.example\"]\n\
+             [[policy]]\nname = \"students\"\nblock_categories = [\"ads\", \"games\"]\nallow = [{allow}]\nblock = [\"bad.example\"]\n"
+        )
+    }
+
+    #[test]
+    fn the_difference_gives_what_compiling_anew_gives() {
+        let dir = std::env::temp_dir().join(format!("gw-apply-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let list: String = (0..2000).map(|i| format!("x{i}.example\n")).collect();
+        std::fs::write(dir.join("ads.domains"), &list).expect("write");
+        std::fs::write(dir.join("other.domains"), "x1.example\nnew.example\n").expect("write");
+
+        let steps = [
+            // Start.
+            text(
+                "\"a.example\", \"b.example\"",
+                "\"x5.example\"",
+                "ads.domains",
+            ),
+            // Inline domains changed: one gone, one new, one that the list also has.
+            text(
+                "\"a.example\", \"c.example\", \"x7.example\"",
+                "\"x5.example\"",
+                "ads.domains",
+            ),
+            // A policy allow changed: x5 back to blocked, x6 allowed, the games domain too.
+            text(
+                "\"a.example\", \"c.example\"",
+                "\"x6.example\", \"x3.example\"",
+                "ads.domains",
+            ),
+            // The list file swapped for another.
+            text("\"a.example\"", "\"x6.example\"", "other.domains"),
+            // Nothing changed.
+            text("\"a.example\"", "\"x6.example\"", "other.domains"),
+        ];
+        let first = config(&dir, &steps[0]);
+        let mut rules = DomainRules::compile(&first, &HashMap::new());
+        let mut before = meaning(&rules);
+        for (i, step) in steps.iter().enumerate().skip(1) {
+            let c = config(&dir, step);
+            let (next, changed) = match rules.update_in_place(&c) {
+                Ok(done) => done,
+                Err(_) => panic!("step {i}: compiled anew"),
+            };
+            let after = meaning(&next);
+            assert_eq!(
+                after,
+                meaning(&DomainRules::compile(&c, &HashMap::new())),
+                "step {i}"
+            );
+            // Exactly the domains whose rule set changed are reported, with their old id.
+            let differ: BTreeSet<&String> = before
+                .keys()
+                .chain(after.keys())
+                .filter(|d| before.get(*d) != after.get(*d))
+                .collect();
+            let reported: BTreeSet<&String> = changed.iter().map(|(d, _)| d).collect();
+            assert_eq!(reported, differ, "step {i}");
+            // Ids in use are consistent: every rule set numbered once, counted right.
+            for (r, id) in &next.ids {
+                assert_eq!(next.rulesets[*id as usize], *r);
+                let n = next.domains.values().filter(|v| *v == id).count();
+                assert_eq!(next.uses[*id as usize], n, "step {i}: uses of {id}");
+            }
+            if i == steps.len() - 1 {
+                assert!(
+                    changed.is_empty(),
+                    "an unchanged configuration changed {changed:?}"
+                );
+            }
+            before = after;
+            rules = next;
+        }
+
+        // A renamed category moves no bits here, but renames are compiled anew all the same;
+        // the domains compared one by one: nothing changed.
+        let renamed = config(&dir, &steps[4].replace("\"games\"", "\"fun\""));
+        let rules = match rules.update_in_place(&renamed) {
+            Ok(_) => panic!("a renamed category was updated in place"),
+            Err(rules) => *rules,
+        };
+        let (again, changed) = rules.update(&renamed);
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(
+            meaning(&again),
+            meaning(&DomainRules::compile(&renamed, &HashMap::new()))
+        );
+        // A category dropped: its domains lose their rules, and are reported.
+        let fewer = config(
+            &dir,
+            "[[category]]\nname = \"fun\"\ndomains = [\"play.example\"]\n[[policy]]\nname = \"students\"\nblock_categories = [\"fun\"]\n",
+        );
+        let (fewer_rules, changed) = again.update(&fewer);
+        assert_eq!(
+            meaning(&fewer_rules),
+            meaning(&DomainRules::compile(&fewer, &HashMap::new()))
+        );
+        assert!(changed.iter().any(|(d, id)| d == "a.example" && *id != 0));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -108,9 +108,9 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
         .collect();
     let desired = Desired::compile(config, &slots, jiff::Timestamp::now());
     anyhow::ensure!(
-        desired.domains.len() <= config.max_domains as usize,
+        desired.rules.domains.len() <= config.max_domains as usize,
         "{} domains, more than max_domains = {}: raise [gateway] max_domains",
-        desired.domains.len(),
+        desired.rules.domains.len(),
         config.max_domains
     );
     let mut per_policy = vec![0usize; config.policies.len()];
@@ -125,10 +125,11 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
         categories: config
             .categories
             .iter()
-            .map(|c| CategoryRow {
+            .map(|c| (c, c.counts()))
+            .map(|(c, (domains, exceptions))| CategoryRow {
                 name: c.name.clone(),
-                domains: c.domains.block.len(),
-                exceptions: c.domains.allow.len(),
+                domains,
+                exceptions,
                 lists: c.lists.len(),
                 skipped: c.lists.iter().map(|l| l.unsupported + l.invalid).sum(),
             })
@@ -145,7 +146,7 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
             })
             .collect(),
         devices: config.devices.len(),
-        domains: desired.domains.len(),
+        domains: desired.rules.domains.len(),
         max_domains: config.max_domains,
         kernel_bytes: maps.iter().map(|m| m.bytes).sum(),
         maps: maps.into_iter().take(6).collect(),

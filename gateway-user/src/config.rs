@@ -11,6 +11,7 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use gateway_common::maps::{
@@ -105,7 +106,68 @@ struct RawConfig {
     policies: Vec<RawPolicy>,
     #[serde(default, rename = "device")]
     devices: Vec<RawDevice>,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    history: RawHistory,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<Spanned<String>>,
+    device_labels: Option<DeviceLabels>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    enabled: Option<bool>,
+    retention_days: Option<Spanned<i64>>,
+    max_rows: Option<Spanned<i64>>,
+    pseudonymize: Option<bool>,
+}
+
+/// How devices appear in `/metrics` (`[api] device_labels`): aggregates carry no device names
+/// unless the operator says so (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceLabels {
+    /// A keyed hash of the device name (the history's pseudonym): per-device series, no names.
+    #[default]
+    Pseudonym,
+    /// The device name.
+    Name,
+    /// No per-device series.
+    None,
+}
+
+/// `[api]`: the daemon's HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    pub listen: std::net::SocketAddr,
+    pub device_labels: DeviceLabels,
+}
+
+/// `[history]`: the decision history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// Whether decision events are stored at all.
+    pub enabled: bool,
+    /// Rows older than this many days are deleted.
+    pub retention_days: u32,
+    /// At most this many rows are kept (the oldest deleted first).
+    pub max_rows: u64,
+    /// Store a keyed hash instead of the device name.
+    pub pseudonymize: bool,
+}
+
+/// Where the daemon's HTTP listener is unless `[api] listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+/// Where the history and the pseudonymisation key live unless `[gateway] state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+pub const DEFAULT_MAX_ROWS: u64 = 5_000_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +182,7 @@ struct RawGateway {
     #[serde(default)]
     inventories: Vec<Spanned<PathBuf>>,
     timezone: Option<Spanned<String>>,
+    state_dir: Option<Spanned<PathBuf>>,
 }
 
 /// One `schedule` window of a policy, as written.
@@ -322,6 +385,10 @@ pub struct Config {
     /// Id of the policy for devices in no inventory.
     pub unknown_policy: usize,
     pub devices: Vec<Device>,
+    /// Where the history database and the pseudonymisation key live (`[gateway] state_dir`).
+    pub state_dir: PathBuf,
+    pub api: Api,
+    pub history: History,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,9 +401,45 @@ pub struct Interface {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Category {
     pub name: String,
-    pub domains: Domains,
+    /// What each list file holds, in order, then the inline domains. Shared: a list file that
+    /// did not change since the last load is the same `Arc`, which lets `apply` skip it.
+    pub sources: Vec<Arc<Domains>>,
     /// One entry per list file.
     pub lists: Vec<ListStats>,
+}
+
+impl Category {
+    /// A category of exactly `domains` (no list files).
+    pub fn with_domains(name: &str, domains: Domains) -> Self {
+        Self {
+            name: name.to_string(),
+            sources: vec![Arc::new(domains)],
+            lists: Vec::new(),
+        }
+    }
+
+    /// Whether some source blocks `domain`.
+    pub fn blocks(&self, domain: &str) -> bool {
+        self.sources.iter().any(|s| s.block.contains(domain))
+    }
+
+    /// Whether some source excepts `domain` (`@@||domain^`).
+    pub fn allows(&self, domain: &str) -> bool {
+        self.sources.iter().any(|s| s.allow.contains(domain))
+    }
+
+    /// Distinct domains blocked, and distinct exceptions.
+    pub fn counts(&self) -> (usize, usize) {
+        let distinct = |pick: fn(&Domains) -> &BTreeSet<String>| match self.sources.as_slice() {
+            [one] => pick(one).len(),
+            many => many
+                .iter()
+                .flat_map(|s| pick(s).iter())
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+        };
+        (distinct(|d| &d.block), distinct(|d| &d.allow))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1095,14 +1198,15 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         }
         let mut cat = Category {
             name: name.clone(),
-            domains: Domains::default(),
+            sources: Vec::new(),
             lists: Vec::new(),
         };
         for list in &c.lists {
             let path = base.join(list.get_ref());
             files.push(path.clone());
-            match lists::read(&path, &mut cat.domains) {
-                Ok(stats) => {
+            match lists::read_shared(&path) {
+                Ok((domains, stats)) => {
+                    cat.sources.push(domains);
                     if stats.invalid > 0 {
                         tracing::warn!(list = %path.display(), invalid = stats.invalid, examples = ?stats.invalid_examples, "list lines that are not domain names were skipped");
                     }
@@ -1114,10 +1218,11 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                 )),
             }
         }
+        let mut inline = Domains::default();
         for d in &c.domains {
             match lists::normalised(d.get_ref()) {
                 Ok(n) => {
-                    cat.domains.block.insert(n);
+                    inline.block.insert(n);
                 }
                 Err(why) => errors.push(loc.at(
                     d,
@@ -1127,6 +1232,9 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
                     ),
                 )),
             }
+        }
+        if !c.domains.is_empty() {
+            cat.sources.push(Arc::new(inline));
         }
         if c.lists.is_empty() && c.domains.is_empty() {
             errors.push(loc.at(
@@ -1139,7 +1247,7 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     if !categories.iter().any(|c| c.name == DNS_BYPASS_CATEGORY) {
         categories.push(Category {
             name: DNS_BYPASS_CATEGORY.into(),
-            domains: lists::dns_bypass(),
+            sources: vec![lists::dns_bypass()],
             lists: Vec::new(),
         });
     }
@@ -1461,7 +1569,67 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
         }
     }
 
-    if errors.is_empty() {
+    let base = loc.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let state_dir = raw.gateway.state_dir.as_ref().map_or_else(
+        || PathBuf::from(DEFAULT_STATE_DIR),
+        |p| base.join(p.get_ref()),
+    );
+    let listen = match &raw.api.listen {
+        None => DEFAULT_LISTEN.parse().ok(),
+        Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(loc.at(
+                    l,
+                    format!(
+                        "api.listen: \"{}\" is not an address and port (expected e.g. {DEFAULT_LISTEN} or [::1]:9477)",
+                        l.get_ref()
+                    ),
+                ));
+                None
+            }
+        },
+    };
+    let mut bounded = |v: &Option<Spanned<i64>>,
+                       key: &str,
+                       range: std::ops::RangeInclusive<i64>,
+                       default: u64|
+     -> u64 {
+        match v {
+            None => default,
+            Some(n) if range.contains(n.get_ref()) => *n.get_ref() as u64,
+            Some(n) => {
+                errors.push(loc.at(
+                    n,
+                    format!(
+                        "history.{key}: {} is out of range (expected {} to {})",
+                        n.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                default
+            }
+        }
+    };
+    let history = History {
+        enabled: raw.history.enabled.unwrap_or(true),
+        retention_days: bounded(
+            &raw.history.retention_days,
+            "retention_days",
+            1..=3650,
+            u64::from(DEFAULT_RETENTION_DAYS),
+        ) as u32,
+        max_rows: bounded(
+            &raw.history.max_rows,
+            "max_rows",
+            1000..=1_000_000_000,
+            DEFAULT_MAX_ROWS,
+        ),
+        pseudonymize: raw.history.pseudonymize.unwrap_or(false),
+    };
+
+    if let (true, Some(listen)) = (errors.is_empty(), listen) {
         Ok(Config {
             source: loc.file.clone(),
             mode: raw.gateway.mode,
@@ -1482,6 +1650,12 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
             files,
             unknown_policy,
             devices,
+            state_dir,
+            api: Api {
+                listen,
+                device_labels: raw.api.device_labels.unwrap_or_default(),
+            },
+            history,
         })
     } else {
         Err(ConfigErrors(errors))
@@ -1689,7 +1863,7 @@ suspended = true
             ),
             (
                 "[gateway]\nfoo = 1\n",
-                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`, `timezone`",
+                "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`, `timezone`, `state_dir`",
             ),
             (
                 "[[policy]]\nname = \"a\"\nlog = \"some\"\n",

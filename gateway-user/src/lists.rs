@@ -1,7 +1,12 @@
 //! Category contents: list files (hosts, plain domains, adblock; the format detected per file)
 //! and inline domains, normalised and de-duplicated, with counts of what was skipped.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeSet, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, Weak},
+};
 
 use gateway_common::{
     domain::{MAX_NAME, normalise},
@@ -93,22 +98,98 @@ pub fn read(path: &Path, into: &mut Domains) -> std::io::Result<ListStats> {
     Ok(stats)
 }
 
+/// What identifies one version of a file without reading it: a file rewritten in place or
+/// replaced (the usual `mv new old` of a list updater) changes at least one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileVersion {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+struct Parsed {
+    version: FileVersion,
+    /// Weak: the entry lives as long as some configuration holds the list, no longer.
+    domains: Weak<Domains>,
+    stats: ListStats,
+}
+
+/// List files read by this process, by path.
+static READ: Mutex<Option<HashMap<PathBuf, Parsed>>> = Mutex::new(None);
+
+/// Reads the list file at `path`, or returns what an earlier read of the same version of the
+/// file gave, shared: a reload whose list files did not change does not parse them again, and
+/// `apply` sees by pointer that their domains are the same.
+pub fn read_shared(path: &Path) -> std::io::Result<(Arc<Domains>, ListStats)> {
+    let version = FileVersion::of(path)?;
+    {
+        let read = READ
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = read.as_ref().and_then(|r| r.get(path))
+            && p.version == version
+            && let Some(d) = p.domains.upgrade()
+        {
+            return Ok((d, p.stats.clone()));
+        }
+    }
+    // Read after the version was taken: a write in between gives a newer version next time,
+    // so the file is read again then, never skipped.
+    let mut d = Domains::default();
+    let stats = read(path, &mut d)?;
+    let d = Arc::new(d);
+    let mut read = READ
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = read.get_or_insert_with(HashMap::new);
+    map.retain(|_, p| p.domains.strong_count() > 0);
+    map.insert(
+        path.to_path_buf(),
+        Parsed {
+            version,
+            domains: Arc::downgrade(&d),
+            stats: stats.clone(),
+        },
+    );
+    Ok((d, stats))
+}
+
 /// The built-in `dns-bypass` category: DNS-over-HTTPS endpoints of public resolvers, so a
 /// browser cannot resolve names around the filter. (Written for this project from the
 /// resolvers' own documentation; extend it with a list file in the configuration.)
 pub const DNS_BYPASS: &str = include_str!("dns-bypass.domains");
 
-/// The contents of the built-in `dns-bypass` category.
-pub fn dns_bypass() -> Domains {
-    let mut d = Domains::default();
-    for line in DNS_BYPASS.lines() {
-        if let Line::Block(name) = lists::parse(line, Format::Domains)
-            && let Ok(n) = normalised(name)
-        {
-            d.block.insert(n);
-        }
-    }
-    d
+/// The contents of the built-in `dns-bypass` category (parsed once per process, shared).
+pub fn dns_bypass() -> Arc<Domains> {
+    static PARSED: std::sync::OnceLock<Arc<Domains>> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            let mut d = Domains::default();
+            for line in DNS_BYPASS.lines() {
+                if let Line::Block(name) = lists::parse(line, Format::Domains)
+                    && let Ok(n) = normalised(name)
+                {
+                    d.block.insert(n);
+                }
+            }
+            Arc::new(d)
+        })
+        .clone()
 }
 
 #[cfg(test)]
@@ -173,6 +254,35 @@ mod tests {
         );
         assert!(d.block.contains("ads.example.com") && d.allow.contains("ok.ads.example.com"));
         assert_eq!(s.invalid_examples[0].0, 5);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_list_file_is_parsed_again_only_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("gw-lists-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("l.domains");
+        std::fs::write(&f, "a.example\nb.example\n").expect("write");
+        let (first, _) = read_shared(&f).expect("read");
+        let (again, stats) = read_shared(&f).expect("read");
+        assert!(Arc::ptr_eq(&first, &again), "unchanged file parsed again");
+        assert_eq!(stats.block, 2);
+        // Same length, new content: a new version all the same.
+        std::fs::write(&f, "a.example\nc.example\n").expect("write");
+        let (changed, _) = read_shared(&f).expect("read");
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert!(changed.block.contains("c.example") && !changed.block.contains("b.example"));
+        // Replaced by rename, as list updaters do.
+        let tmp = dir.join("l.tmp");
+        std::fs::write(&tmp, "d.example\n").expect("write");
+        std::fs::rename(&tmp, &f).expect("rename");
+        let (renamed, _) = read_shared(&f).expect("read");
+        assert_eq!(renamed.block.len(), 1);
+        // Nobody holds it any more: the entry goes, and the next read parses the file.
+        let weak = Arc::downgrade(&renamed);
+        drop((first, again, changed, renamed));
+        assert!(weak.upgrade().is_none());
+        assert_eq!(read_shared(&f).expect("read").0.block.len(), 1);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

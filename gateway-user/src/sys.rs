@@ -1,5 +1,5 @@
 //! The few system interfaces aya does not wrap: bpffs mounting, forced link detach, interface
-//! link types.
+//! link types, waiting out running XDP programs.
 
 use std::{
     ffi::CString,
@@ -179,5 +179,31 @@ pub fn detect_link(name: &str) -> anyhow::Result<LinkType> {
         bail!(
             "interface {name} has link type ARPHRD {arphrd}, which the filter does not parse; set link = \"ethernet\" or \"raw-ip\" if you know better"
         )
+    }
+}
+
+/// Waits until every XDP program run that started before the call has finished.
+///
+/// XDP programs run inside RCU read-side critical sections (NAPI polls with bottom halves off;
+/// `BPF_PROG_TEST_RUN` under `rcu_read_lock`), so an RCU grace period covers them all.
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is the system call that waits for one
+/// (`synchronize_rcu`), typically 10 to 20 ms. On kernels where it is unavailable (nohz_full),
+/// sleeps for `fallback` instead.
+pub fn wait_for_running_programs(fallback: std::time::Duration) {
+    // SAFETY: membarrier takes no pointers; the command and flags are plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            libc::MEMBARRIER_CMD_GLOBAL,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "membarrier unavailable; sleeping out the grace period"
+        );
+        std::thread::sleep(fallback);
     }
 }
