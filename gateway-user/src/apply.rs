@@ -70,6 +70,13 @@ pub struct ApplyCache {
     domain_image: Vec<DomainBucket>,
 }
 
+impl ApplyCache {
+    /// Domains in the domain table.
+    pub fn domains(&self) -> usize {
+        self.rules.domains.len()
+    }
+}
+
 /// The domain table `image` (as built for the previous rules), changed in place for the domains
 /// in `changed`: removed ones deleted, new and changed ones inserted. Returns the buckets
 /// written, or `None` when that cannot be done in place (another seed or size, a fingerprint

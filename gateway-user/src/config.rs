@@ -2224,6 +2224,59 @@ policy = "students"
     }
 
     #[test]
+    fn api_and_history_settings() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.api.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.api.device_labels, DeviceLabels::Pseudonym);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            (
+                c.history.enabled,
+                c.history.retention_days,
+                c.history.max_rows,
+                c.history.pseudonymize
+            ),
+            (true, DEFAULT_RETENTION_DAYS, DEFAULT_MAX_ROWS, false)
+        );
+        let c = parse("[gateway]\nstate_dir = \"state\"\n[api]\nlisten = \"[::1]:9000\"\ndevice_labels = \"name\"\n[history]\nretention_days = 7\nmax_rows = 5000\npseudonymize = true\n").expect("valid");
+        assert_eq!(c.state_dir, PathBuf::from("state"));
+        assert_eq!(c.api.listen.to_string(), "[::1]:9000");
+        assert_eq!(c.api.device_labels, DeviceLabels::Name);
+        assert_eq!(
+            (
+                c.history.retention_days,
+                c.history.max_rows,
+                c.history.pseudonymize
+            ),
+            (7, 5000, true)
+        );
+        for (text, want) in [
+            (
+                "[api]\nlisten = \"localhost\"\n",
+                "t.toml:2:10: api.listen: \"localhost\" is not an address and port (expected e.g. 127.0.0.1:9477 or [::1]:9477)",
+            ),
+            (
+                "[api]\ndevice_labels = \"mac\"\n",
+                "t.toml:2:17: unknown variant `mac`, expected one of `pseudonym`, `name`, `none`",
+            ),
+            (
+                "[history]\nretention_days = 0\n",
+                "t.toml:2:18: history.retention_days: 0 is out of range (expected 1 to 3650)",
+            ),
+            (
+                "[history]\nmax_rows = 10\n",
+                "t.toml:2:12: history.max_rows: 10 is out of range (expected 1000 to 1000000000)",
+            ),
+            (
+                "[history]\npseudonymise = true\n",
+                "t.toml:2:1: unknown field `pseudonymise`, expected one of `enabled`, `retention_days`, `max_rows`, `pseudonymize`",
+            ),
+        ] {
+            assert_eq!(first_error(text), want, "{text}");
+        }
+    }
+
+    #[test]
     fn all_errors_are_reported() {
         let e = parse(
             "[[policy]]\nname = \"a\"\n[[device]]\nname = \"d\"\nip = \"x\"\npolicy = \"b\"\n",

@@ -8,6 +8,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -16,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    apply,
+    api, apply,
     attach::{self, Running},
     config::{Config, Interface, LinkSetting},
+    history::{self, Keep, Names, Pseudonym, Recorder, Store},
+    kernel::Maps,
+    metrics,
     notify::notify,
 };
 
@@ -98,6 +102,84 @@ struct State {
     effective: Vec<usize>,
     status: ReloadStatus,
     status_path: PathBuf,
+    /// What the history recorder and the HTTP handlers read; replaced by `publish`.
+    names: Arc<RwLock<Names>>,
+    keep: Arc<RwLock<Keep>>,
+    shared: Option<Arc<api::Shared>>,
+    pseudonym: Option<Pseudonym>,
+    recorder_stats: Option<Arc<history::RecorderStats>>,
+}
+
+impl State {
+    /// Hands the current configuration, slots and status to the recorder and the HTTP
+    /// handlers.
+    fn publish(&self, running: &Running) {
+        let config = &self.config;
+        let names = Names {
+            slots: running
+                .applied
+                .slots
+                .iter()
+                .map(|(n, s)| (*s, n.clone()))
+                .collect(),
+            policies: config.policies.iter().map(|p| p.name.clone()).collect(),
+            categories: config.categories.iter().map(|c| c.name.clone()).collect(),
+            pseudonym: config
+                .history
+                .pseudonymize
+                .then(|| self.pseudonym.clone())
+                .flatten(),
+        };
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+        *self.keep.write().unwrap_or_else(|e| e.into_inner()) = keep(config);
+        if let Some(shared) = &self.shared {
+            let info = metrics::Info {
+                config: Arc::new(config.clone()),
+                status: self.status.clone(),
+                domains: running.maps.apply_cache.as_ref().map_or(0, |c| c.domains()),
+                recorder: self.recorder_stats.clone(),
+                pseudonym: self.pseudonym.clone(),
+            };
+            *shared.info.write().unwrap_or_else(|e| e.into_inner()) = info;
+        }
+    }
+}
+
+fn keep(config: &Config) -> Keep {
+    Keep {
+        enabled: config.history.enabled,
+        retention_days: config.history.retention_days,
+        max_rows: config.history.max_rows,
+    }
+}
+
+/// The pseudonymisation key and the history store of `config`; each is `None` (and the reason
+/// logged) if it cannot be had: the filter runs without them.
+fn open_state(config: &Config) -> (Option<Pseudonym>, Option<Store>) {
+    let dir = &config.state_dir;
+    let pseudonym = match Pseudonym::load_or_create(dir) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(state_dir = %dir.display(), error = %format!("{e:#}"), "no pseudonymisation key: device labels in /metrics are left out, and with pseudonymize = true no history is stored");
+            None
+        }
+    };
+    // Pseudonymised history without a key would store names: none at all then.
+    let store = if !config.history.enabled || (config.history.pseudonymize && pseudonym.is_none()) {
+        None
+    } else {
+        match Store::open(dir) {
+            Ok(s) => {
+                tracing::info!(database = %s.path().display(), "decision history");
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(state_dir = %dir.display(), error = %format!("{e:#}"), "no decision history (the filter runs on)");
+                None
+            }
+        }
+    };
+    (pseudonym, store)
 }
 
 fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -116,14 +198,58 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(RUNTIME_DIR)
         .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
+    let (pseudonym, store) = open_state(&config);
     let mut state = State {
         mtimes: mtimes(&config.files),
         effective: config.effective_policies(jiff::Timestamp::now()),
         status: ReloadStatus::default(),
         status_path: runtime_file(&running.pins.root, "status"),
+        names: Arc::default(),
+        keep: Arc::new(RwLock::new(keep(&config))),
+        shared: None,
+        pseudonym,
+        recorder_stats: None,
         config,
     };
     state.status.write(&state.status_path);
+    // The recorder and the HTTP handlers get map handles of their own.
+    let recorder = match running.maps.take_events() {
+        Ok(ring) => {
+            let r = Recorder::start(ring, store, state.names.clone(), state.keep.clone());
+            state.recorder_stats = Some(r.stats.clone());
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot open the event ring: no decision history");
+            None
+        }
+    };
+    match Maps::from_pins(&running.pins.maps()) {
+        Ok(m) => {
+            let shared = Arc::new(api::Shared {
+                maps: Mutex::new(m),
+                info: RwLock::new(metrics::Info {
+                    config: Arc::new(state.config.clone()),
+                    status: state.status.clone(),
+                    domains: 0,
+                    recorder: state.recorder_stats.clone(),
+                    pseudonym: state.pseudonym.clone(),
+                }),
+            });
+            let listen = state.config.api.listen;
+            tokio::spawn({
+                let shared = shared.clone();
+                async move {
+                    if let Err(e) = api::serve(listen, shared).await {
+                        tracing::error!(error = %format!("{e:#}"), "HTTP listener failed: no /metrics (the filter runs on)");
+                    }
+                }
+            });
+            state.shared = Some(shared);
+        }
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot open the maps for /metrics"),
+    }
+    state.publish(&running);
     let config = &state.config;
     for a in &running.attachments {
         tracing::info!(iface = %a.iface, mode = a.mode.label(), link = a.link.label(), adopted = a.adopted, "filtering");
@@ -145,37 +271,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Decision events: the kernel does not wake us per event (too costly under load); they are
-    // drained every 200 ms, and when the kernel signals a half-full ring.
-    let mut drain = tokio::time::interval(Duration::from_millis(200));
-    let events_fd = {
-        use std::os::fd::AsFd as _;
-        let fd = running
-            .maps
-            .events
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating the event ring's fd")?;
-        // SAFETY: the AsyncFd owns this duplicate, which stays open and unchanged until dropped.
-        unsafe { tokio::io::unix::AsyncFd::register(fd) }
-            .map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?
-    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&opts, &mut running, &mut state, "signal"),
-            ready = events_fd.readable() => {
-                if let Ok(mut guard) = ready {
-                    log_events(&mut running);
-                    guard.clear_ready();
-                }
-            }
-            _ = drain.tick() => log_events(&mut running),
             _ = tick.tick() => {
                 if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
                     tracing::info!("the filter was detached (gateway detach); exiting");
                     let _ = std::fs::remove_file(&pid_path);
+                    if let Some(r) = recorder {
+                        r.stop();
+                    }
                     return Ok(());
                 }
                 let now = mtimes(&state.config.files);
@@ -190,32 +297,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&pid_path);
     notify("STOPPING=1");
+    if let Some(r) = recorder {
+        r.stop();
+    }
     tracing::info!("exiting; the filter stays attached and enforcing (gateway detach removes it)");
     Ok(())
-}
-
-/// Logs the decision events waiting in the ring (debug level; the history store is next).
-fn log_events(running: &mut Running) {
-    let names: std::collections::HashMap<u32, &str> = running
-        .applied
-        .slots
-        .iter()
-        .map(|(n, s)| (*s, n.as_str()))
-        .collect();
-    for ev in running.maps.drain_events() {
-        tracing::debug!(
-            device = names.get(&ev.slot).copied().unwrap_or("(unknown)"),
-            policy = ev.policy,
-            name = ev.name(),
-            qtype = ev.qtype,
-            action = gateway_common::enums::Action::from_u32(ev.action.into())
-                .map_or("?", |a| a.label()),
-            reason = gateway_common::enums::Reason::from_u32(ev.reason.into())
-                .map_or("?", |r| r.label()),
-            category = ev.category,
-            "decision"
-        );
-    }
 }
 
 /// Applies a new generation when a schedule window opens or closes.
@@ -241,6 +327,7 @@ fn follow_schedule(running: &mut Running, state: &mut State) {
             state.effective = effective;
             state.status.schedule_switches += 1;
             state.status.write(&state.status_path);
+            state.publish(running);
         }
         Err(e) => tracing::error!(error = %format!("{e:#}"), "schedule switch failed; retrying"),
     }
@@ -267,6 +354,7 @@ fn reload(opts: &RunOptions, running: &mut Running, state: &mut State, trigger: 
         }
     }
     state.status.write(&state.status_path);
+    state.publish(running);
     notify("READY=1");
 }
 
@@ -285,6 +373,11 @@ fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> an
     }
     if config.bpffs != running.pins.root {
         tracing::warn!("bpffs changes take effect at the next start");
+    }
+    if config.api.listen != state.config.api.listen || config.state_dir != state.config.state_dir {
+        tracing::warn!(
+            "[api] listen and [gateway] state_dir changes take effect at the next start"
+        );
     }
     let now = jiff::Timestamp::now();
     let a = apply::apply_at(&mut running.maps, &config, now).context("writing the maps")?;

@@ -182,7 +182,8 @@ pub struct Maps {
     pub device_names: Array<MapData, DeviceName>,
     pub ifaces: Array<MapData, IfaceInfo>,
     /// Decision events from the kernel.
-    pub events: RingBuf<MapData>,
+    /// (`None` once taken by `take_events`, for a reader of its own.)
+    pub events: Option<RingBuf<MapData>>,
     /// `block_port_key` -> 1.
     pub block_ports: aya::maps::HashMap<MapData, u32, u8>,
     /// What the last apply built (see `apply::ApplyCache`).
@@ -220,17 +221,28 @@ impl Maps {
             global: PerCpuArray::try_from(take(names::GLOBAL_COUNTERS)?)?,
             device_names: Array::try_from(take(names::DEVICE_NAMES)?)?,
             ifaces: Array::try_from(take(names::IFACES)?)?,
-            events: RingBuf::try_from(take(names::EVENTS)?)?,
+            events: Some(RingBuf::try_from(take(names::EVENTS)?)?),
             block_ports: aya::maps::HashMap::try_from(take(names::BLOCK_PORTS)?)?,
             flows: aya::maps::HashMap::try_from(take(names::FLOWS)?)?,
             apply_cache: None,
         })
     }
 
+    /// The event ring, for a consumer of its own (the history recorder); `drain_events` then
+    /// finds nothing.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        self.events
+            .take()
+            .context("the event ring was taken already")
+    }
+
     /// Takes every decision event waiting in the ring.
     pub fn drain_events(&mut self) -> Vec<gateway_common::maps::DecisionEvent> {
         let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
+        let Some(events) = self.events.as_mut() else {
+            return out;
+        };
+        while let Some(item) = events.next() {
             if item.len() >= size_of::<gateway_common::maps::DecisionEvent>() {
                 // SAFETY: the kernel wrote a DecisionEvent (a Pod) at the start of the item.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });

@@ -5,16 +5,20 @@
 //! `kernel` (objects, maps) -> `attach` (interfaces, pins); `stats` reads counters; `capture`,
 //! `testrun` and `replay` run captures through the real program; `bench` measures it.
 
+pub mod api;
 pub mod apply;
 pub mod attach;
+pub mod batch;
 pub mod bench;
 pub mod capture;
 pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod frames;
+pub mod history;
 pub mod kernel;
 pub mod lists;
+pub mod metrics;
 pub mod mmap;
 pub mod notify;
 pub mod replay;
@@ -25,7 +29,7 @@ pub mod testrun;
 
 /// An error caused by what the user gave us (exit code 2), as opposed to a runtime failure
 /// (exit code 1).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
 

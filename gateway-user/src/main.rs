@@ -7,7 +7,7 @@ use gateway_user::{
     attach,
     config::Config,
     daemon::{self, RunOptions},
-    is_bad_input,
+    history, is_bad_input,
     kernel::Maps,
     replay, stats,
 };
@@ -74,6 +74,52 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Query the decision history (most recent first).
+    Log {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only this device (repeatable).
+        #[arg(long)]
+        device: Vec<String>,
+        /// Only this action: allow, block or monitor.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this name and the names under it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this protocol: dns, tls, quic, port or suspended.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// From this time: RFC 3339 (2026-11-26T08:00:00Z) or an age (15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many rows (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every history row of a device (right to deletion); print how many.
+    Forget {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a device's history as JSON (right of access).
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Run a pcap/pcapng capture through the real kernel program and print each decision.
     Replay {
@@ -178,6 +224,93 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&snap)?);
             } else {
                 print!("{}", stats::render(&snap));
+            }
+            Ok(())
+        }
+        Command::Log {
+            config,
+            device,
+            action,
+            name,
+            protocol,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            use gateway_common::enums::{Action, Proto};
+            let config = Config::resolve(config.as_deref())?;
+            let now = jiff::Timestamp::now();
+            if let Some(a) = &action {
+                let labels: Vec<&str> = Action::ALL.iter().map(|a| a.label()).collect();
+                history::check_label("--action", a, &labels)?;
+            }
+            if let Some(p) = &protocol {
+                let labels: Vec<&str> = Proto::ALL.iter().map(|p| p.label()).collect();
+                history::check_label("--protocol", p, &labels)?;
+            }
+            let mut devices = Vec::new();
+            for d in &device {
+                devices.extend(history::device_keys(&config.state_dir, d)?);
+            }
+            let filter = history::Filter {
+                devices,
+                action,
+                name_suffix: name,
+                protocol,
+                since_ms: since.map(|t| history::parse_time(&t, now)).transpose()?,
+                until_ms: until.map(|t| history::parse_time(&t, now)).transpose()?,
+                limit: (limit > 0).then_some(limit),
+            };
+            let rows = history::Store::open_existing(&config.state_dir)?.query(&filter)?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            if json {
+                for r in &rows {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                write!(out, "{}", history::render(&rows, &config.timezone))?;
+            }
+            Ok(())
+        }
+        Command::Forget {
+            config,
+            device,
+            json,
+        } => {
+            let config = Config::resolve(config.as_deref())?;
+            let keys = history::device_keys(&config.state_dir, &device)?;
+            let n = history::Store::open_existing(&config.state_dir)?.forget(&keys)?;
+            if json {
+                println!("{}", serde_json::json!({ "device": device, "deleted": n }));
+            } else {
+                println!("deleted {n} decision(s) of {device} from the history");
+            }
+            Ok(())
+        }
+        Command::Export {
+            config,
+            device,
+            output,
+        } => {
+            let config = Config::resolve(config.as_deref())?;
+            let keys = history::device_keys(&config.state_dir, &device)?;
+            let rows =
+                history::Store::open_existing(&config.state_dir)?.query(&history::Filter {
+                    devices: keys,
+                    ..history::Filter::default()
+                })?;
+            let doc = serde_json::json!({
+                "device": device,
+                "exported_at": jiff::Timestamp::now().to_string(),
+                "decisions": rows,
+            });
+            let text = serde_json::to_string_pretty(&doc)?;
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{text}"),
             }
             Ok(())
         }

@@ -1,14 +1,20 @@
 //! Reading the kernel counters. Per-CPU values are summed here and nowhere else.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
 
-use aya::maps::PerCpuValues;
+use aya::maps::{IterableMap as _, PerCpuValues};
 use gateway_common::{
     enums::{
         Action, AttachMode, GLOBAL_SLOTS, Global, LinkType, Proto, REASON_SLOTS, Reason, Verdict,
         stats_index,
     },
-    maps::{Counter, DeviceTraffic, IfaceInfo, MAX_IFACES, NO_CATEGORY, UNKNOWN_SLOT},
+    maps::{
+        Counter, DecisionKey, DeviceName, DeviceTraffic, IfaceInfo, MAX_IFACES, NO_CATEGORY,
+        UNKNOWN_SLOT,
+    },
 };
 use serde::Serialize;
 
@@ -29,6 +35,13 @@ impl Summable for Counter {
     fn add(&mut self, o: &Self) {
         self.packets = self.packets.wrapping_add(o.packets);
         self.bytes = self.bytes.wrapping_add(o.bytes);
+    }
+}
+
+/// Not per-CPU; read through the same batch path (never actually summed).
+impl Summable for DeviceName {
+    fn add(&mut self, other: &Self) {
+        *self = *other;
     }
 }
 
@@ -106,6 +119,8 @@ pub struct Snapshot {
     pub global: BTreeMap<&'static str, u64>,
     /// TLS flows with state now (a ClientHello in progress, or blocked).
     pub tls_flows: u64,
+    /// Keys in the per-device decision map (its fill).
+    pub decision_keys: usize,
     pub interfaces: Vec<InterfaceRow>,
 }
 
@@ -124,6 +139,47 @@ impl Snapshot {
     }
 }
 
+/// Every element of an array map (index, value; per-CPU values summed), in a few system calls;
+/// `None` where the kernel cannot batch (read element by element instead).
+fn batch_read<V: Summable>(
+    map: &aya::maps::MapData,
+    per_cpu: bool,
+) -> anyhow::Result<Option<Vec<(u32, V)>>> {
+    batch_read_keyed::<u32, V>(map, per_cpu)
+}
+
+/// As `batch_read`, for any key type.
+fn batch_read_keyed<K: aya::Pod, V: Summable>(
+    map: &aya::maps::MapData,
+    per_cpu: bool,
+) -> anyhow::Result<Option<Vec<(K, V)>>> {
+    use std::os::fd::AsFd as _;
+    let value_size = if per_cpu {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))?;
+        size_of::<V>().div_ceil(8) * 8 * cpus
+    } else {
+        size_of::<V>()
+    };
+    let Some(raw) = crate::batch::lookup_all(map.fd().as_fd(), size_of::<K>(), value_size)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        raw.into_iter()
+            .map(|(k, v)| {
+                // SAFETY: the kernel wrote a key of the map's key size, a Pod.
+                let key: K = unsafe { std::ptr::read_unaligned(k.as_ptr().cast()) };
+                let value = if per_cpu {
+                    crate::batch::per_cpu(&v, |t: &mut V, x: &V| t.add(x))
+                } else {
+                    // SAFETY: as above, for the value.
+                    unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) }
+                };
+                (key, value)
+            })
+            .collect(),
+    ))
+}
+
 /// Name shown for slot 0.
 pub const UNKNOWN_DEVICE: &str = "(unknown)";
 
@@ -134,12 +190,18 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         ..Snapshot::default()
     };
 
+    let counters: Option<HashMap<u32, Counter>> =
+        batch_read::<Counter>(maps.stats.map(), true)?.map(|all| all.into_iter().collect());
     for reason_id in 0..REASON_SLOTS {
         let Some(reason) = Reason::from_u32(reason_id) else {
             continue;
         };
         for verdict in Verdict::ALL {
-            let c = sum(&maps.stats.get(&stats_index(reason, *verdict), 0)?);
+            let index = stats_index(reason, *verdict);
+            let c = match &counters {
+                Some(all) => all.get(&index).copied().unwrap_or_default(),
+                None => sum(&maps.stats.get(&index, 0)?),
+            };
             if c.packets == 0 {
                 continue;
             }
@@ -159,10 +221,23 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         }
     }
 
-    let mut names = slot_names(maps)?;
+    let mut names = match batch_read::<DeviceName>(maps.device_names.map(), false)? {
+        Some(all) => all
+            .into_iter()
+            .filter(|(slot, _)| *slot != 0)
+            .filter_map(|(slot, n)| Some((slot, n.as_str()?.to_string())))
+            .collect(),
+        None => slot_names(maps)?,
+    };
     names.insert(UNKNOWN_SLOT, UNKNOWN_DEVICE.to_string());
+    let traffic: Option<HashMap<u32, DeviceTraffic>> =
+        batch_read::<DeviceTraffic>(maps.device_traffic.map(), true)?
+            .map(|all| all.into_iter().collect());
     for (slot, name) in &names {
-        let t = sum(&maps.device_traffic.get(slot, 0)?);
+        let t = match &traffic {
+            Some(all) => all.get(slot).copied().unwrap_or_default(),
+            None => sum(&maps.device_traffic.get(slot, 0)?),
+        };
         s.devices.push(DeviceRow {
             device: name.clone(),
             slot: *slot,
@@ -173,9 +248,17 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         });
     }
 
-    for item in maps.decisions.iter() {
-        let (k, v) = item?;
-        let count = sum(&v);
+    let decisions: Vec<(DecisionKey, u64)> =
+        match batch_read_keyed::<DecisionKey, u64>(maps.decisions.map(), true)? {
+            Some(all) => all,
+            None => maps
+                .decisions
+                .iter()
+                .map(|item| item.map(|(k, v)| (k, sum(&v))))
+                .collect::<Result<_, _>>()?,
+        };
+    for (k, count) in decisions {
+        s.decision_keys += 1;
         let (Some(proto), Some(action), Some(reason)) = (
             Proto::from_u32(k.proto.into()),
             Action::from_u32(k.action.into()),
@@ -203,10 +286,16 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
             .cmp(&(&b.device, b.proto, b.action, b.reason, b.category))
     });
 
+    let globals: Option<HashMap<u32, u64>> =
+        batch_read::<u64>(maps.global.map(), true)?.map(|all| all.into_iter().collect());
     for g in Global::ALL {
-        if (*g as u32) < GLOBAL_SLOTS {
-            s.global
-                .insert(g.label(), sum(&maps.global.get(&(*g as u32), 0)?));
+        let index = *g as u32;
+        if index < GLOBAL_SLOTS {
+            let v = match &globals {
+                Some(all) => all.get(&index).copied().unwrap_or(0),
+                None => sum(&maps.global.get(&index, 0)?),
+            };
+            s.global.insert(g.label(), v);
         }
     }
 

@@ -878,3 +878,63 @@ policy = "private"
         }
     }
 }
+
+/// The counters read in batches (`BPF_MAP_LOOKUP_BATCH`) are the counters read key by key.
+#[test]
+fn batched_counter_reads_equal_key_by_key_reads() {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    let (mut r, _) = runners();
+    for dev in 1..=3u8 {
+        let l2 = L2::Ethernet {
+            src: mac(dev),
+            dst: GW_MAC,
+        };
+        for (i, name) in ["blocked.example", "other.example", "x.blocked.example"]
+            .iter()
+            .enumerate()
+        {
+            for _ in 0..=dev {
+                r.run(&dns_frame(
+                    l2,
+                    V4,
+                    &query(i as u16, name, RecordType::A, false),
+                ))
+                .expect("run");
+            }
+        }
+    }
+    // The kernel batches these maps (the fast path is taken, not the fallback).
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let raw = gateway_user::batch::lookup_all(r.maps.decisions.map().fd().as_fd(), 8, 8 * cpus)
+        .expect("batch")
+        .expect("batch lookups supported");
+    let one_by_one: std::collections::BTreeMap<_, u64> = r
+        .maps
+        .decisions
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.expect("entry");
+            (
+                (k.slot, k.proto, k.action, k.reason, k.category),
+                v.iter().sum(),
+            )
+        })
+        .collect();
+    assert_eq!(raw.len(), one_by_one.len());
+    assert!(one_by_one.len() >= 3, "{one_by_one:?}");
+    let snap = gateway_user::stats::snapshot(&r.maps).expect("snapshot");
+    assert_eq!(snap.decision_keys, one_by_one.len());
+    let total: u64 = snap.decisions.iter().map(|d| d.count).sum();
+    assert_eq!(total, one_by_one.values().sum::<u64>());
+    assert_eq!(total, 2 * 3 + 3 * 3 + 4 * 3, "one decision per query");
+    for d in &snap.devices {
+        let (_, slot) = (d.device.as_str(), d.slot);
+        let t: gateway_common::maps::DeviceTraffic =
+            gateway_user::stats::sum(&r.maps.device_traffic.get(&slot, 0).expect("traffic"));
+        assert_eq!((d.packets, d.bytes), (t.packets, t.bytes), "{}", d.device);
+    }
+    let per_reason: u64 = snap.reasons.iter().map(|x| x.packets).sum();
+    assert_eq!(per_reason, snap.totals.packets);
+    assert_eq!(snap.totals.packets, 27);
+}

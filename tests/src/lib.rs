@@ -37,7 +37,8 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(what: &str, out: Output) -> anyhow::Result<String> {
+/// The standard output of `what`, which must have succeeded.
+pub fn check(what: &str, out: Output) -> anyhow::Result<String> {
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}{}",
@@ -517,32 +518,31 @@ pub fn gateway_bin() -> PathBuf {
     }
 }
 
-/// A bpffs directory for one test, removed (with `gateway detach`) on drop.
+/// A bpffs directory and a state directory for one test, removed (with `gateway detach`) on
+/// drop.
 pub struct Pins {
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// `[gateway] state_dir`: the history database and the pseudonymisation key.
+    pub state_dir: PathBuf,
     /// The `gateway` binary used for this directory (`gateway_bin()` unless replaced).
     pub bin: PathBuf,
 }
 
 impl Pins {
-    /// A unique pin directory and a configuration file that uses it. `body` is the rest of
-    /// the configuration; `[gateway]` with `bpffs` is prepended.
+    /// A unique pin directory, state directory and a configuration file that uses them.
+    /// `body` is the rest of the configuration; `[gateway]` with `bpffs` and `state_dir` is
+    /// prepended.
     pub fn with_config(gateway_section: &str, body: &str) -> anyhow::Result<Self> {
-        let dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest"));
-        let config = std::env::temp_dir().join(format!("{}.toml", unique("gwtest")));
-        fs::write(
-            &config,
-            format!(
-                "[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}",
-                dir.display()
-            ),
-        )?;
-        Ok(Self {
-            dir,
-            config,
+        let name = unique("gwtest");
+        let pins = Self {
+            dir: PathBuf::from("/sys/fs/bpf").join(&name),
+            config: std::env::temp_dir().join(format!("{name}.toml")),
+            state_dir: std::env::temp_dir().join(format!("{name}-state")),
             bin: gateway_bin(),
-        })
+        };
+        pins.rewrite(gateway_section, body)?;
+        Ok(pins)
     }
 
     /// Rewrites the configuration (for reloads).
@@ -550,8 +550,9 @@ impl Pins {
         fs::write(
             &self.config,
             format!(
-                "[gateway]\nbpffs = \"{}\"\n{gateway_section}\n{body}",
-                self.dir.display()
+                "[gateway]\nbpffs = \"{}\"\nstate_dir = \"{}\"\n{gateway_section}\n{body}",
+                self.dir.display(),
+                self.state_dir.display()
             ),
         )?;
         Ok(())
@@ -594,6 +595,7 @@ impl Drop for Pins {
             let _ = self.gateway("detach", &[]);
         }
         let _ = fs::remove_file(&self.config);
+        let _ = fs::remove_dir_all(&self.state_dir);
     }
 }
 

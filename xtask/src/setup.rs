@@ -35,6 +35,7 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",      // a real browser's two-segment ClientHello
     "dnsperf",       // the DNS benchmark's load
     "unbound",       // a baseline of the DNS benchmark
+    "prometheus",    // promtool: checks a live /metrics scrape
 ];
 
 fn quiet(program: &str, args: &[&str]) -> Option<String> {

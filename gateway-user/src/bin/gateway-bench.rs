@@ -23,6 +23,9 @@ struct Args {
     /// Only the data-path table.
     #[arg(long)]
     data_path_only: bool,
+    /// Only the history and metrics table.
+    #[arg(long)]
+    history_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,13 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string(&gateway_user::bench::config(n)?)?
+        );
+        return Ok(());
+    }
+    if args.history_only {
+        print!(
+            "{}",
+            gateway_user::bench::render_history(&gateway_user::bench::history()?)
         );
         return Ok(());
     }
@@ -54,10 +64,11 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|&n| config_in_child(n))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let history = gateway_user::bench::history()?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "config": config })
+            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "config": config, "history": history })
         );
     } else {
         print!(
@@ -78,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", gateway_user::bench::render_tls(&tls));
         println!();
         print!("{}", gateway_user::bench::render_config(&config));
+        println!();
+        print!("{}", gateway_user::bench::render_history(&history));
     }
     Ok(())
 }
