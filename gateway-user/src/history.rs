@@ -487,13 +487,13 @@ impl Recorder {
                                 unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                             let row = names.row(&ev, wall_ms(ev.boot_ns));
                             tracing::debug!(
-                                device = %row.device,
-                                policy = %row.policy,
-                                protocol = %row.protocol,
-                                name = %row.name,
+                                device = row.device.as_str(),
+                                policy = row.policy.as_str(),
+                                protocol = row.protocol.as_str(),
+                                name = row.name.as_str(),
                                 qtype = row.qtype,
-                                action = %row.action,
-                                reason = %row.reason,
+                                action = row.action.as_str(),
+                                reason = row.reason.as_str(),
                                 category = row.category.as_deref().unwrap_or("-"),
                                 "decision"
                             );

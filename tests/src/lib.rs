@@ -618,7 +618,10 @@ impl Daemon {
             .command(&pins.bin)
             .args(["run", "--config"])
             .arg(&pins.config)
-            .env("RUST_LOG", "info,gateway_user::daemon=debug")
+            .env(
+                "RUST_LOG",
+                "info,gateway_user::daemon=debug,gateway_user::history=debug",
+            )
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(file.try_clone()?)
             .stderr(file)
