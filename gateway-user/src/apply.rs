@@ -604,11 +604,8 @@ fn build_images(
 }
 
 fn random_seed() -> anyhow::Result<u64> {
-    use std::io::Read as _;
-    let mut b = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("reading /dev/urandom")?;
+    let b = crate::secret::random_bytes(8)?;
+    let b: [u8; 8] = b.as_slice().try_into().context("8 random bytes")?;
     Ok(u64::from_le_bytes(b) | 1)
 }
 

@@ -110,6 +110,34 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     history: RawHistory,
+    #[serde(default)]
+    lifecycle: RawLifecycle,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    hold_checked_in: Option<bool>,
+    overdue: Option<Overdue>,
+}
+
+/// What happens to a device whose checkout is past due (`[lifecycle] overdue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overdue {
+    /// Shown as overdue (API, `gateway devices`), traffic unchanged.
+    #[default]
+    Flag,
+    /// Suspended until checked in (or the due date moves).
+    Suspend,
+}
+
+/// `[lifecycle]`: checkouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lifecycle {
+    /// A checked-in device stays suspended until it is checked out again or resumed.
+    pub hold_checked_in: bool,
+    pub overdue: Overdue,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +145,7 @@ struct RawConfig {
 struct RawApi {
     listen: Option<Spanned<String>>,
     device_labels: Option<DeviceLabels>,
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +176,8 @@ pub enum DeviceLabels {
 pub struct Api {
     pub listen: std::net::SocketAddr,
     pub device_labels: DeviceLabels,
+    /// The bearer token of `/api/v1/` (created, mode 0600, if missing).
+    pub token_file: PathBuf,
 }
 
 /// `[history]`: the decision history.
@@ -162,6 +193,8 @@ pub struct History {
     pub pseudonymize: bool,
 }
 
+/// The API token file in the state directory unless `[api] token_file` says otherwise.
+pub const DEFAULT_TOKEN_FILE: &str = "api.token";
 /// Where the daemon's HTTP listener is unless `[api] listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 /// Where the history and the pseudonymisation key live unless `[gateway] state_dir` says otherwise.
@@ -389,6 +422,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub api: Api,
     pub history: History,
+    pub lifecycle: Lifecycle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1650,12 +1684,20 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
             files,
             unknown_policy,
             devices,
-            state_dir,
+            state_dir: state_dir.clone(),
             api: Api {
                 listen,
                 device_labels: raw.api.device_labels.unwrap_or_default(),
+                token_file: raw.api.token_file.as_ref().map_or_else(
+                    || state_dir.join(DEFAULT_TOKEN_FILE),
+                    |p| base.join(p.get_ref()),
+                ),
             },
             history,
+            lifecycle: Lifecycle {
+                hold_checked_in: raw.lifecycle.hold_checked_in.unwrap_or(false),
+                overdue: raw.lifecycle.overdue.unwrap_or_default(),
+            },
         })
     } else {
         Err(ConfigErrors(errors))

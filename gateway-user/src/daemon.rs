@@ -20,8 +20,10 @@ use crate::{
     api, apply,
     attach::{self, Running},
     config::{Config, Interface, LinkSetting},
+    control::{CheckoutView, EventView, Reply, Request, views},
     history::{self, Keep, Names, Pseudonym, Recorder, Store},
     kernel::Maps,
+    lifecycle::{self, ControlError},
     metrics,
     notify::notify,
 };
@@ -95,11 +97,19 @@ impl ReloadStatus {
 
 /// The configuration in force and what the daemon watches of it.
 struct State {
+    /// The configuration file as read.
     config: Config,
+    /// The file with the lifecycle (suspensions, moves, checkouts) laid over it: what is
+    /// applied.
+    applied_config: Config,
+    /// Each device's lifecycle status, as last applied.
+    statuses: std::collections::BTreeMap<String, lifecycle::Status>,
+    /// Per device of `applied_config`: the policy in force and whether it is suspended, as
+    /// last applied (a change, by a schedule window or a due date, applies a new generation).
+    applied: Vec<(usize, bool)>,
+    lifecycle: Option<lifecycle::Store>,
     /// Modification times of `config.files` when it was read.
     mtimes: Vec<Option<SystemTime>>,
-    /// The policy in force for each device (schedules), as last applied.
-    effective: Vec<usize>,
     status: ReloadStatus,
     status_path: PathBuf,
     /// What the history recorder and the HTTP handlers read; replaced by `publish`.
@@ -110,11 +120,36 @@ struct State {
     recorder_stats: Option<Arc<history::RecorderStats>>,
 }
 
+/// What decides the kernel state of each device at `now`: its policy in force and suspension.
+fn signature(config: &Config, now: jiff::Timestamp) -> Vec<(usize, bool)> {
+    config
+        .effective_policies(now)
+        .into_iter()
+        .zip(config.devices.iter().map(|d| d.suspended))
+        .collect()
+}
+
+/// `file` with the lifecycle in `store` laid over it at `now`.
+fn lay_over(
+    file: &Config,
+    store: Option<&lifecycle::Store>,
+    now: jiff::Timestamp,
+) -> anyhow::Result<(
+    Config,
+    std::collections::BTreeMap<String, lifecycle::Status>,
+)> {
+    let snap = match store {
+        Some(s) => s.snapshot()?,
+        None => lifecycle::Snapshot::default(),
+    };
+    Ok(lifecycle::effective(file, &snap, now.as_millisecond()))
+}
+
 impl State {
     /// Hands the current configuration, slots and status to the recorder and the HTTP
     /// handlers.
     fn publish(&self, running: &Running) {
-        let config = &self.config;
+        let config = &self.applied_config;
         let names = Names {
             slots: running
                 .applied
@@ -143,6 +178,26 @@ impl State {
             *shared.info.write().unwrap_or_else(|e| e.into_inner()) = info;
         }
     }
+
+    /// Applies the file configuration `file` with the lifecycle laid over it, at `now`; on
+    /// success it becomes the state.
+    fn apply(
+        &mut self,
+        running: &mut Running,
+        file: Config,
+        now: jiff::Timestamp,
+    ) -> anyhow::Result<()> {
+        let (effective, statuses) = lay_over(&file, self.lifecycle.as_ref(), now)?;
+        let a = apply::apply_at(&mut running.maps, &effective, now).context("writing the maps")?;
+        tracing::debug!(generation = a.generation, changes = a.changes, "applied");
+        running.applied = a;
+        self.applied = signature(&effective, now);
+        self.applied_config = effective;
+        self.statuses = statuses;
+        self.config = file;
+        self.publish(running);
+        Ok(())
+    }
 }
 
 fn keep(config: &Config) -> Keep {
@@ -153,9 +208,9 @@ fn keep(config: &Config) -> Keep {
     }
 }
 
-/// The pseudonymisation key and the history store of `config`; each is `None` (and the reason
-/// logged) if it cannot be had: the filter runs without them.
-fn open_state(config: &Config) -> (Option<Pseudonym>, Option<Store>) {
+/// The pseudonymisation key, the history store and the lifecycle store of `config`; each is
+/// `None` (and the reason logged) if it cannot be had: the filter runs without them.
+fn open_state(config: &Config) -> (Option<Pseudonym>, Option<Store>, Option<lifecycle::Store>) {
     let dir = &config.state_dir;
     let pseudonym = match Pseudonym::load_or_create(dir) {
         Ok(p) => Some(p),
@@ -179,7 +234,14 @@ fn open_state(config: &Config) -> (Option<Pseudonym>, Option<Store>) {
             }
         }
     };
-    (pseudonym, store)
+    let lifecycle = match lifecycle::Store::open(dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(state_dir = %dir.display(), error = %format!("{e:#}"), "no lifecycle state: suspensions and checkouts through the API are unavailable");
+            None
+        }
+    };
+    (pseudonym, store, lifecycle)
 }
 
 fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -193,15 +255,22 @@ fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = Config::resolve(opts.config.as_deref())?;
     let ifaces = interfaces(&opts, &config);
-    let mut running = attach::start(&config, &ifaces)?;
+    let (pseudonym, store, lifecycle) = open_state(&config);
+    // The lifecycle is laid over the file before the first apply: a device suspended through
+    // the API stays suspended across a restart, without a moment unsuspended.
+    let now = jiff::Timestamp::now();
+    let (effective, statuses) = lay_over(&config, lifecycle.as_ref(), now)?;
+    let mut running = attach::start(&effective, &ifaces)?;
     let pid_path = runtime_file(&running.pins.root, "pid");
     std::fs::create_dir_all(RUNTIME_DIR)
         .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
-    let (pseudonym, store) = open_state(&config);
     let mut state = State {
         mtimes: mtimes(&config.files),
-        effective: config.effective_policies(jiff::Timestamp::now()),
+        applied: signature(&effective, now),
+        applied_config: effective,
+        statuses,
+        lifecycle,
         status: ReloadStatus::default(),
         status_path: runtime_file(&running.pins.root, "status"),
         names: Arc::default(),
@@ -212,7 +281,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config,
     };
     state.status.write(&state.status_path);
-    // The recorder and the HTTP handlers get map handles of their own.
+    // The recorder owns the event ring; the HTTP handlers get map handles of their own.
     let recorder = match running.maps.take_events() {
         Ok(ring) => {
             let r = Recorder::start(ring, store, state.names.clone(), state.keep.clone());
@@ -224,24 +293,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             None
         }
     };
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<api::Command>(64);
+    let token = match api::load_or_create_token(&state.config.api.token_file) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "no API token: /api/v1/ refuses every request");
+            None
+        }
+    };
     match Maps::from_pins(&running.pins.maps()) {
         Ok(m) => {
             let shared = Arc::new(api::Shared {
                 maps: Mutex::new(m),
                 info: RwLock::new(metrics::Info {
-                    config: Arc::new(state.config.clone()),
+                    config: Arc::new(state.applied_config.clone()),
                     status: state.status.clone(),
                     domains: 0,
                     recorder: state.recorder_stats.clone(),
                     pseudonym: state.pseudonym.clone(),
                 }),
+                token,
+                commands: commands_tx,
             });
             let listen = state.config.api.listen;
             tokio::spawn({
                 let shared = shared.clone();
                 async move {
                     if let Err(e) = api::serve(listen, shared).await {
-                        tracing::error!(error = %format!("{e:#}"), "HTTP listener failed: no /metrics (the filter runs on)");
+                        tracing::error!(error = %format!("{e:#}"), "HTTP listener failed: no /metrics and no API (the filter runs on)");
                     }
                 }
             });
@@ -276,6 +355,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&opts, &mut running, &mut state, "signal"),
+            Some((req, reply)) = commands.recv() => {
+                let answer = control(&mut running, &mut state, req, jiff::Timestamp::now());
+                let _ = reply.send(answer);
+            }
             _ = tick.tick() => {
                 if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
                     tracing::info!("the filter was detached (gateway detach); exiting");
@@ -291,7 +374,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     state.mtimes = now;
                     reload(&opts, &mut running, &mut state, "watch");
                 }
-                follow_schedule(&mut running, &mut state);
+                follow(&mut running, &mut state, jiff::Timestamp::now());
             }
         }
     }
@@ -304,33 +387,135 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies a new generation when a schedule window opens or closes.
-fn follow_schedule(running: &mut Running, state: &mut State) {
-    let now = jiff::Timestamp::now();
-    let effective = state.config.effective_policies(now);
-    if effective == state.effective {
+/// Applies a new generation when a schedule window opens or closes or a checkout falls due.
+fn follow(running: &mut Running, state: &mut State, now: jiff::Timestamp) {
+    if let Some(l) = &state.lifecycle {
+        match l.mark_overdue(now.as_millisecond()) {
+            Ok(devices) => {
+                for d in devices {
+                    tracing::warn!(device = %d, "checkout overdue");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "lifecycle: cannot record overdue checkouts")
+            }
+        }
+    }
+    let wanted = match lay_over(&state.config, state.lifecycle.as_ref(), now) {
+        Ok((effective, _)) => signature(&effective, now),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "lifecycle: cannot read the state");
+            return;
+        }
+    };
+    if wanted == state.applied {
         return;
     }
-    match apply::apply_at(&mut running.maps, &state.config, now) {
-        Ok(a) => {
-            let switched = effective
-                .iter()
-                .zip(&state.effective)
-                .filter(|(a, b)| a != b)
-                .count();
-            tracing::info!(
-                generation = a.generation,
-                devices = switched,
-                "schedule: policies switched"
-            );
-            running.applied = a;
-            state.effective = effective;
+    let switched = wanted
+        .iter()
+        .zip(&state.applied)
+        .filter(|(a, b)| a != b)
+        .count();
+    let file = state.config.clone();
+    match state.apply(running, file, now) {
+        Ok(()) => {
+            tracing::info!(devices = switched, "schedule or due date: devices switched");
             state.status.schedule_switches += 1;
             state.status.write(&state.status_path);
             state.publish(running);
         }
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "schedule switch failed; retrying"),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "switch failed; retrying"),
     }
+}
+
+/// Answers an API request; requests that change a device apply a new generation at once.
+fn control(running: &mut Running, state: &mut State, req: Request, now: jiff::Timestamp) -> Reply {
+    let ms = now.as_millisecond();
+    let view = |state: &State, device: &str| -> Reply {
+        views(&state.config, &state.applied_config, &state.statuses, now)
+            .into_iter()
+            .find(|v| v.name == device)
+            .map(|v| serde_json::json!(v))
+            .ok_or_else(|| ControlError::UnknownDevice(device.to_string()))
+    };
+    let known = |state: &State, device: &str| {
+        if state.config.devices.iter().any(|d| d.name == device) {
+            Ok(())
+        } else {
+            Err(ControlError::UnknownDevice(device.to_string()))
+        }
+    };
+    let store = || {
+        state.lifecycle.as_ref().ok_or_else(|| {
+            ControlError::Internal(anyhow::anyhow!(
+                "no lifecycle state (the state directory {} is unusable; see the daemon's log)",
+                state.config.state_dir.display()
+            ))
+        })
+    };
+    let file = &state.config;
+    let description = format!("{req:?}");
+    let device = match req {
+        Request::Devices => {
+            return Ok(serde_json::json!(views(
+                file,
+                &state.applied_config,
+                &state.statuses,
+                now
+            )));
+        }
+        Request::Device(d) => return view(state, &d),
+        Request::Checkouts { device, open } => {
+            if let Some(d) = &device {
+                known(state, d)?;
+            }
+            let list: Vec<CheckoutView> = store()?
+                .checkouts(device.as_deref(), open)?
+                .iter()
+                .map(CheckoutView::from)
+                .collect();
+            return Ok(serde_json::json!(list));
+        }
+        Request::Events(device) => {
+            known(state, &device)?;
+            let list: Vec<EventView> = store()?
+                .events(&device)?
+                .iter()
+                .map(EventView::from)
+                .collect();
+            return Ok(serde_json::json!(list));
+        }
+        Request::Suspend { device, note } => {
+            store()?.suspend(file, &device, note.as_deref(), ms)?;
+            device
+        }
+        Request::Resume { device, note } => {
+            store()?.resume(file, &device, note.as_deref(), ms)?;
+            device
+        }
+        Request::Move { device, policy } => {
+            store()?.move_to(file, &device, policy.as_deref(), ms)?;
+            device
+        }
+        Request::Checkout {
+            device,
+            borrower,
+            due,
+            policy,
+        } => {
+            let due_ms = lifecycle::parse_due(&due, &file.timezone)?;
+            store()?.checkout(file, &device, &borrower, due_ms, policy.as_deref(), ms)?;
+            device
+        }
+        Request::Checkin { device, note } => {
+            store()?.checkin(file, &device, note.as_deref(), ms)?;
+            device
+        }
+    };
+    let file = state.config.clone();
+    state.apply(running, file, now)?;
+    tracing::info!(device = %device, request = %description, "device changed through the API");
+    view(state, &device)
 }
 
 /// Re-reads the configuration and applies it; keeps the running one if the new one is bad.
@@ -374,17 +559,21 @@ fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> an
     if config.bpffs != running.pins.root {
         tracing::warn!("bpffs changes take effect at the next start");
     }
-    if config.api.listen != state.config.api.listen || config.state_dir != state.config.state_dir {
+    if config.api.listen != state.config.api.listen
+        || config.state_dir != state.config.state_dir
+        || config.api.token_file != state.config.api.token_file
+    {
         tracing::warn!(
-            "[api] listen and [gateway] state_dir changes take effect at the next start"
+            "[api] listen and token_file and [gateway] state_dir changes take effect at the next start"
         );
     }
-    let now = jiff::Timestamp::now();
-    let a = apply::apply_at(&mut running.maps, &config, now).context("writing the maps")?;
-    tracing::info!(generation = a.generation, changes = a.changes, "reloaded");
-    running.applied = a;
-    state.effective = config.effective_policies(now);
-    state.mtimes = mtimes(&config.files);
-    state.config = config;
+    let files = mtimes(&config.files);
+    state.apply(running, config, jiff::Timestamp::now())?;
+    state.mtimes = files;
+    tracing::info!(
+        generation = running.applied.generation,
+        changes = running.applied.changes,
+        "reloaded"
+    );
     Ok(())
 }

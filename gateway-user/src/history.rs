@@ -8,8 +8,7 @@
 //! MAC or other identifier is ever stored.
 
 use std::{
-    io::Read as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
@@ -67,38 +66,17 @@ impl Pseudonym {
     /// read is refused: it would let them reverse the pseudonyms of known device names.
     pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join(KEY_FILE);
-        if !path.exists() {
-            ensure_dir(state_dir)?;
-            let mut key = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut key))
-                .context("reading /dev/urandom")?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            std::io::Write::write_all(&mut f, &key)
-                .with_context(|| format!("writing {}", path.display()))?;
-            return Ok(Self { key });
-        }
-        Self::load(&path)
+        let bytes = crate::secret::load_or_create(&path, || crate::secret::random_bytes(32))?;
+        Self::from_bytes(&path, &bytes)
     }
 
     /// The key at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(BadInput(format!(
-                "{}: mode {:o}, expected 0600 (the key must be readable by its owner only)",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            ))
-            .into());
-        }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        Self::from_bytes(path, &crate::secret::read_private(path)?)
+    }
+
+    fn from_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<Self> {
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
             BadInput(format!(
                 "{}: {} bytes, expected a 32-byte key",
                 path.display(),

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use gateway_user::{
     attach,
     config::Config,
+    control,
     daemon::{self, RunOptions},
     history, is_bad_input,
     kernel::Maps,
@@ -45,10 +46,86 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the devices: identifiers, policy, and the policy in force now (schedules).
+    /// List the devices: identifiers, policy, the policy in force now (schedules, moves,
+    /// checkouts), suspension and checkout. Asks the daemon; without one, shows the file.
     Devices {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend a device: the kernel drops its traffic (but DHCP, ARP and NDP) at once, until
+    /// `resume`; kept across restarts and reloads.
+    Suspend {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        /// Why (kept in the device's lifecycle events).
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a suspension made with `suspend` (or a check-in hold).
+    Resume {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a device to another policy (kept across restarts and reloads).
+    Move {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        /// The policy to move to.
+        #[arg(long, required_unless_present = "own", conflicts_with = "own")]
+        policy: Option<String>,
+        /// Back to the policy the configuration gives it.
+        #[arg(long)]
+        own: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lend a device: to a borrower ID, until a due date, with a content-filter policy.
+    Checkout {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        #[arg(long)]
+        borrower: String,
+        /// 2026-12-01 (the end of that day, local time) or an RFC 3339 time.
+        #[arg(long)]
+        due: String,
+        /// The policy while it is out (default: its own).
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return a lent device.
+    Checkin {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        device: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The checkout history (newest first).
+    Checkouts {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only devices out now.
+        #[arg(long)]
+        open: bool,
         #[arg(long)]
         json: bool,
     },
@@ -133,6 +210,41 @@ enum Command {
     },
 }
 
+/// `POST /devices/DEVICE/VERB` with `body`; prints the device as it now stands.
+fn device_call(
+    config: Option<PathBuf>,
+    device: &str,
+    verb: &str,
+    body: Option<serde_json::Value>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = Config::resolve(config.as_deref())?;
+    let v = control::Client::for_config(&config)?.call(
+        "POST",
+        &format!("/devices/{}/{verb}", percent(device)),
+        body,
+    )?;
+    let view: control::DeviceView = serde_json::from_value(v)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", control::render_views(std::slice::from_ref(&view)));
+    }
+    Ok(())
+}
+
+/// `s` for a URL path segment or query value.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -183,11 +295,125 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Reload { config, timeout } => reload(config.as_deref(), timeout),
         Command::Devices { config, json } => {
             let config = Config::resolve(config.as_deref())?;
-            let rows = gateway_user::check::devices(&config, jiff::Timestamp::now());
+            let answer =
+                control::Client::for_config(&config).and_then(|c| c.call("GET", "/devices", None));
+            match answer {
+                Ok(v) => {
+                    let rows: Vec<control::DeviceView> = serde_json::from_value(v)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    } else {
+                        print!("{}", control::render_views(&rows));
+                    }
+                }
+                Err(e) if e.downcast_ref::<control::Unreachable>().is_some() => {
+                    eprintln!("note: {e:#}\nnote: showing the configuration file only");
+                    let rows = gateway_user::check::devices(&config, jiff::Timestamp::now());
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    } else {
+                        print!("{}", gateway_user::check::render_devices(&rows));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        }
+        Command::Suspend {
+            config,
+            device,
+            note,
+            json,
+        } => device_call(
+            config,
+            &device,
+            "suspend",
+            Some(serde_json::json!({ "note": note })),
+            json,
+        ),
+        Command::Resume {
+            config,
+            device,
+            note,
+            json,
+        } => device_call(
+            config,
+            &device,
+            "resume",
+            Some(serde_json::json!({ "note": note })),
+            json,
+        ),
+        Command::Move {
+            config,
+            device,
+            policy,
+            own: _,
+            json,
+        } => device_call(
+            config,
+            &device,
+            "move",
+            Some(serde_json::json!({ "policy": policy })),
+            json,
+        ),
+        Command::Checkout {
+            config,
+            device,
+            borrower,
+            due,
+            policy,
+            json,
+        } => device_call(
+            config,
+            &device,
+            "checkout",
+            Some(serde_json::json!({ "borrower": borrower, "due": due, "policy": policy })),
+            json,
+        ),
+        Command::Checkin {
+            config,
+            device,
+            note,
+            json,
+        } => device_call(
+            config,
+            &device,
+            "checkin",
+            Some(serde_json::json!({ "note": note })),
+            json,
+        ),
+        Command::Checkouts {
+            config,
+            device,
+            open,
+            json,
+        } => {
+            let config = Config::resolve(config.as_deref())?;
+            let mut path = format!("/checkouts?open={open}");
+            if let Some(d) = &device {
+                path.push_str(&format!("&device={}", percent(d)));
+            }
+            let v = control::Client::for_config(&config)?.call("GET", &path, None)?;
+            let rows: Vec<control::CheckoutView> = serde_json::from_value(v)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", gateway_user::check::render_devices(&rows));
+                println!(
+                    "{:<20} {:<20} {:<14} {:<22} {:<22} {:<22} OVERDUE SINCE",
+                    "DEVICE", "BORROWER", "POLICY", "OUT", "DUE", "IN"
+                );
+                for c in rows {
+                    println!(
+                        "{:<20} {:<20} {:<14} {:<22} {:<22} {:<22} {}",
+                        c.device,
+                        c.borrower,
+                        c.policy.as_deref().unwrap_or("-"),
+                        c.checked_out,
+                        c.due,
+                        c.checked_in.as_deref().unwrap_or("-"),
+                        c.overdue_since.as_deref().unwrap_or("-")
+                    );
+                }
             }
             Ok(())
         }

@@ -570,6 +570,18 @@ impl Pins {
         })
     }
 
+    /// `gateway <verb> --config <this> args` in `ns` (the verbs that talk to the daemon's API
+    /// on its loopback address).
+    pub fn gateway_in(&self, ns: &Netns, verb: &str, args: &[&str]) -> anyhow::Result<Output> {
+        ns.command(&self.bin)
+            .arg(verb)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} {verb}", self.bin.display()))
+    }
+
     /// `gateway stats --json`, parsed.
     pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
         let out = self.gateway("stats", &["--json"])?;
