@@ -162,6 +162,9 @@ fn suspend_resume_restart_and_the_api() -> anyhow::Result<()> {
     assert_eq!(bed.ping(0, 2)?, 0, "suspended after the restart");
     let v = devices(&pins, &bed.gw)?;
     assert_eq!(device(&v, "laptop")["suspended"], true, "{v}");
+    // And a reload of the configuration file (which does not suspend it) keeps it so.
+    check("gateway reload", pins.gateway("reload", &[])?)?;
+    assert_eq!(bed.ping(0, 2)?, 0, "suspended after a reload");
 
     // Resume: traffic again, within 100 ms.
     let (replies, given) = ping_during(&laptop.ns, up, 2, || {

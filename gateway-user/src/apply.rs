@@ -86,14 +86,14 @@ fn update_domains(
     rules: &DomainRules,
     changed: &Changed,
     seed: u64,
-) -> Option<BTreeSet<usize>> {
+) -> Option<Vec<usize>> {
     let buckets = image.len() as u32;
-    let mut dirty = BTreeSet::new();
+    let mut dirty = Vec::new();
     for (d, _) in changed {
         if !rules.domains.contains_key(d) {
             let fp = fingerprint(d.as_bytes(), seed);
             if let Some(b) = table::remove(image, seed, &fp) {
-                dirty.insert(b);
+                dirty.push(b);
             }
         }
     }
@@ -106,11 +106,10 @@ fn update_domains(
         if *old == 0 && table::lookup(|i| image.get(i as usize), buckets, seed, &fp).is_some() {
             return None;
         }
-        table::insert_noting(image, seed, fp, id, |b| {
-            dirty.insert(b);
-        })
-        .ok()?;
+        table::insert_noting(image, seed, fp, id, |b| dirty.push(b)).ok()?;
     }
+    dirty.sort_unstable();
+    dirty.dedup();
     Some(dirty)
 }
 
@@ -142,8 +141,60 @@ impl DomainRules {
     /// Compiles the rules of `config`, keeping the ids of rule sets that `previous` numbered (so
     /// the table entries of domains whose rules did not change stay as they are).
     pub fn compile(config: &Config, previous: &HashMap<RuleSet, u32>) -> Self {
-        let rules = rules(config);
-        let distinct: HashSet<RuleSet> = rules.values().copied().collect();
+        // One pass over every source: each domain (allocated and hashed once) -> the index of
+        // its rule set in `sets`.
+        let size: usize = config
+            .categories
+            .iter()
+            .flat_map(|c| &c.sources)
+            .map(|s| s.block.len() + s.allow.len())
+            .sum::<usize>()
+            + config
+                .policies
+                .iter()
+                .map(|p| p.allow.len() + p.block.len())
+                .sum::<usize>();
+        let mut domains: HashMap<String, u32> = HashMap::with_capacity(size);
+        let mut sets: Vec<RuleSet> = Vec::with_capacity(size);
+        let mut add = |d: &String, set: &dyn Fn(&mut RuleSet)| {
+            let next = sets.len() as u32;
+            let i = *domains.entry(d.clone()).or_insert(next);
+            if i == next {
+                sets.push(RuleSet::default());
+            }
+            if let Some(r) = sets.get_mut(i as usize) {
+                set(r);
+            }
+        };
+        for (id, c) in config.categories.iter().enumerate() {
+            let bit = 1u64 << (id & 63);
+            for s in &c.sources {
+                for d in &s.block {
+                    add(d, &|r| r.categories |= bit);
+                }
+                for d in &s.allow {
+                    add(d, &|r| r.category_exceptions |= bit);
+                }
+            }
+        }
+        for (id, p) in config.policies.iter().enumerate() {
+            let bit = 1u64 << (id & 63);
+            for d in &p.allow {
+                add(d, &|r| r.allow_policies |= bit);
+            }
+            for d in &p.block {
+                add(d, &|r| r.block_policies |= bit);
+            }
+        }
+        // Neighbours mostly share a rule set (a list's domains): hash only where it changes.
+        let mut distinct: HashSet<RuleSet> = HashSet::new();
+        let mut last = None;
+        for r in &sets {
+            if last != Some(r) {
+                distinct.insert(*r);
+                last = Some(r);
+            }
+        }
         let mut ids: HashMap<RuleSet, u32> = previous
             .iter()
             .filter(|(r, id)| **id != 0 && distinct.contains(r))
@@ -167,13 +218,27 @@ impl DomainRules {
         for (r, id) in &ids {
             out.rulesets[*id as usize] = *r;
         }
-        out.domains.reserve(rules.len());
-        for (domain, r) in rules {
-            if let Some(&id) = ids.get(&r) {
-                out.domains.insert(domain.to_string(), id);
-                out.uses[id as usize] += 1;
+        // Rule set index -> id, the same way.
+        let mut set_ids = Vec::with_capacity(sets.len());
+        let mut last: Option<(&RuleSet, u32)> = None;
+        for r in &sets {
+            let id = match last {
+                Some((l, id)) if l == r => id,
+                _ => ids.get(r).copied().unwrap_or(0),
+            };
+            last = Some((r, id));
+            set_ids.push(id);
+        }
+        for v in domains.values_mut() {
+            let id = set_ids.get(*v as usize).copied().unwrap_or(0);
+            *v = id;
+            if let Some(n) = out.uses.get_mut(id as usize) {
+                *n += 1;
             }
         }
+        // Domains without any rule (none today: every source entry sets a bit) carry id 0.
+        domains.retain(|_, id| *id != 0);
+        out.domains = domains;
         out.ids = ids;
         out
     }
@@ -195,16 +260,34 @@ impl DomainRules {
     }
 
     /// These rules brought to `config`, and each domain whose rule set id changed with its old
-    /// id (0: it had none). Only the domains of sources that changed are recomputed (a list file
+    /// id (0: it had none), or `None` when so many changed (a first load, say) that the table is
+    /// better built anew. Only the domains of sources that changed are recomputed (a list file
     /// that was read again, inline domains, a policy's entries); when categories or policies
     /// were added, removed or renamed, or too much changed for that to pay, the rules are
     /// compiled anew (keeping the rule set ids) and compared domain by domain.
-    pub fn update(self, config: &Config) -> (Self, Changed) {
+    pub fn update(self, config: &Config) -> (Self, Option<Changed>) {
         match self.update_in_place(config) {
-            Ok(done) => done,
+            Ok((new, changed)) => (new, Some(changed)),
             Err(old) => {
                 let old = *old;
                 let new = Self::compile(config, &old.ids);
+                // Counted up to the limit only: a first load stops at once.
+                let limit = (new.domains.len() / 4).max(10_000);
+                let gone_or_changed = old
+                    .domains
+                    .iter()
+                    .filter(|(d, id)| new.domains.get(*d) != Some(id))
+                    .take(limit + 1)
+                    .count();
+                let added = new
+                    .domains
+                    .keys()
+                    .filter(|d| !old.domains.contains_key(*d))
+                    .take(limit + 1)
+                    .count();
+                if gone_or_changed + added > limit {
+                    return (new, None);
+                }
                 let mut changed: Changed = old
                     .domains
                     .iter()
@@ -217,7 +300,7 @@ impl DomainRules {
                         .filter(|d| !old.domains.contains_key(*d))
                         .map(|d| (d.clone(), 0)),
                 );
-                (new, changed)
+                (new, Some(changed))
             }
         }
     }
@@ -366,32 +449,6 @@ pub fn domain_buckets(max_domains: u32) -> u32 {
     buckets.min(1 << 24) as u32
 }
 
-/// Every domain any category or policy names, with what each says about it.
-fn rules(config: &Config) -> HashMap<&str, RuleSet> {
-    let mut rules: HashMap<&str, RuleSet> = HashMap::new();
-    for (id, c) in config.categories.iter().enumerate() {
-        let bit = 1u64 << (id & 63);
-        for s in &c.sources {
-            for d in &s.block {
-                rules.entry(d.as_str()).or_default().categories |= bit;
-            }
-            for d in &s.allow {
-                rules.entry(d.as_str()).or_default().category_exceptions |= bit;
-            }
-        }
-    }
-    for (id, p) in config.policies.iter().enumerate() {
-        let bit = 1u64 << (id & 63);
-        for d in &p.allow {
-            rules.entry(d.as_str()).or_default().allow_policies |= bit;
-        }
-        for d in &p.block {
-            rules.entry(d.as_str()).or_default().block_policies |= bit;
-        }
-    }
-    rules
-}
-
 impl Desired {
     /// Compiles `config` with the device slots in `slots`, with the policies in force at `now`
     /// (schedules).
@@ -512,18 +569,19 @@ struct Images {
     domains: Vec<DomainBucket>,
     /// The domain buckets that differ from what both generations hold, when the table was
     /// changed in place; `None` when it was built anew (then every bucket is compared).
-    dirty_domains: Option<BTreeSet<usize>>,
+    dirty_domains: Option<Vec<usize>>,
     rulesets: Vec<RuleSet>,
 }
 
 /// The domain table for `seed`: fingerprint -> rule set id. Fails (and a new seed is drawn) if
 /// a neighbourhood overflows or two domains share a fingerprint.
 fn build_domains(desired: &Desired, seed: u64) -> Option<Vec<DomainBucket>> {
-    let mut t = vec![DomainBucket::default(); desired.domain_buckets as usize];
-    let mut seen: HashMap<u64, &str> = HashMap::with_capacity(desired.rules.domains.len());
+    let buckets = desired.domain_buckets;
+    let mut t = vec![DomainBucket::default(); buckets as usize];
     for (d, id) in &desired.rules.domains {
         let fp = fingerprint(d.as_bytes(), seed);
-        if seen.insert(fp, d).is_some() {
+        // Already there: two domains share a fingerprint.
+        if table::lookup(|i| t.get(i as usize), buckets, seed, &fp).is_some() {
             return None;
         }
         table::insert(&mut t, seed, fp, *id).ok()?;
@@ -642,7 +700,7 @@ fn write_buckets<B: aya::Pod + PartialEq>(
     table: &mut MmapArray<B>,
     generation: u32,
     image: &[B],
-    dirty: &BTreeSet<usize>,
+    dirty: &[usize],
 ) -> anyhow::Result<usize> {
     let base = generation as usize * image.len();
     let mut changes = 0;
@@ -683,12 +741,12 @@ pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyho
     let (rules, previous) = match maps.apply_cache.take() {
         Some(cache) => {
             let (rules, changed) = cache.rules.update(config);
-            let previous = Previous {
+            let previous = changed.map(|changed| Previous {
                 image: cache.domain_image,
                 seed: cache.seed,
                 changed,
-            };
-            (rules, Some(previous))
+            });
+            (rules, previous)
         }
         None => (DomainRules::compile(config, &HashMap::new()), None),
     };
@@ -993,7 +1051,7 @@ mod tests {
             Err(rules) => *rules,
         };
         let (again, changed) = rules.update(&renamed);
-        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(changed, Some(Vec::new()));
         assert_eq!(
             meaning(&again),
             meaning(&DomainRules::compile(&renamed, &HashMap::new()))
@@ -1004,6 +1062,7 @@ mod tests {
             "[[category]]\nname = \"fun\"\ndomains = [\"play.example\"]\n[[policy]]\nname = \"students\"\nblock_categories = [\"fun\"]\n",
         );
         let (fewer_rules, changed) = again.update(&fewer);
+        let changed = changed.expect("a few domains changed");
         assert_eq!(
             meaning(&fewer_rules),
             meaning(&DomainRules::compile(&fewer, &HashMap::new()))
