@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the gateway between two simulated devices and an upstream, in network
-//! namespaces, with live per-device counters. Halfway through, the configuration is changed to
-//! suspend one device and reloaded (SIGHUP): its frames start being dropped. Everything is
-//! removed at the end, also on failure.
+//! namespaces, with live per-device counters. Halfway through, one device is suspended through
+//! the control API (`gateway suspend`): its frames start being dropped at once. At the end: the
+//! decision history (`gateway log`) and a `/metrics` excerpt. Everything is removed at the end,
+//! also on failure.
 
 use std::{
     path::Path,
@@ -32,8 +33,10 @@ impl Drop for Traffic {
 pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     let bed = Bed::new(2).context("building the namespaces (needs root)")?;
     let gw_section = Bed::TWO_DEVICE_GATEWAY;
-    let config = |suspended| bed.two_device_config_with(suspended, STUDENTS, ADS);
-    let mut pins = Pins::with_config(gw_section, &config(false))?;
+    let mut pins = Pins::with_config(
+        gw_section,
+        &bed.two_device_config_with(false, STUDENTS, ADS),
+    )?;
     pins.bin = gateway.to_path_buf();
     let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     let upstream = Dnsmasq::start(
@@ -75,10 +78,14 @@ pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(duration) {
         std::thread::sleep(Duration::from_secs(2));
         if !suspended && start.elapsed() >= Duration::from_secs(duration / 2) {
-            pins.rewrite(gw_section, &config(true))?;
-            daemon.signal(libc::SIGHUP)?;
+            let out = pins.gateway_in(&bed.gw, "suspend", &["sensor", "--note", "demo"])?;
+            anyhow::ensure!(
+                out.status.success(),
+                "gateway suspend: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             suspended = true;
-            println!("-- configuration changed: sensor suspended = true; reloaded with SIGHUP --");
+            println!("-- gateway suspend sensor (through the control API): in force at once --");
         }
         let lookups: Vec<String> = [(&bed.devices[0], "laptop"), (&bed.devices[1], "sensor")]
             .iter()
@@ -123,6 +130,24 @@ pub fn run(gateway: &Path, duration: u64) -> anyhow::Result<()> {
     println!("\nfinal counters (gateway stats):");
     let out = pins.gateway("stats", &[])?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("\nthe decision history, newest first (gateway log --limit 8):");
+    let out = pins.gateway("log", &["--limit", "8"])?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("\n/metrics (blocked decisions; device labels are pseudonyms by default):");
+    let metrics = bed
+        .gw
+        .run(
+            "curl",
+            &["-sS", "--max-time", "5", "http://127.0.0.1:9477/metrics"],
+        )
+        .unwrap_or_default();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_decisions_total") && l.contains("action=\"block\""))
+        .take(6)
+    {
+        println!("  {line}");
+    }
     drop(daemon);
     drop(pins);
     drop(bed);
