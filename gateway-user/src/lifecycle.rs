@@ -543,3 +543,54 @@ pub fn parse_due(text: &str, tz: &jiff::tz::TimeZone) -> Result<i64, ControlErro
         "due: \"{text}\" is not a date (expected 2026-12-01 or 2026-12-01T15:00:00Z)"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[[policy]]\nname = \"guest\"\n[[device]]\nname = \"tablet\"\nmac = \"02:00:00:00:00:09\"\npolicy = \"guest\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("config")
+    }
+
+    proptest! {
+        /// Whatever the strings in a request, the lifecycle answers Ok or an error that the API
+        /// maps to 400, 404 or 409, never a panic or an internal error; and the state stays
+        /// readable and consistent.
+        #[test]
+        fn any_request_gets_an_answer(
+            ops in proptest::collection::vec(
+                (0u8..6, prop_oneof![Just("tablet".to_string()), ".{0,12}"], ".{0,300}", prop_oneof![Just("2099-01-01".to_string()), Just("2000-01-01T00:00:00Z".to_string()), ".{0,30}"], prop_oneof![Just(None), Just(Some("guest".to_string())), ".{0,10}".prop_map(Some)]),
+                1..20,
+            ),
+        ) {
+            let c = config();
+            let store = Store::in_memory().expect("store");
+            let mut now = 1_800_000_000_000i64;
+            for (op, device, text, due, policy) in ops {
+                now += 60_000;
+                let r = match op {
+                    0 => store.suspend(&c, &device, Some(&text), now),
+                    1 => store.resume(&c, &device, Some(&text), now),
+                    2 => store.move_to(&c, &device, policy.as_deref(), now),
+                    3 => parse_due(&due, &c.timezone)
+                        .and_then(|d| store.checkout(&c, &device, &text, d, policy.as_deref(), now).map(|_| ())),
+                    4 => store.checkin(&c, &device, Some(&text), now).map(|_| ()),
+                    _ => store.mark_overdue(now).map(|_| ()).map_err(ControlError::Internal),
+                };
+                if let Err(e) = r {
+                    prop_assert!(!matches!(e, ControlError::Internal(_) | ControlError::Unauthorized), "{e}");
+                }
+                let snap = store.snapshot().expect("snapshot");
+                prop_assert!(snap.open.len() <= 1);
+                let (effective, statuses) = effective(&c, &snap, now);
+                prop_assert_eq!(effective.devices.len(), 1);
+                prop_assert_eq!(effective.devices[0].suspended, !statuses["tablet"].suspended_by.is_empty());
+            }
+        }
+    }
+}
