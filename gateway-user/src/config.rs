@@ -743,11 +743,15 @@ impl Config {
 
     /// The policy in force for every device at `now`, in device order.
     pub fn effective_policies(&self, now: jiff::Timestamp) -> Vec<usize> {
+        let own: Vec<usize> = self.devices.iter().map(|d| d.policy).collect();
+        self.policies_in_force(&own, now)
+    }
+
+    /// The policy in force at `now` for each of `policies` (schedules), the local time
+    /// computed once.
+    pub fn policies_in_force(&self, policies: &[usize], now: jiff::Timestamp) -> Vec<usize> {
         let at = self.local_time(now);
-        self.devices
-            .iter()
-            .map(|d| self.policy_at(d.policy, at))
-            .collect()
+        policies.iter().map(|p| self.policy_at(*p, at)).collect()
     }
 
     /// Weekday (0 = Monday) and minute of the day at `now` in the configured time zone.

@@ -401,13 +401,30 @@ fn follow(running: &mut Running, state: &mut State, now: jiff::Timestamp) {
             }
         }
     }
-    let wanted = match lay_over(&state.config, state.lifecycle.as_ref(), now) {
-        Ok((effective, _)) => signature(&effective, now),
+    // Compared without building the configuration: this runs every second.
+    let snap = match state
+        .lifecycle
+        .as_ref()
+        .map(lifecycle::Store::snapshot)
+        .transpose()
+    {
+        Ok(s) => s.unwrap_or_default(),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "lifecycle: cannot read the state");
             return;
         }
     };
+    let (own, suspended): (Vec<usize>, Vec<bool>) =
+        lifecycle::laid_over(&state.config, &snap, now.as_millisecond())
+            .into_iter()
+            .map(|(policy, suspended, _)| (policy, suspended))
+            .unzip();
+    let wanted: Vec<(usize, bool)> = state
+        .config
+        .policies_in_force(&own, now)
+        .into_iter()
+        .zip(suspended)
+        .collect();
     if wanted == state.applied {
         return;
     }

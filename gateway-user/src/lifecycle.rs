@@ -100,9 +100,48 @@ pub struct Status {
     pub overdue: bool,
 }
 
-/// `config` with the lifecycle laid over it at `now`: each device's policy (checkout policy,
-/// else the one it was moved to, else its own) and suspension; and each device's status.
-/// Policies that no longer exist are ignored (the device keeps its own).
+/// Each device of `config` (in order) with the lifecycle laid over it at `now`: its policy id
+/// (checkout policy, else the one it was moved to, else its own), whether it is suspended, and
+/// its status. Policies that no longer exist are ignored (the device keeps its own).
+pub fn laid_over(config: &Config, snap: &Snapshot, now_ms: i64) -> Vec<(usize, bool, Status)> {
+    config
+        .devices
+        .iter()
+        .map(|dev| {
+            let mut st = Status::default();
+            let mut policy = dev.policy;
+            if dev.suspended {
+                st.suspended_by.push("configuration");
+            }
+            let state = snap.devices.get(&dev.name).cloned().unwrap_or_default();
+            if let Some(why) = &state.suspended {
+                st.suspended_by.push(if why == BY_CHECKIN {
+                    BY_CHECKIN
+                } else {
+                    BY_OPERATOR
+                });
+            }
+            if let Some(p) = state.policy.as_deref().and_then(|p| config.policy_id(p)) {
+                policy = p;
+                st.moved_to = state.policy.clone();
+            }
+            if let Some(c) = snap.open.get(&dev.name) {
+                if let Some(p) = c.policy.as_deref().and_then(|p| config.policy_id(p)) {
+                    policy = p;
+                }
+                st.overdue = now_ms >= c.due_ms;
+                if st.overdue && config.lifecycle.overdue == Overdue::Suspend {
+                    st.suspended_by.push("overdue");
+                }
+                st.checkout = Some(c.clone());
+            }
+            (policy, !st.suspended_by.is_empty(), st)
+        })
+        .collect()
+}
+
+/// `config` with the lifecycle laid over it at `now` (`laid_over` applied to a copy), and each
+/// device's status.
 pub fn effective(
     config: &Config,
     snap: &Snapshot,
@@ -110,34 +149,11 @@ pub fn effective(
 ) -> (Config, BTreeMap<String, Status>) {
     let mut out = config.clone();
     let mut statuses = BTreeMap::new();
-    for dev in &mut out.devices {
-        let mut st = Status::default();
-        if dev.suspended {
-            st.suspended_by.push("configuration");
-        }
-        let state = snap.devices.get(&dev.name).cloned().unwrap_or_default();
-        if let Some(why) = &state.suspended {
-            st.suspended_by.push(if why == BY_CHECKIN {
-                BY_CHECKIN
-            } else {
-                BY_OPERATOR
-            });
-        }
-        if let Some(p) = state.policy.as_deref().and_then(|p| config.policy_id(p)) {
-            dev.policy = p;
-            st.moved_to = state.policy.clone();
-        }
-        if let Some(c) = snap.open.get(&dev.name) {
-            if let Some(p) = c.policy.as_deref().and_then(|p| config.policy_id(p)) {
-                dev.policy = p;
-            }
-            st.overdue = now_ms >= c.due_ms;
-            if st.overdue && config.lifecycle.overdue == Overdue::Suspend {
-                st.suspended_by.push("overdue");
-            }
-            st.checkout = Some(c.clone());
-        }
-        dev.suspended = !st.suspended_by.is_empty();
+    for (dev, (policy, suspended, st)) in
+        out.devices.iter_mut().zip(laid_over(config, snap, now_ms))
+    {
+        dev.policy = policy;
+        dev.suspended = suspended;
         statuses.insert(dev.name.clone(), st);
     }
     (out, statuses)
