@@ -733,6 +733,7 @@ pub fn history() -> anyhow::Result<HistoryRow> {
         enabled: true,
         retention_days: 30,
         max_rows: 10_000_000,
+        max_bytes: 1 << 30,
     };
     let recorder = Recorder::start(
         runner.maps.take_events()?,

@@ -154,6 +154,7 @@ struct RawHistory {
     enabled: Option<bool>,
     retention_days: Option<Spanned<i64>>,
     max_rows: Option<Spanned<i64>>,
+    max_megabytes: Option<Spanned<i64>>,
     pseudonymize: Option<bool>,
 }
 
@@ -189,6 +190,8 @@ pub struct History {
     pub retention_days: u32,
     /// At most this many rows are kept (the oldest deleted first).
     pub max_rows: u64,
+    /// The rows take at most this many bytes of the database (the oldest deleted first).
+    pub max_bytes: u64,
     /// Store a keyed hash instead of the device name.
     pub pseudonymize: bool,
 }
@@ -201,6 +204,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_MAX_ROWS: u64 = 5_000_000;
+pub const DEFAULT_MAX_MEGABYTES: u64 = 1024;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1664,6 +1668,12 @@ fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
             1000..=1_000_000_000,
             DEFAULT_MAX_ROWS,
         ),
+        max_bytes: bounded(
+            &raw.history.max_megabytes,
+            "max_megabytes",
+            1..=1_000_000,
+            DEFAULT_MAX_MEGABYTES,
+        ) << 20,
         pseudonymize: raw.history.pseudonymize.unwrap_or(false),
     };
 
@@ -2314,8 +2324,12 @@ policy = "students"
                 "t.toml:2:12: history.max_rows: 10 is out of range (expected 1000 to 1000000000)",
             ),
             (
+                "[history]\nmax_megabytes = 0\n",
+                "t.toml:2:17: history.max_megabytes: 0 is out of range (expected 1 to 1000000)",
+            ),
+            (
                 "[history]\npseudonymise = true\n",
-                "t.toml:2:1: unknown field `pseudonymise`, expected one of `enabled`, `retention_days`, `max_rows`, `pseudonymize`",
+                "t.toml:2:1: unknown field `pseudonymise`, expected one of `enabled`, `retention_days`, `max_rows`, `max_megabytes`, `pseudonymize`",
             ),
         ] {
             assert_eq!(first_error(text), want, "{text}");

@@ -205,6 +205,7 @@ fn keep(config: &Config) -> Keep {
         enabled: config.history.enabled,
         retention_days: config.history.retention_days,
         max_rows: config.history.max_rows,
+        max_bytes: config.history.max_bytes,
     }
 }
 

@@ -215,23 +215,50 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes rows older than `retention_days` before `now_ms`, then the oldest rows beyond
-    /// `max_rows`. Returns the rows deleted.
-    pub fn enforce_retention(
-        &mut self,
-        now_ms: i64,
-        retention_days: u32,
-        max_rows: u64,
-    ) -> anyhow::Result<usize> {
-        let cutoff = now_ms - i64::from(retention_days) * 86_400_000;
-        let old = self
+    /// Deletes rows older than `keep.retention_days` before `now_ms`, then the oldest rows
+    /// beyond `keep.max_rows`, then the oldest rows until the database's pages in use take at
+    /// most `keep.max_bytes` (freed pages are reused, so the file stops growing there). Returns
+    /// the rows deleted.
+    pub fn enforce_retention(&mut self, now_ms: i64, keep: &Keep) -> anyhow::Result<usize> {
+        let cutoff = now_ms - i64::from(keep.retention_days) * 86_400_000;
+        let mut deleted = self
             .conn
             .execute("DELETE FROM decisions WHERE time_ms < ?1", params![cutoff])?;
-        let excess = self.conn.execute(
+        deleted += self.delete_oldest_beyond(keep.max_rows)?;
+        // Rows are about the same size: keep the share of them that fits, a little less each
+        // round, until it does.
+        for _ in 0..8 {
+            let used = self.bytes_in_use()?;
+            if used <= keep.max_bytes {
+                break;
+            }
+            let rows = self.count()?;
+            if rows == 0 {
+                break;
+            }
+            let fits = (rows as f64 * keep.max_bytes as f64 / used as f64 * 0.95) as u64;
+            deleted += self.delete_oldest_beyond(fits.min(rows - 1))?;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the oldest rows so that at most `keep` remain.
+    fn delete_oldest_beyond(&mut self, keep: u64) -> anyhow::Result<usize> {
+        Ok(self.conn.execute(
             "DELETE FROM decisions WHERE id <= (SELECT id FROM decisions ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-            params![max_rows as i64],
-        )?;
-        Ok(old + excess)
+            params![keep as i64],
+        )?)
+    }
+
+    /// Bytes of the database's pages in use (not on the free list).
+    pub fn bytes_in_use(&self) -> anyhow::Result<u64> {
+        let pragma = |name: &str| -> anyhow::Result<u64> {
+            Ok(self
+                .conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?
+                as u64)
+        };
+        Ok(pragma("page_count")?.saturating_sub(pragma("freelist_count")?) * pragma("page_size")?)
     }
 
     /// Rows matching `f`, most recent first.
@@ -409,6 +436,7 @@ pub struct Keep {
     pub enabled: bool,
     pub retention_days: u32,
     pub max_rows: u64,
+    pub max_bytes: u64,
 }
 
 /// The thread that drains the event ring into the history.
@@ -501,7 +529,7 @@ impl Recorder {
                     {
                         last_retention = Some(Instant::now());
                         let now = jiff::Timestamp::now().as_millisecond();
-                        match s.enforce_retention(now, keep_now.retention_days, keep_now.max_rows) {
+                        match s.enforce_retention(now, &keep_now) {
                             Ok(n) => {
                                 stats2.rows_deleted.fetch_add(n as u64, Ordering::Relaxed);
                             }
@@ -748,14 +776,66 @@ mod tests {
             .map(|i| row(now - (20 - i) * day / 2, "tablet", "a.example", "allow"))
             .collect();
         s.insert(&rows).expect("insert");
+        let keep = |days, rows, bytes| Keep {
+            enabled: true,
+            retention_days: days,
+            max_rows: rows,
+            max_bytes: bytes,
+        };
         // 7 days keep the rows of the last 7 days: 14 of them (one every half day).
-        assert_eq!(s.enforce_retention(now, 7, 1_000).expect("retention"), 6);
+        assert_eq!(
+            s.enforce_retention(now, &keep(7, 1_000, 1 << 30))
+                .expect("retention"),
+            6
+        );
         assert_eq!(s.count().expect("count"), 14);
         // At most 5 rows: the 5 newest stay.
-        assert_eq!(s.enforce_retention(now, 7, 5).expect("retention"), 9);
+        assert_eq!(
+            s.enforce_retention(now, &keep(7, 5, 1 << 30))
+                .expect("retention"),
+            9
+        );
         let left = s.query(&Filter::default()).expect("query");
         assert_eq!(left.len(), 5);
         assert!(left.iter().all(|r| r.time_ms >= now - 5 * day / 2));
+
+        // By size: 30,000 rows (a few MB), then at most 1 MiB in use.
+        let rows: Vec<Row> = (0..30_000)
+            .map(|i| {
+                row(
+                    now - 30_000 + i,
+                    "tablet",
+                    &format!("www.n{i}.example.com"),
+                    "allow",
+                )
+            })
+            .collect();
+        s.insert(&rows).expect("insert");
+        assert!(s.bytes_in_use().expect("bytes") > 2 << 20);
+        let deleted = s
+            .enforce_retention(now, &keep(7, 1_000_000, 1 << 20))
+            .expect("retention");
+        assert!(s.bytes_in_use().expect("bytes") <= 1 << 20);
+        let left = s.count().expect("count");
+        assert!(
+            left > 1_000 && deleted > 10_000,
+            "{left} left, {deleted} deleted"
+        );
+        // The newest rows are the ones kept.
+        let newest = s
+            .query(&Filter {
+                limit: Some(1),
+                ..Filter::default()
+            })
+            .expect("query");
+        assert_eq!(newest[0].name, "www.n29999.example.com");
+        // Inserting more does not grow the file past what it reached: freed pages are reused.
+        let size = std::fs::metadata(d.join(DATABASE)).expect("meta").len();
+        s.insert(&rows[..5_000]).expect("insert");
+        s.enforce_retention(now, &keep(7, 1_000_000, 1 << 20))
+            .expect("retention");
+        s.checkpoint().expect("checkpoint");
+        assert!(std::fs::metadata(d.join(DATABASE)).expect("meta").len() <= size + (1 << 20));
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 
