@@ -337,29 +337,24 @@ async fn history(
         .config
         .clone();
     let rows = tokio::task::spawn_blocking(move || -> Result<_, ControlError> {
-        let bad = |e: crate::BadInput| ControlError::BadRequest(e.0);
-        let now = jiff::Timestamp::now();
-        let mut devices = Vec::new();
-        if let Some(d) = &q.device {
-            devices = crate::history::device_keys(&config.state_dir, d)?;
-        }
-        let filter = crate::history::Filter {
-            devices,
+        let query = crate::history::Query {
+            devices: q.device.into_iter().collect(),
             action: q.action,
-            name_suffix: q.name,
+            name: q.name,
             protocol: q.protocol,
-            since_ms: q
-                .since
-                .map(|t| crate::history::parse_time(&t, now))
-                .transpose()
-                .map_err(bad)?,
-            until_ms: q
-                .until
-                .map(|t| crate::history::parse_time(&t, now))
-                .transpose()
-                .map_err(bad)?,
+            since: q.since,
+            until: q.until,
             limit: Some(q.limit.unwrap_or(100).min(100_000)),
         };
+        let filter =
+            crate::history::Filter::from_query(query, &config.state_dir, jiff::Timestamp::now())
+                .map_err(|e| {
+                    if crate::is_bad_input(&e) {
+                        ControlError::BadRequest(format!("{e:#}"))
+                    } else {
+                        ControlError::Internal(e)
+                    }
+                })?;
         Ok(crate::history::Store::open_existing(&config.state_dir)?.query(&filter)?)
     })
     .await

@@ -673,6 +673,17 @@ fn write_table<B: aya::Pod + PartialEq>(
     generation: u32,
     image: &[B],
 ) -> anyhow::Result<usize> {
+    write_buckets(table, generation, image, 0..image.len())
+}
+
+/// Writes the buckets `indices` of `image` as generation `generation` of `table`, those that
+/// differ; returns how many did.
+fn write_buckets<B: aya::Pod + PartialEq>(
+    table: &mut MmapArray<B>,
+    generation: u32,
+    image: &[B],
+    indices: impl IntoIterator<Item = usize>,
+) -> anyhow::Result<usize> {
     anyhow::ensure!(
         table.len() == image.len() * 2,
         "table holds {} entries, not two generations of {}",
@@ -681,31 +692,8 @@ fn write_table<B: aya::Pod + PartialEq>(
     );
     let base = generation as usize * image.len();
     let mut changes = 0;
-    for (i, b) in image.iter().enumerate() {
-        if table.get(base + i).as_ref() != Some(b) {
-            anyhow::ensure!(
-                table.set(base + i, *b),
-                "table index {} out of range",
-                base + i
-            );
-            changes += 1;
-        }
-    }
-    Ok(changes)
-}
-
-/// Writes the buckets `dirty` of `image` as generation `generation` of `table`; returns how many
-/// differed.
-fn write_buckets<B: aya::Pod + PartialEq>(
-    table: &mut MmapArray<B>,
-    generation: u32,
-    image: &[B],
-    dirty: &[usize],
-) -> anyhow::Result<usize> {
-    let base = generation as usize * image.len();
-    let mut changes = 0;
-    for &i in dirty {
-        let b = image.get(i).context("dirty bucket out of range")?;
+    for i in indices {
+        let b = image.get(i).context("bucket out of range")?;
         if table.get(base + i).as_ref() != Some(b) {
             anyhow::ensure!(
                 table.set(base + i, *b),
@@ -860,7 +848,12 @@ fn write_generation(
     changes += write_table(&mut maps.by_mac, generation, &images.macs)?;
     changes += write_table(&mut maps.by_ip, generation, &images.ips)?;
     changes += match &images.dirty_domains {
-        Some(dirty) => write_buckets(&mut maps.domains, generation, &images.domains, dirty)?,
+        Some(dirty) => write_buckets(
+            &mut maps.domains,
+            generation,
+            &images.domains,
+            dirty.iter().copied(),
+        )?,
         None => write_table(&mut maps.domains, generation, &images.domains)?,
     };
     changes += write_table(&mut maps.rulesets, generation, &images.rulesets)?;

@@ -279,12 +279,6 @@ pub struct DnsRow {
 }
 
 fn dns_query_frame(name: &str) -> Vec<u8> {
-    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
     frames::build(
         L2::Ethernet {
             src: BENCH_MAC,
@@ -298,7 +292,7 @@ fn dns_query_frame(name: &str) -> Vec<u8> {
             sport: 40000,
             dport: 53,
         },
-        &q,
+        &frames::dns_query(name),
     )
 }
 
@@ -685,7 +679,7 @@ pub struct HistoryRow {
 /// Measures history ingest, ring loss at 20,000 logged decisions per second, and a `/metrics`
 /// scrape of 1,000 devices.
 pub fn history() -> anyhow::Result<HistoryRow> {
-    use crate::history::{Keep, Names, Recorder, Row, Store};
+    use crate::history::{Names, Recorder, Row, Store};
     use std::sync::{Arc, RwLock};
 
     let dir = std::env::temp_dir().join(format!("gw-bench-history-{}", std::process::id()));
@@ -718,22 +712,13 @@ pub fn history() -> anyhow::Result<HistoryRow> {
     // recorder drains the ring into a history as the daemon does.
     let config = dns_config(1_000)?;
     let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, false)?;
-    let names = Names {
-        slots: runner
-            .applied
-            .slots
-            .iter()
-            .map(|(n, s)| (*s, n.clone()))
-            .collect(),
-        policies: config.policies.iter().map(|p| p.name.clone()).collect(),
-        categories: config.categories.iter().map(|c| c.name.clone()).collect(),
-        pseudonym: None,
-    };
-    let keep = Keep {
+    let names = Names::of(&config, &runner.applied.slots, None);
+    let keep = crate::config::History {
         enabled: true,
         retention_days: 30,
         max_rows: 10_000_000,
         max_bytes: 1 << 30,
+        pseudonymize: false,
     };
     let recorder = Recorder::start(
         runner.maps.take_events()?,

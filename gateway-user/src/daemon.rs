@@ -19,9 +19,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     api, apply,
     attach::{self, Running},
-    config::{Config, Interface, LinkSetting},
+    config::{self, Config, Interface, LinkSetting},
     control::{CheckoutView, EventView, Reply, Request, views},
-    history::{self, Keep, Names, Pseudonym, Recorder, Store},
+    history::{self, Names, Pseudonym, Recorder, Store},
     kernel::Maps,
     lifecycle::{self, ControlError},
     metrics,
@@ -114,7 +114,8 @@ struct State {
     status_path: PathBuf,
     /// What the history recorder and the HTTP handlers read; replaced by `publish`.
     names: Arc<RwLock<Names>>,
-    keep: Arc<RwLock<Keep>>,
+    /// `[history]` of the configuration in force (what the recorder keeps, and how long).
+    keep: Arc<RwLock<config::History>>,
     shared: Option<Arc<api::Shared>>,
     pseudonym: Option<Pseudonym>,
     recorder_stats: Option<Arc<history::RecorderStats>>,
@@ -150,23 +151,9 @@ impl State {
     /// handlers.
     fn publish(&self, running: &Running) {
         let config = &self.applied_config;
-        let names = Names {
-            slots: running
-                .applied
-                .slots
-                .iter()
-                .map(|(n, s)| (*s, n.clone()))
-                .collect(),
-            policies: config.policies.iter().map(|p| p.name.clone()).collect(),
-            categories: config.categories.iter().map(|c| c.name.clone()).collect(),
-            pseudonym: config
-                .history
-                .pseudonymize
-                .then(|| self.pseudonym.clone())
-                .flatten(),
-        };
+        let names = Names::of(config, &running.applied.slots, self.pseudonym.as_ref());
         *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
-        *self.keep.write().unwrap_or_else(|e| e.into_inner()) = keep(config);
+        *self.keep.write().unwrap_or_else(|e| e.into_inner()) = config.history.clone();
         if let Some(shared) = &self.shared {
             let info = metrics::Info {
                 config: Arc::new(config.clone()),
@@ -180,7 +167,7 @@ impl State {
     }
 
     /// Applies the file configuration `file` with the lifecycle laid over it, at `now`; on
-    /// success it becomes the state.
+    /// success it becomes the state (the caller publishes it, with the status it updates).
     fn apply(
         &mut self,
         running: &mut Running,
@@ -195,17 +182,7 @@ impl State {
         self.applied_config = effective;
         self.statuses = statuses;
         self.config = file;
-        self.publish(running);
         Ok(())
-    }
-}
-
-fn keep(config: &Config) -> Keep {
-    Keep {
-        enabled: config.history.enabled,
-        retention_days: config.history.retention_days,
-        max_rows: config.history.max_rows,
-        max_bytes: config.history.max_bytes,
     }
 }
 
@@ -275,7 +252,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         status: ReloadStatus::default(),
         status_path: runtime_file(&running.pins.root, "status"),
         names: Arc::default(),
-        keep: Arc::new(RwLock::new(keep(&config))),
+        keep: Arc::new(RwLock::new(config.history.clone())),
         shared: None,
         pseudonym,
         recorder_stats: None,
@@ -456,13 +433,6 @@ fn control(running: &mut Running, state: &mut State, req: Request, now: jiff::Ti
             .map(|v| serde_json::json!(v))
             .ok_or_else(|| ControlError::UnknownDevice(device.to_string()))
     };
-    let known = |state: &State, device: &str| {
-        if state.config.devices.iter().any(|d| d.name == device) {
-            Ok(())
-        } else {
-            Err(ControlError::UnknownDevice(device.to_string()))
-        }
-    };
     let store = || {
         state.lifecycle.as_ref().ok_or_else(|| {
             ControlError::Internal(anyhow::anyhow!(
@@ -485,7 +455,7 @@ fn control(running: &mut Running, state: &mut State, req: Request, now: jiff::Ti
         Request::Device(d) => return view(state, &d),
         Request::Checkouts { device, open } => {
             if let Some(d) = &device {
-                known(state, d)?;
+                lifecycle::device(file, d)?;
             }
             let list: Vec<CheckoutView> = store()?
                 .checkouts(device.as_deref(), open)?
@@ -495,7 +465,7 @@ fn control(running: &mut Running, state: &mut State, req: Request, now: jiff::Ti
             return Ok(serde_json::json!(list));
         }
         Request::Events(device) => {
-            known(state, &device)?;
+            lifecycle::device(file, &device)?;
             let list: Vec<EventView> = store()?
                 .events(&device)?
                 .iter()
@@ -532,6 +502,7 @@ fn control(running: &mut Running, state: &mut State, req: Request, now: jiff::Ti
     };
     let file = state.config.clone();
     state.apply(running, file, now)?;
+    state.publish(running);
     tracing::info!(device = %device, request = %description, "device changed through the API");
     view(state, &device)
 }

@@ -187,6 +187,18 @@ pub const UDP_HEADER_LEN: usize = UdpHeader::LEN;
 /// Length of a TCP header without options.
 pub const TCP_HEADER_LEN: usize = TcpHeader::MIN_LEN;
 
+/// A DNS query message for `name`, type A, class IN, recursion desired, ID 0x1234, no EDNS
+/// (the UDP payload; the DNS tests build richer ones with hickory-proto).
+pub fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
 /// A frame padded (with zero payload) to exactly `len` bytes.
 pub fn sized(l2: L2, l3: L3, l4: L4, len: usize) -> Vec<u8> {
     let empty = build(l2, l3, l4, &[]);

@@ -25,7 +25,7 @@ use gateway_common::{
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use crate::{BadInput, stats::UNKNOWN_DEVICE};
+use crate::{BadInput, config::History, stats::UNKNOWN_DEVICE};
 
 /// The database file in the state directory.
 pub const DATABASE: &str = "history.sqlite";
@@ -97,15 +97,6 @@ impl Pseudonym {
     }
 }
 
-fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("setting the mode of {}", dir.display()))?;
-    }
-    Ok(())
-}
-
 /// What `gateway log` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -155,7 +146,7 @@ CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time_ms);
 impl Store {
     /// Opens (creating if needed) the history in `state_dir`.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
-        ensure_dir(state_dir)?;
+        crate::secret::ensure_private_dir(state_dir)?;
         Self::open_file(&state_dir.join(DATABASE))
     }
 
@@ -219,7 +210,7 @@ impl Store {
     /// beyond `keep.max_rows`, then the oldest rows until the database's pages in use take at
     /// most `keep.max_bytes` (freed pages are reused, so the file stops growing there). Returns
     /// the rows deleted.
-    pub fn enforce_retention(&mut self, now_ms: i64, keep: &Keep) -> anyhow::Result<usize> {
+    pub fn enforce_retention(&mut self, now_ms: i64, keep: &History) -> anyhow::Result<usize> {
         let cutoff = now_ms - i64::from(keep.retention_days) * 86_400_000;
         let mut deleted = self
             .conn
@@ -363,6 +354,25 @@ pub struct Names {
 }
 
 impl Names {
+    /// The names of `config` and of the device `slots` (name -> slot); device names are
+    /// pseudonymised with `pseudonym` if the history says so.
+    pub fn of(
+        config: &crate::config::Config,
+        slots: &std::collections::HashMap<String, u32>,
+        pseudonym: Option<&Pseudonym>,
+    ) -> Self {
+        Self {
+            slots: slots.iter().map(|(n, s)| (*s, n.clone())).collect(),
+            policies: config.policies.iter().map(|p| p.name.clone()).collect(),
+            categories: config.categories.iter().map(|c| c.name.clone()).collect(),
+            pseudonym: config
+                .history
+                .pseudonymize
+                .then(|| pseudonym.cloned())
+                .flatten(),
+        }
+    }
+
     /// The row for `ev`, decided at `time_ms`.
     pub fn row(&self, ev: &DecisionEvent, time_ms: i64) -> Row {
         let device = match self.slots.get(&ev.slot) {
@@ -430,15 +440,6 @@ pub struct RecorderStats {
     pub rows: AtomicU64,
 }
 
-/// How the recorder keeps the history.
-#[derive(Debug, Clone)]
-pub struct Keep {
-    pub enabled: bool,
-    pub retention_days: u32,
-    pub max_rows: u64,
-    pub max_bytes: u64,
-}
-
 /// The thread that drains the event ring into the history.
 pub struct Recorder {
     stop: Arc<AtomicBool>,
@@ -464,7 +465,7 @@ impl Recorder {
         mut ring: aya::maps::RingBuf<aya::maps::MapData>,
         store: Option<Store>,
         names: Arc<RwLock<Names>>,
-        keep: Arc<RwLock<Keep>>,
+        keep: Arc<RwLock<History>>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(RecorderStats::default());
@@ -611,8 +612,8 @@ pub fn parse_time(text: &str, now: jiff::Timestamp) -> Result<i64, BadInput> {
     }
 }
 
-/// Checks a `--action` or `--protocol` value against the labels that exist.
-pub fn check_label(what: &str, value: &str, labels: &[&str]) -> Result<(), BadInput> {
+/// Checks an `action` or `protocol` value against the labels that exist.
+fn check_label(what: &str, value: &str, labels: &[&str]) -> Result<(), BadInput> {
     if labels.contains(&value) {
         Ok(())
     } else {
@@ -620,6 +621,47 @@ pub fn check_label(what: &str, value: &str, labels: &[&str]) -> Result<(), BadIn
             "{what} \"{value}\": expected one of {}",
             labels.join(", ")
         )))
+    }
+}
+
+/// A history query as given, on the command line (`gateway log`) or in the API's query string.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub devices: Vec<String>,
+    pub action: Option<String>,
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    /// RFC 3339 times or ages (`parse_time`).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    /// The filter `q` asks for: labels checked, times parsed, each device also under its
+    /// pseudonym (the key in `state_dir`). Bad values are `BadInput`.
+    pub fn from_query(q: Query, state_dir: &Path, now: jiff::Timestamp) -> anyhow::Result<Self> {
+        if let Some(a) = &q.action {
+            let labels: Vec<&str> = Action::ALL.iter().map(|a| a.label()).collect();
+            check_label("action", a, &labels)?;
+        }
+        if let Some(p) = &q.protocol {
+            let labels: Vec<&str> = Proto::ALL.iter().map(|p| p.label()).collect();
+            check_label("protocol", p, &labels)?;
+        }
+        let mut devices = Vec::new();
+        for d in &q.devices {
+            devices.extend(device_keys(state_dir, d)?);
+        }
+        Ok(Self {
+            devices,
+            action: q.action,
+            name_suffix: q.name,
+            protocol: q.protocol,
+            since_ms: q.since.map(|t| parse_time(&t, now)).transpose()?,
+            until_ms: q.until.map(|t| parse_time(&t, now)).transpose()?,
+            limit: q.limit,
+        })
     }
 }
 
@@ -776,11 +818,12 @@ mod tests {
             .map(|i| row(now - (20 - i) * day / 2, "tablet", "a.example", "allow"))
             .collect();
         s.insert(&rows).expect("insert");
-        let keep = |days, rows, bytes| Keep {
+        let keep = |days, rows, bytes| History {
             enabled: true,
             retention_days: days,
             max_rows: rows,
             max_bytes: bytes,
+            pseudonymize: false,
         };
         // 7 days keep the rows of the last 7 days: 14 of them (one every half day).
         assert_eq!(

@@ -220,6 +220,41 @@ fn check_text(what: &str, s: &str, required: bool) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// The configured device called `name`.
+pub fn device<'c>(
+    config: &'c Config,
+    name: &str,
+) -> Result<&'c crate::config::Device, ControlError> {
+    config
+        .devices
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| ControlError::UnknownDevice(name.to_string()))
+}
+
+/// The device `name` of a request that carries a `note`, the note checked.
+fn noted<'c>(
+    config: &'c Config,
+    name: &str,
+    note: Option<&str>,
+) -> Result<&'c crate::config::Device, ControlError> {
+    let d = device(config, name)?;
+    if let Some(n) = note {
+        check_text("note", n, false)?;
+    }
+    Ok(d)
+}
+
+/// `policy`, if given, must exist.
+fn check_policy(config: &Config, policy: Option<&str>) -> Result<(), ControlError> {
+    match policy {
+        Some(p) if config.policy_id(p).is_none() => {
+            Err(ControlError::BadRequest(format!("unknown policy \"{p}\"")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn checkout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkout> {
     Ok(Checkout {
         id: r.get(0)?,
@@ -316,17 +351,6 @@ impl Store {
         Ok(())
     }
 
-    fn device<'c>(
-        config: &'c Config,
-        device: &str,
-    ) -> Result<&'c crate::config::Device, ControlError> {
-        config
-            .devices
-            .iter()
-            .find(|d| d.name == device)
-            .ok_or_else(|| ControlError::UnknownDevice(device.to_string()))
-    }
-
     /// Suspends `device` (operator).
     pub fn suspend(
         &self,
@@ -335,10 +359,7 @@ impl Store {
         note: Option<&str>,
         now_ms: i64,
     ) -> Result<(), ControlError> {
-        let d = Self::device(config, device)?;
-        if let Some(n) = note {
-            check_text("note", n, false)?;
-        }
+        let d = noted(config, device, note)?;
         let mut s = self.state(device)?;
         if let Some(why) = &s.suspended {
             return Err(ControlError::Conflict(format!(
@@ -364,10 +385,7 @@ impl Store {
         note: Option<&str>,
         now_ms: i64,
     ) -> Result<(), ControlError> {
-        let d = Self::device(config, device)?;
-        if let Some(n) = note {
-            check_text("note", n, false)?;
-        }
+        let d = noted(config, device, note)?;
         let mut s = self.state(device)?;
         if s.suspended.is_none() {
             let why = if d.suspended {
@@ -400,12 +418,8 @@ impl Store {
         policy: Option<&str>,
         now_ms: i64,
     ) -> Result<(), ControlError> {
-        Self::device(config, device)?;
-        if let Some(p) = policy
-            && config.policy_id(p).is_none()
-        {
-            return Err(ControlError::BadRequest(format!("unknown policy \"{p}\"")));
-        }
+        self::device(config, device)?;
+        check_policy(config, policy)?;
         let mut s = self.state(device)?;
         s.policy = policy.map(str::to_string);
         self.set_state(device, &s)?;
@@ -423,18 +437,14 @@ impl Store {
         policy: Option<&str>,
         now_ms: i64,
     ) -> Result<Checkout, ControlError> {
-        Self::device(config, device)?;
+        self::device(config, device)?;
         check_text("borrower", borrower, true)?;
         if due_ms <= now_ms {
             return Err(ControlError::BadRequest(
                 "due: the due date is not in the future".into(),
             ));
         }
-        if let Some(p) = policy
-            && config.policy_id(p).is_none()
-        {
-            return Err(ControlError::BadRequest(format!("unknown policy \"{p}\"")));
-        }
+        check_policy(config, policy)?;
         if let Some(open) = self.checkouts(Some(device), true)?.first() {
             return Err(ControlError::Conflict(format!(
                 "{device} is checked out already (to {})",
@@ -466,10 +476,7 @@ impl Store {
         note: Option<&str>,
         now_ms: i64,
     ) -> Result<Checkout, ControlError> {
-        Self::device(config, device)?;
-        if let Some(n) = note {
-            check_text("note", n, false)?;
-        }
+        noted(config, device, note)?;
         let Some(open) = self.checkouts(Some(device), true)?.into_iter().next() else {
             return Err(ControlError::Conflict(format!(
                 "{device} is not checked out"

@@ -464,30 +464,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            use gateway_common::enums::{Action, Proto};
             let config = Config::resolve(config.as_deref())?;
-            let now = jiff::Timestamp::now();
-            if let Some(a) = &action {
-                let labels: Vec<&str> = Action::ALL.iter().map(|a| a.label()).collect();
-                history::check_label("--action", a, &labels)?;
-            }
-            if let Some(p) = &protocol {
-                let labels: Vec<&str> = Proto::ALL.iter().map(|p| p.label()).collect();
-                history::check_label("--protocol", p, &labels)?;
-            }
-            let mut devices = Vec::new();
-            for d in &device {
-                devices.extend(history::device_keys(&config.state_dir, d)?);
-            }
-            let filter = history::Filter {
-                devices,
+            let query = history::Query {
+                devices: device,
                 action,
-                name_suffix: name,
+                name,
                 protocol,
-                since_ms: since.map(|t| history::parse_time(&t, now)).transpose()?,
-                until_ms: until.map(|t| history::parse_time(&t, now)).transpose()?,
+                since,
+                until,
                 limit: (limit > 0).then_some(limit),
             };
+            let filter =
+                history::Filter::from_query(query, &config.state_dir, jiff::Timestamp::now())?;
             let rows = history::Store::open_existing(&config.state_dir)?.query(&filter)?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

@@ -33,16 +33,21 @@ pub fn read_private(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Creates `path` with `contents`, mode 0600 (and its directory, mode 0700, if missing). Fails
-/// if the file exists.
-pub fn create_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
+/// Creates `dir` (and its parents), mode 0700, if it does not exist.
+pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.as_os_str().is_empty() && !dir.exists() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` with `contents`, mode 0600 (and its directory, mode 0700, if missing). Fails
+/// if the file exists.
+pub fn create_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

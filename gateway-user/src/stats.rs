@@ -38,13 +38,6 @@ impl Summable for Counter {
     }
 }
 
-/// Not per-CPU; read through the same batch path (never actually summed).
-impl Summable for DeviceName {
-    fn add(&mut self, other: &Self) {
-        *self = *other;
-    }
-}
-
 impl Summable for DeviceTraffic {
     fn add(&mut self, o: &Self) {
         self.packets = self.packets.wrapping_add(o.packets);
@@ -139,22 +132,15 @@ impl Snapshot {
     }
 }
 
-/// Every element of an array map (index, value; per-CPU values summed), in a few system calls;
-/// `None` where the kernel cannot batch (read element by element instead).
-fn batch_read<V: Summable>(
+/// Every element of a map, in a few system calls; the values of a per-CPU map summed over CPUs
+/// with `per_cpu_sum` (`None`: not a per-CPU map). `None` where the kernel cannot batch (the
+/// caller reads element by element instead).
+fn batch_read<K: aya::Pod, V: aya::Pod + Default>(
     map: &aya::maps::MapData,
-    per_cpu: bool,
-) -> anyhow::Result<Option<Vec<(u32, V)>>> {
-    batch_read_keyed::<u32, V>(map, per_cpu)
-}
-
-/// As `batch_read`, for any key type.
-fn batch_read_keyed<K: aya::Pod, V: Summable>(
-    map: &aya::maps::MapData,
-    per_cpu: bool,
+    per_cpu_sum: Option<fn(&mut V, &V)>,
 ) -> anyhow::Result<Option<Vec<(K, V)>>> {
     use std::os::fd::AsFd as _;
-    let value_size = if per_cpu {
+    let value_size = if per_cpu_sum.is_some() {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))?;
         size_of::<V>().div_ceil(8) * 8 * cpus
     } else {
@@ -168,11 +154,10 @@ fn batch_read_keyed<K: aya::Pod, V: Summable>(
             .map(|(k, v)| {
                 // SAFETY: the kernel wrote a key of the map's key size, a Pod.
                 let key: K = unsafe { std::ptr::read_unaligned(k.as_ptr().cast()) };
-                let value = if per_cpu {
-                    crate::batch::per_cpu(&v, |t: &mut V, x: &V| t.add(x))
-                } else {
+                let value = match per_cpu_sum {
+                    Some(add) => crate::batch::per_cpu(&v, add),
                     // SAFETY: as above, for the value.
-                    unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) }
+                    None => unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) },
                 };
                 (key, value)
             })
@@ -191,7 +176,8 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
     };
 
     let counters: Option<HashMap<u32, Counter>> =
-        batch_read::<Counter>(maps.stats.map(), true)?.map(|all| all.into_iter().collect());
+        batch_read::<u32, Counter>(maps.stats.map(), Some(Summable::add))?
+            .map(|all| all.into_iter().collect());
     for reason_id in 0..REASON_SLOTS {
         let Some(reason) = Reason::from_u32(reason_id) else {
             continue;
@@ -221,7 +207,7 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         }
     }
 
-    let mut names = match batch_read::<DeviceName>(maps.device_names.map(), false)? {
+    let mut names = match batch_read::<u32, DeviceName>(maps.device_names.map(), None)? {
         Some(all) => all
             .into_iter()
             .filter(|(slot, _)| *slot != 0)
@@ -231,7 +217,7 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
     };
     names.insert(UNKNOWN_SLOT, UNKNOWN_DEVICE.to_string());
     let traffic: Option<HashMap<u32, DeviceTraffic>> =
-        batch_read::<DeviceTraffic>(maps.device_traffic.map(), true)?
+        batch_read::<u32, DeviceTraffic>(maps.device_traffic.map(), Some(Summable::add))?
             .map(|all| all.into_iter().collect());
     for (slot, name) in &names {
         let t = match &traffic {
@@ -249,7 +235,7 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
     }
 
     let decisions: Vec<(DecisionKey, u64)> =
-        match batch_read_keyed::<DecisionKey, u64>(maps.decisions.map(), true)? {
+        match batch_read::<DecisionKey, u64>(maps.decisions.map(), Some(Summable::add))? {
             Some(all) => all,
             None => maps
                 .decisions
@@ -287,7 +273,8 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
     });
 
     let globals: Option<HashMap<u32, u64>> =
-        batch_read::<u64>(maps.global.map(), true)?.map(|all| all.into_iter().collect());
+        batch_read::<u32, u64>(maps.global.map(), Some(Summable::add))?
+            .map(|all| all.into_iter().collect());
     for g in Global::ALL {
         let index = *g as u32;
         if index < GLOBAL_SLOTS {

@@ -44,12 +44,6 @@ policy = "staff"
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
 fn dns_query(dev: u8, name: &str) -> Vec<u8> {
-    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
     frames::build(
         L2::Ethernet {
             src: [0x02, 0, 0, 0, 2, dev],
@@ -63,7 +57,7 @@ fn dns_query(dev: u8, name: &str) -> Vec<u8> {
             sport: 40000,
             dport: 53,
         },
-        &q,
+        &frames::dns_query(name),
     )
 }
 
