@@ -42,8 +42,9 @@ pub struct L2 {
     pub ethertype: u16,
     /// VLAN tags skipped.
     pub vlan_tags: u8,
-    /// Source MAC (zero on raw-IP links).
-    pub src_mac: [u8; 6],
+    /// Source MAC as the device table keys it (`table::mac_key`: byte 0 lowest, 48 bits; zero
+    /// on raw-IP links). Read with one word load.
+    pub src_mac: u64,
 }
 
 /// Fragment position of an IP packet.
@@ -85,7 +86,13 @@ impl Addr {
     /// `::ffff:a.b.c.d`.
     #[inline(always)]
     pub const fn from_v4(v4: [u8; 4]) -> Self {
-        Self([0, 0xffff_0000 | (u32::from_le_bytes(v4) as u64) << 32])
+        Self::from_v4_word(u32::from_le_bytes(v4))
+    }
+
+    /// `::ffff:a.b.c.d` from the address's 4 bytes loaded as a little-endian word.
+    #[inline(always)]
+    pub const fn from_v4_word(w: u32) -> Self {
+        Self([0, 0xffff_0000 | (w as u64) << 32])
     }
 
     /// From the 16 bytes of an IPv6 or IPv4-mapped address.
@@ -151,11 +158,12 @@ pub const TCP_ACK: u8 = 0x10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L2Error {
     pub reason: Reason,
-    pub src_mac: Option<[u8; 6]>,
+    /// As `L2::src_mac`.
+    pub src_mac: Option<u64>,
 }
 
 impl L2Error {
-    const fn new(reason: Reason, src_mac: Option<[u8; 6]>) -> Self {
+    const fn new(reason: Reason, src_mac: Option<u64>) -> Self {
         Self { reason, src_mac }
     }
 }
@@ -175,15 +183,18 @@ pub fn parse_l2<B: Bytes + ?Sized>(b: &B, link: LinkType) -> Result<L2, L2Error>
                 l3_off: 0,
                 ethertype,
                 vlan_tags: 0,
-                src_mac: [0; 6],
+                src_mac: 0,
             })
         }
         LinkType::Ethernet => {
-            let hdr = b
-                .read::<ETH_HLEN>(0)
-                .ok_or(L2Error::new(Reason::TruncatedL2, None))?;
-            let src_mac = [hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11]];
-            let mut ethertype = u16::from_be_bytes([hdr[12], hdr[13]]);
+            // Source MAC and ethertype, the end of the header: one word (the destination MAC
+            // is not needed).
+            let tail = u64::from_le_bytes(
+                b.read::<8>(ETH_HLEN - 8)
+                    .ok_or(L2Error::new(Reason::TruncatedL2, None))?,
+            );
+            let src_mac = tail & 0xffff_ffff_ffff;
+            let mut ethertype = ((tail >> 48) as u16).swap_bytes();
             let mut off = ETH_HLEN;
             let mut vlan_tags = 0u8;
             // Constant bound: the verifier sees at most MAX_VLAN_TAGS iterations.
@@ -244,7 +255,12 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
     if h[0] >> 4 != 4 {
         return Err(L3Error::new(Reason::BadL3, None));
     }
-    let src = Addr::from_v4([h[12], h[13], h[14], h[15]]);
+    // Both addresses with one word load.
+    let addrs = b
+        .read::<8>(off + 12)
+        .map(u64::from_le_bytes)
+        .ok_or(L3Error::new(Reason::TruncatedL3, None))?;
+    let src = Addr::from_v4_word(addrs as u32);
     let fail = |reason| L3Error::new(reason, Some(src));
     // IHL is 4 bits: the header is at most 60 bytes, which bounds every later offset.
     let hlen = ((h[0] & 0x0f) as usize) * 4;
@@ -276,7 +292,7 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
         l4_off: off + hlen,
         l3_end: if end < size { end } else { size },
         src,
-        dst: Addr::from_v4([h[16], h[17], h[18], h[19]]),
+        dst: Addr::from_v4_word((addrs >> 32) as u32),
     })
 }
 
@@ -515,7 +531,7 @@ mod tests {
         let mut f = eth(ETH_P_IP);
         f.extend(ipv4(IPPROTO_UDP, 5, 0, &udp(5353, 53, b"hello")));
         let (l2, l3, l4) = all(&f, LinkType::Ethernet).expect("parses");
-        assert_eq!(l2.src_mac, [2, 0, 0, 0, 0, 0x17]);
+        assert_eq!(l2.src_mac, crate::table::mac_key(&[2, 0, 0, 0, 0, 0x17]));
         assert_eq!(l2.l3_off, 14);
         assert_eq!(l3.src, Addr::from_v4([10, 0, 0, 17]));
         assert_eq!(
@@ -564,7 +580,7 @@ mod tests {
             assert_eq!(l3.version, 4);
             assert_eq!(l4.dst_port, 53);
         }
-        let mac = Some([2, 0, 0, 0, 0, 0x17]);
+        let mac = Some(crate::table::mac_key(&[2, 0, 0, 0, 0, 0x17]));
         let f = tagged(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP);
         assert_eq!(
             parse_l2(&f[..], LinkType::Ethernet),

@@ -43,8 +43,9 @@ impl Device {
         self.known = true;
     }
 
+    /// `mac` as `table::mac_key` makes it.
     #[inline(always)]
-    pub fn by_mac(&mut self, generation: u32, settings: &GenSettings, mac: &[u8; 6]) {
+    pub fn by_mac(&mut self, generation: u32, settings: &GenSettings, mac: u64) {
         if settings.flags & SETTINGS_HAS_MAC == 0 {
             return;
         }

@@ -14,9 +14,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{
-        bpf_csum_diff, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
-    },
+    helpers::generated::{bpf_csum_diff, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use gateway_common::{
@@ -59,10 +57,6 @@ pub struct Scratch {
     pub flow_name: gateway_common::maps::FlowName,
     /// A copy of the UDP segment of an answer, for its checksum (zero padded).
     pub seg: [u8; 512],
-    /// The records appended to an answer.
-    pub extra: [u8; 48],
-    /// The checksum pseudo header of an answer.
-    pub pseudo: [u8; 40],
     /// What the main program hands to the DNS program (tail call).
     pub handoff: Handoff,
     /// Loop state of the `bpf_loop` callbacks. Kept in map memory, not on the stack: the
@@ -277,18 +271,22 @@ pub(crate) fn decide(
         return default_decision(policy.flags & POLICY_DEFAULT_BLOCK != 0);
     };
     let count = suffixes(&s.labels, labels as usize, settings.table_seed, &mut s.fps) as u32;
-    s.matching = MatchCtx {
-        generation,
-        buckets: settings.domain_buckets,
-        seed: settings.table_seed,
-        count,
-        policy: policy_id,
-        blocked: policy.block_categories,
-        found: 0,
-        block: 0,
-        explicit: 0,
-        category: 0,
-    };
+    let m = &mut s.matching;
+    m.generation = generation;
+    m.buckets = settings.domain_buckets;
+    m.seed = settings.table_seed;
+    m.count = count;
+    m.policy = policy_id;
+    m.blocked = policy.block_categories;
+    // Volatile: four adjacent zero stores would otherwise become a call to `memset` (a byte
+    // loop in a BPF subprogram).
+    // SAFETY: the fields are valid, aligned u32s of scratch memory.
+    unsafe {
+        core::ptr::write_volatile(&mut m.found, 0);
+        core::ptr::write_volatile(&mut m.block, 0);
+        core::ptr::write_volatile(&mut m.explicit, 0);
+        core::ptr::write_volatile(&mut m.category, 0);
+    }
     if count > 0 && settings.domain_buckets > 0 {
         // SAFETY: as above.
         unsafe { bpf_loop(count, match_step as *mut c_void, core::ptr::null_mut(), 0) };
@@ -488,12 +486,26 @@ fn fold(sum: u64) -> u16 {
     s as u16
 }
 
-/// Stores `bytes` at `off` in the frame.
+/// Stores the bytes of `v` at `off` in the frame: a direct store (the frame's bounds are read
+/// again, so this is right after `bpf_xdp_adjust_tail` too). Values are built with
+/// `from_le_bytes` from the bytes in frame order.
 #[inline(always)]
-fn store<const N: usize>(ctx: &XdpContext, off: usize, bytes: &[u8; N]) -> bool {
-    let mut b = *bytes;
-    // SAFETY: `b` is N bytes on the stack; the helper checks the packet range.
-    unsafe { bpf_xdp_store_bytes(ctx.ctx, off as u32, b.as_mut_ptr().cast(), N as u32) == 0 }
+fn put<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> bool {
+    PacketBytes::new(ctx).put(off, v)
+}
+
+/// Ones'-complement sum of `bytes` as big-endian 16-bit words (not folded). At most 8 bytes:
+/// larger arrays would live on the stack, which the DNS program has little of.
+#[inline(always)]
+fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
+    const { assert!(N <= 8) };
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u64::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
 }
 
 /// Turns the query frame into its answer. `end` is the offset just after the question.
@@ -515,41 +527,14 @@ fn answer(
     }
     let dns_off = f.payload_off;
     let had_opt = header[10] != 0 || header[11] != 0;
-    let Some(sc) = maps::scratch() else {
-        return Verdict::Drop;
-    };
     // The records appended after the question: a sinkhole answer (A: 16 bytes, AAAA: 28) and
-    // an OPT record (11) when the query had one. Built in scratch memory: the stack is small.
-    let mut n = 0usize;
-    let mut ancount = 0u8;
-    if let Some(qtype) = sinkhole {
-        let ttl = policy.ttl.to_be_bytes();
-        let t = qtype.to_be_bytes();
-        sc.extra[..10]
-            .copy_from_slice(&[0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1], ttl[2], ttl[3]]);
-        if qtype == QTYPE_A {
-            sc.extra[10..12].copy_from_slice(&[0, 4]);
-            sc.extra[12..16].copy_from_slice(&policy.sinkhole_v4_be);
-            n = 16;
-        } else {
-            sc.extra[10..12].copy_from_slice(&[0, 16]);
-            sc.extra[12..28].copy_from_slice(&policy.sinkhole_v6_be);
-            n = 28;
-        }
-        ancount = 1;
-    }
-    if had_opt {
-        // Root name, type OPT (41), UDP payload size 1232, extended rcode/version/flags 0.
-        let opt = [0u8, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0];
-        if n == 0 {
-            sc.extra[..11].copy_from_slice(&opt);
-        } else if n == 16 {
-            sc.extra[16..27].copy_from_slice(&opt);
-        } else {
-            sc.extra[28..39].copy_from_slice(&opt);
-        }
-        n += 11;
-    }
+    // an OPT record (11) when the query had one.
+    let answer_len = match sinkhole {
+        Some(QTYPE_A) => 16,
+        Some(_) => 28,
+        None => 0,
+    };
+    let n = answer_len + if had_opt { 11 } else { 0 };
 
     // New length: everything up to the end of the question, then the appended records.
     // Verifier: materialise the length as a scalar before using it (see `opaque`).
@@ -562,31 +547,61 @@ fn answer(
     }
 
     // DNS header: response, same opcode (QUERY), RD copied, RA set, the rcode; counts.
-    let flags = [0x80 | (header[2] & 0x01), 0x80 | rcode as u8];
-    let counts = [0u8, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)];
-    let ok = store(ctx, dns_off + 2, &flags) && store(ctx, dns_off + 4, &counts);
-    // Verifier: `n` is one of 0, 11, 16, 27, 28, 39, within the 48-byte buffer.
-    let appended = (n as u32) & 0x3f;
-    // SAFETY: `appended` (<= 39) bytes of scratch memory; the helper checks the packet range.
-    let ok = ok
-        && (appended == 0
-            || unsafe {
-                bpf_xdp_store_bytes(ctx.ctx, end as u32, sc.extra.as_mut_ptr().cast(), appended)
-            } == 0);
-    if !ok {
+    let flags = u16::from_le_bytes([0x80 | (header[2] & 0x01), 0x80 | rcode as u8]);
+    let ancount = u8::from(answer_len != 0);
+    let counts = u64::from_le_bytes([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]);
+    if !(put(ctx, dns_off + 2, flags) && put(ctx, dns_off + 4, counts)) {
+        return Verdict::Drop;
+    }
+    // The appended records, written in place after the question.
+    let mut at = end;
+    if let Some(qtype) = sinkhole {
+        // Name (a pointer to the question's), type, class IN, TTL, data length, address.
+        let ttl = policy.ttl.to_be_bytes();
+        let t = qtype.to_be_bytes();
+        let head = u64::from_le_bytes([0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1]]);
+        let ok = put(ctx, at, head)
+            && put(ctx, at + 8, u16::from_le_bytes([ttl[2], ttl[3]]))
+            && if qtype == QTYPE_A {
+                put(ctx, at + 10, u16::from_le_bytes([0, 4]))
+                    && put(ctx, at + 12, u32::from_le_bytes(policy.sinkhole_v4_be))
+            } else {
+                let v6 = &policy.sinkhole_v6_be;
+                put(ctx, at + 10, u16::from_le_bytes([0, 16]))
+                    && put(
+                        ctx,
+                        at + 12,
+                        u64::from_le_bytes([
+                            v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7],
+                        ]),
+                    )
+                    && put(
+                        ctx,
+                        at + 20,
+                        u64::from_le_bytes([
+                            v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15],
+                        ]),
+                    )
+            };
+        if !ok {
+            return Verdict::Drop;
+        }
+        at += answer_len;
+    }
+    // Root name, type OPT (41), UDP payload size 1232, extended rcode/version/flags 0, no data.
+    if had_opt
+        && !(put(ctx, at, u64::from_le_bytes([0, 0, 41, 0x04, 0xd0, 0, 0, 0]))
+            && put(ctx, at + 8, 0u16)
+            && put(ctx, at + 10, 0u8))
+    {
         return Verdict::Drop;
     }
 
     // The UDP header: ports swapped, new length; the checksum is computed below.
     let udp_len = (new_len - f.l4_off) as u16;
-    let ports = [
-        (f.dport >> 8) as u8,
-        f.dport as u8,
-        (f.sport >> 8) as u8,
-        f.sport as u8,
-    ];
-    let len_csum = [(udp_len >> 8) as u8, udp_len as u8, 0, 0];
-    if !(store(ctx, f.l4_off, &ports) && store(ctx, f.l4_off + 4, &len_csum)) {
+    let ports = u32::from(f.dport.to_be()) | u32::from(f.sport.to_be()) << 16;
+    let len_csum = u32::from(udp_len.to_be());
+    if !(put(ctx, f.l4_off, ports) && put(ctx, f.l4_off + 4, len_csum)) {
         return Verdict::Drop;
     }
     send_back(ctx, f, new_len, IPPROTO_UDP, 6)
@@ -605,7 +620,8 @@ pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
     }
     let seq = f.ack.to_be_bytes();
     let ack = f.seq.wrapping_add(payload).to_be_bytes();
-    let hdr: [u8; TCP_HLEN] = [
+    // Written as 8 + 8 + 4 bytes: stores of at most a word stay in registers.
+    let ports_seq = [
         (f.dport >> 8) as u8,
         f.dport as u8,
         (f.sport >> 8) as u8,
@@ -614,6 +630,8 @@ pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
         seq[1],
         seq[2],
         seq[3],
+    ];
+    let ack_flags = [
         ack[0],
         ack[1],
         ack[2],
@@ -622,12 +640,11 @@ pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
         TCP_RST | TCP_ACK,
         0,
         0,
-        0,
-        0,
-        0,
-        0,
     ];
-    if !store(ctx, f.l4_off, &hdr) {
+    if !(put(ctx, f.l4_off, u64::from_le_bytes(ports_seq))
+        && put(ctx, f.l4_off + 8, u64::from_le_bytes(ack_flags))
+        && put(ctx, f.l4_off + 16, 0u32))
+    {
         return Verdict::Drop;
     }
     send_back(ctx, f, new_len, IPPROTO_TCP, 16)
@@ -641,13 +658,14 @@ pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
 fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: usize) -> Verdict {
     let pkt = PacketBytes::new(ctx);
     if f.l3_off >= 14 {
-        let Some(macs) = pkt.read::<12>(0) else {
+        // Destination and source MAC swapped, as a word and a half word (bytes 0..8, 8..12).
+        let (Some(lo), Some(hi)) = (pkt.read::<8>(0), pkt.read::<4>(8)) else {
             return Verdict::Drop;
         };
-        let mut swapped = [0u8; 12];
-        swapped[..6].copy_from_slice(&macs[6..]);
-        swapped[6..].copy_from_slice(&macs[..6]);
-        if !store(ctx, 0, &swapped) {
+        let (lo, hi) = (u64::from_le_bytes(lo), u64::from(u32::from_le_bytes(hi)));
+        let dst = lo & 0xffff_ffff_ffff;
+        let src = lo >> 48 | hi << 16;
+        if !(put(ctx, 0, src | dst << 48) && put(ctx, 8, (dst >> 16) as u32)) {
             return Verdict::Drop;
         }
     }
@@ -656,28 +674,33 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
     let Some(s) = maps::scratch() else {
         return Verdict::Drop;
     };
-    s.pseudo = [0u8; 40];
-    let pseudo_len;
-    if !f.v6 {
-        let src = f.src.to_bytes();
-        let dst = f.dst.to_bytes();
-        let mut addrs = [0u8; 8];
-        addrs[..4].copy_from_slice(&dst[12..]);
-        addrs[4..].copy_from_slice(&src[12..]);
-        let total = ((new_len - l3_off) as u16).to_be_bytes();
-        if !(store(ctx, l3_off + 12, &addrs)
-            && store(ctx, l3_off + 2, &total)
-            && store(ctx, l3_off + 10, &[0u8, 0]))
+    // The pseudo header's sum (big-endian words), added to the segment's below.
+    let pseudo = if !f.v6 {
+        // IPv4-mapped: the IPv4 address is the high half of the second word. Swapped.
+        let addrs = (f.dst.0[1] >> 32) | (f.src.0[1] >> 32) << 32;
+        let total = ((new_len - l3_off) as u16).to_be();
+        if !(put(ctx, l3_off + 12, addrs)
+            && put(ctx, l3_off + 2, total)
+            && put(ctx, l3_off + 10, 0u16))
         {
             return Verdict::Drop;
         }
-        // IPv4 header checksum over the (bounded) header.
+        // IPv4 header checksum over the (bounded) header: summed in place when it has no
+        // options (the usual case), else copied out and summed by the helper.
         let hlen = (f.l4_off.wrapping_sub(l3_off)) & 0x3c;
         if hlen < 20 {
             return Verdict::Drop;
         }
-        // SAFETY: 60 bytes at most into the 512-byte buffer; the helper checks the packet.
-        if unsafe {
+        let sum = if hlen == 20 {
+            let p = PacketBytes::new(ctx);
+            let Some(a) = p.read::<8>(l3_off) else {
+                return Verdict::Drop;
+            };
+            let Some(b) = p.read::<4>(l3_off + 8) else {
+                return Verdict::Drop;
+            };
+            sum_words(&a) + sum_words(&b) + sum_words(&addrs.to_le_bytes())
+        } else if unsafe {
             bpf_xdp_load_bytes(
                 ctx.ctx,
                 l3_off as u32,
@@ -687,40 +710,44 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
         } != 0
         {
             return Verdict::Drop;
-        }
-        // SAFETY: `hlen` bytes of `s.seg` were just written; it is a multiple of 4.
-        let sum = unsafe {
-            bpf_csum_diff(
-                core::ptr::null_mut(),
-                0,
-                s.seg.as_mut_ptr().cast(),
-                hlen as u32,
-                0,
-            )
+        } else {
+            // SAFETY: `hlen` bytes of `s.seg` were just written; it is a multiple of 4.
+            let native = unsafe {
+                bpf_csum_diff(
+                    core::ptr::null_mut(),
+                    0,
+                    s.seg.as_mut_ptr().cast(),
+                    hlen as u32,
+                    0,
+                )
+            };
+            // The helper sums native-order words; `sum_words` big-endian ones.
+            u64::from(u16::from_be(fold(native as u32 as u64)))
         };
-        if !store(ctx, l3_off + 10, &(!fold(sum as u64)).to_ne_bytes()) {
+        if !put(ctx, l3_off + 10, (!fold(sum)).to_be()) {
             return Verdict::Drop;
         }
-        s.pseudo[..8].copy_from_slice(&addrs);
-        s.pseudo[9] = proto;
-        s.pseudo[10..12].copy_from_slice(&seg_len.to_be_bytes());
-        pseudo_len = 12;
+        sum_words(&addrs.to_le_bytes()) + u64::from(proto) + u64::from(seg_len)
     } else {
-        let src = f.src.to_bytes();
-        let dst = f.dst.to_bytes();
-        let payload = ((new_len - l3_off - 40) as u16).to_be_bytes();
-        if !(store(ctx, l3_off + 8, &dst)
-            && store(ctx, l3_off + 24, &src)
-            && store(ctx, l3_off + 4, &payload))
+        // `Addr` words hold the address bytes in order (little-endian): written and summed as
+        // they are.
+        let words = [f.dst.0[0], f.dst.0[1], f.src.0[0], f.src.0[1]];
+        let payload = ((new_len - l3_off - 40) as u16).to_be();
+        if !(put(ctx, l3_off + 8, words[0])
+            && put(ctx, l3_off + 16, words[1])
+            && put(ctx, l3_off + 24, words[2])
+            && put(ctx, l3_off + 32, words[3])
+            && put(ctx, l3_off + 4, payload))
         {
             return Verdict::Drop;
         }
-        s.pseudo[..16].copy_from_slice(&dst);
-        s.pseudo[16..32].copy_from_slice(&src);
-        s.pseudo[34..36].copy_from_slice(&seg_len.to_be_bytes());
-        s.pseudo[39] = proto;
-        pseudo_len = 40;
-    }
+        sum_words(&words[0].to_le_bytes())
+            + sum_words(&words[1].to_le_bytes())
+            + sum_words(&words[2].to_le_bytes())
+            + sum_words(&words[3].to_le_bytes())
+            + u64::from(proto)
+            + u64::from(seg_len)
+    };
 
     // Transport checksum: pseudo header + the segment, copied out and zero padded to 4 bytes.
     let seg_len = (seg_len as u32) & 0x1ff;
@@ -740,22 +767,18 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
     {
         return Verdict::Drop;
     }
-    // SAFETY: `padded` bytes of `s.seg` are initialised (segment + zeroed padding), and the
-    // pseudo header is `pseudo_len` bytes of scratch memory; both are multiples of 4.
+    // The helper sums native-order words: the pseudo header's sum goes in as its seed in that
+    // order.
+    let seed = u32::from(fold(pseudo).to_be());
+    // SAFETY: `padded` bytes of `s.seg` are initialised (segment + zeroed padding), a multiple
+    // of 4.
     let sum = unsafe {
-        let partial = bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            s.pseudo.as_mut_ptr().cast(),
-            pseudo_len,
-            0,
-        );
         bpf_csum_diff(
             core::ptr::null_mut(),
             0,
             s.seg.as_mut_ptr().cast(),
             padded,
-            partial as u32,
+            seed,
         )
     };
     let mut c = !fold(sum as u64);
@@ -763,7 +786,7 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
         // For UDP, 0 means "no checksum".
         c = 0xffff;
     }
-    if !store(ctx, f.l4_off + csum_off, &c.to_ne_bytes()) {
+    if !put(ctx, f.l4_off + csum_off, c) {
         return Verdict::Drop;
     }
     Verdict::Tx

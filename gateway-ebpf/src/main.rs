@@ -150,9 +150,25 @@ fn decided_on_name(
         ev.category = category;
         ev.name_len = name_len;
         if let Some(s) = maps::scratch() {
-            ev.name = s.text;
+            copy_name(&mut ev.name, &s.text, name_len);
         }
     });
+}
+
+/// Copies the first `len` bytes of `from` (rounded up to whole words) into `to`. The rest of
+/// `to` is left as it was: an event's reader takes `name_len` bytes, and not writing the other
+/// ~200 saves the stores and the cache lines they would touch in the ring.
+#[inline(always)]
+fn copy_name(to: &mut [u8; 256], from: &[u8; 256], len: u16) {
+    let words = usize::from(len).div_ceil(8);
+    let (to, from) = (to.as_mut_ptr().cast::<u64>(), from.as_ptr().cast::<u64>());
+    let mut i = 0;
+    while i < 256 / 8 && i < words {
+        // SAFETY: word `i` < 32 of two 256-byte arrays. Volatile: LLVM would otherwise turn
+        // the loop into a call to `memcpy`, a byte loop in a BPF subprogram.
+        unsafe { core::ptr::write_volatile(to.add(i), from.add(i).read_unaligned()) };
+        i += 1;
+    }
 }
 
 #[inline(always)]
@@ -227,7 +243,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
         Ok(l2) => l2,
         Err(e) => {
             if let Some(mac) = e.src_mac {
-                dev.by_mac(generation, settings, &mac);
+                dev.by_mac(generation, settings, mac);
                 if dev.suspended() {
                     return suspended(&dev);
                 }
@@ -236,7 +252,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
         }
     };
     if link == LinkType::Ethernet {
-        dev.by_mac(generation, settings, &l2.src_mac);
+        dev.by_mac(generation, settings, l2.src_mac);
     }
     if l2.ethertype != ETH_P_IP && l2.ethertype != ETH_P_IPV6 {
         if dev.suspended() {

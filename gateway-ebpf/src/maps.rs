@@ -268,6 +268,15 @@ pub fn policy(generation: u32, id: u32) -> PolicyEntry {
         .unwrap_or_default()
 }
 
+/// `*to = *from` between values of different maps, as a `memcpy` the BPF backend expands
+/// inline. A plain assignment may become `memmove` (LLVM cannot tell the two maps apart),
+/// which the backend leaves to a byte-at-a-time subprogram.
+#[inline(always)]
+pub fn copy<T: Copy>(to: &mut T, from: &T) {
+    // SAFETY: two valid, distinct, aligned values of T (a `&mut` and a `&` cannot overlap).
+    unsafe { core::ptr::copy_nonoverlapping(from, to, 1) };
+}
+
 /// The per-CPU scratch memory.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut Scratch> {
@@ -291,12 +300,11 @@ pub fn ruleset(generation: u32, id: u32) -> Option<RuleSet> {
     RULESETS.get(ruleset_index(generation, id)).copied()
 }
 
-/// The device with source MAC `mac` in `generation`. The daemon never writes the active
+/// The device with source MAC `key` (`table::mac_key`) in `generation`. The daemon never writes the active
 /// generation, so the buckets read here are stable.
 #[inline(always)]
-pub fn device_by_mac(generation: u32, seed: u64, mac: &[u8; 6]) -> Option<DeviceRef> {
+pub fn device_by_mac(generation: u32, seed: u64, key: u64) -> Option<DeviceRef> {
     let base = generation * MAC_BUCKETS;
-    let key = table::mac_key(mac);
     table::lookup_home(|i| DEVICE_BY_MAC.get(base + i), MAC_BUCKETS, seed, &key)
         .or_else(|| unpack(mac_alternate(base, seed, key)))
 }
@@ -352,12 +360,18 @@ pub fn device_by_cidr(generation: u32, addr: &Addr) -> Option<DeviceRef> {
     // misaligned loads enabled LLVM would otherwise merge these into 8-byte stores the verifier
     // rejects ("misaligned stack access"). Volatile stores are never merged.
     let data = core::ptr::addr_of_mut!(key).cast::<u8>();
-    // SAFETY: offsets 4..=20 lie within the 24-byte key (prefix length, then 20 data bytes).
+    // The padding after the address is written too: then no byte is left to the zeroing
+    // above, which LLVM would otherwise do with a call to `memset` (a byte loop).
+    // SAFETY: offsets 4..24 lie within the 24-byte key (prefix length, then 20 data bytes).
     unsafe {
         data.add(4).write_volatile(generation as u8);
         let mut i = 0;
         while i < 16 {
             data.add(5 + i).write_volatile(bytes[i]);
+            i += 1;
+        }
+        while i < 19 {
+            data.add(5 + i).write_volatile(0);
             i += 1;
         }
     }

@@ -19,6 +19,24 @@ impl PacketBytes {
     }
 }
 
+impl PacketBytes {
+    /// Writes the bytes of `v` (an integer: its in-memory bytes, in order) at `off`; false
+    /// (nothing written) if any of them would lie past the end. One direct store: no helper
+    /// call, and no byte array for LLVM to turn into a `memset` call.
+    #[inline(always)]
+    pub fn put<T: Copy>(&self, off: usize, v: T) -> bool {
+        // Verifier: as in `read`.
+        let p = self.start.wrapping_add(off);
+        let last = opaque(p.wrapping_add(core::mem::size_of::<T>()));
+        if last > self.end {
+            return false;
+        }
+        // SAFETY: [p, p + size_of::<T>()) lies within the frame, checked above.
+        unsafe { core::ptr::write_unaligned(p as *mut T, v) };
+        true
+    }
+}
+
 impl Bytes for PacketBytes {
     #[inline(always)]
     fn size(&self) -> usize {

@@ -113,6 +113,14 @@ extern "C" fn tls_step(_index: u64, _ctx: *mut c_void) -> i64 {
     1
 }
 
+/// `*w = HelloWalk::new()`, as one volatile store: a plain one leaves the zero fields to a
+/// call to `memset` (a byte loop in a BPF subprogram).
+#[inline(always)]
+fn fresh_walk(w: &mut HelloWalk) {
+    // SAFETY: `w` is a valid, aligned HelloWalk.
+    unsafe { core::ptr::write_volatile(w, HelloWalk::new()) };
+}
+
 /// What the TLS program decided on a segment.
 #[derive(Clone, Copy)]
 pub struct TlsOutcome {
@@ -169,7 +177,7 @@ pub fn judge(
 
     // Where the walk starts: saved state, a fresh walk, or nothing to do. Walk states live in
     // scratch memory, never on the stack (misaligned stack accesses are rejected).
-    s.tls.walk = HelloWalk::new();
+    fresh_walk(&mut s.tls.walk);
     let mut first_seq = f.seq;
     let mut existed = false;
     let mut broken = false;
@@ -195,14 +203,14 @@ pub fn judge(
             // A new connection on the ports of a blocked one (its ClientHello at another
             // sequence number), or the first segment again (a retransmission): start over.
         } else if f.seq == st.next_seq {
-            s.tls.walk = st.walk;
+            maps::copy(&mut s.tls.walk, &st.walk);
             first_seq = st.first_seq;
             if s.tls.walk.in_name() {
                 // SAFETY: as above.
                 match unsafe { maps::FLOW_NAMES.get(key) } {
                     Some(n) => {
-                        s.text = n.text;
-                        s.labels = n.labels;
+                        maps::copy(&mut s.text, &n.text);
+                        maps::copy(&mut s.labels, &n.labels);
                     }
                     None => {
                         maps::count_global(Global::FlowNameLost);
@@ -330,7 +338,7 @@ pub fn judge(
         };
     }
     // Blocked: the flow's later packets are dropped too.
-    s.flow.walk = HelloWalk::new();
+    fresh_walk(&mut s.flow.walk);
     s.flow.first_seq = first_seq;
     s.flow.next_seq = 0;
     s.flow.state = FLOW_BLOCKED;

@@ -619,8 +619,25 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `gateway run --config <pins.config>` in `ns` and waits for it to report ready
-    /// (sd_notify `READY=1`) with `ifaces` attached.
+    /// (sd_notify `READY=1`) with `ifaces` attached. Logs at debug level for the daemon and the
+    /// history (every decision event), which tests read.
     pub fn start(ns: &Netns, pins: &Pins, ifaces: &[&str]) -> anyhow::Result<Self> {
+        Self::start_logging(
+            ns,
+            pins,
+            ifaces,
+            "info,gateway_user::daemon=debug,gateway_user::history=debug",
+        )
+    }
+
+    /// `start`, logging as `rust_log` says (`RUST_LOG` syntax; "info" is what a deployed
+    /// gateway logs).
+    pub fn start_logging(
+        ns: &Netns,
+        pins: &Pins,
+        ifaces: &[&str],
+        rust_log: &str,
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", unique("gwdaemon")));
         let file = fs::File::create(&log)?;
         let socket_path = std::env::temp_dir().join(format!("{}.sock", unique("gwnotify")));
@@ -630,10 +647,7 @@ impl Daemon {
             .command(&pins.bin)
             .args(["run", "--config"])
             .arg(&pins.config)
-            .env(
-                "RUST_LOG",
-                "info,gateway_user::daemon=debug,gateway_user::history=debug",
-            )
+            .env("RUST_LOG", rust_log)
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(file.try_clone()?)
             .stderr(file)
