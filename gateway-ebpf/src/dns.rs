@@ -488,7 +488,7 @@ fn fold(sum: u64) -> u16 {
 
 /// Stores the bytes of `v` at `off` in the frame: a direct store (the frame's bounds are read
 /// again, so this is right after `bpf_xdp_adjust_tail` too). Values are built with
-/// `from_le_bytes` from the bytes in frame order.
+/// `from_ne_bytes` from the bytes in frame order (or `to_be`/`to_le` of numbers).
 #[inline(always)]
 fn put<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> bool {
     PacketBytes::new(ctx).put(off, v)
@@ -547,9 +547,9 @@ fn answer(
     }
 
     // DNS header: response, same opcode (QUERY), RD copied, RA set, the rcode; counts.
-    let flags = u16::from_le_bytes([0x80 | (header[2] & 0x01), 0x80 | rcode as u8]);
+    let flags = u16::from_ne_bytes([0x80 | (header[2] & 0x01), 0x80 | rcode as u8]);
     let ancount = u8::from(answer_len != 0);
-    let counts = u64::from_le_bytes([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]);
+    let counts = u64::from_ne_bytes([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]);
     if !(put(ctx, dns_off + 2, flags) && put(ctx, dns_off + 4, counts)) {
         return Verdict::Drop;
     }
@@ -559,26 +559,26 @@ fn answer(
         // Name (a pointer to the question's), type, class IN, TTL, data length, address.
         let ttl = policy.ttl.to_be_bytes();
         let t = qtype.to_be_bytes();
-        let head = u64::from_le_bytes([0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1]]);
+        let head = u64::from_ne_bytes([0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1]]);
         let ok = put(ctx, at, head)
-            && put(ctx, at + 8, u16::from_le_bytes([ttl[2], ttl[3]]))
+            && put(ctx, at + 8, u16::from_ne_bytes([ttl[2], ttl[3]]))
             && if qtype == QTYPE_A {
-                put(ctx, at + 10, u16::from_le_bytes([0, 4]))
-                    && put(ctx, at + 12, u32::from_le_bytes(policy.sinkhole_v4_be))
+                put(ctx, at + 10, u16::from_ne_bytes([0, 4]))
+                    && put(ctx, at + 12, u32::from_ne_bytes(policy.sinkhole_v4_be))
             } else {
                 let v6 = &policy.sinkhole_v6_be;
-                put(ctx, at + 10, u16::from_le_bytes([0, 16]))
+                put(ctx, at + 10, u16::from_ne_bytes([0, 16]))
                     && put(
                         ctx,
                         at + 12,
-                        u64::from_le_bytes([
+                        u64::from_ne_bytes([
                             v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7],
                         ]),
                     )
                     && put(
                         ctx,
                         at + 20,
-                        u64::from_le_bytes([
+                        u64::from_ne_bytes([
                             v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15],
                         ]),
                     )
@@ -590,7 +590,7 @@ fn answer(
     }
     // Root name, type OPT (41), UDP payload size 1232, extended rcode/version/flags 0, no data.
     if had_opt
-        && !(put(ctx, at, u64::from_le_bytes([0, 0, 41, 0x04, 0xd0, 0, 0, 0]))
+        && !(put(ctx, at, u64::from_ne_bytes([0, 0, 41, 0x04, 0xd0, 0, 0, 0]))
             && put(ctx, at + 8, 0u16)
             && put(ctx, at + 10, 0u8))
     {
@@ -599,12 +599,87 @@ fn answer(
 
     // The UDP header: ports swapped, new length; the checksum is computed below.
     let udp_len = (new_len - f.l4_off) as u16;
-    let ports = u32::from(f.dport.to_be()) | u32::from(f.sport.to_be()) << 16;
-    let len_csum = u32::from(udp_len.to_be());
+    let (d, sp) = (f.dport.to_be_bytes(), f.sport.to_be_bytes());
+    let ports = u32::from_ne_bytes([d[0], d[1], sp[0], sp[1]]);
+    let l = udp_len.to_be_bytes();
+    let len_csum = u32::from_ne_bytes([l[0], l[1], 0, 0]);
     if !(put(ctx, f.l4_off, ports) && put(ctx, f.l4_off + 4, len_csum)) {
         return Verdict::Drop;
     }
-    send_back(ctx, f, new_len, IPPROTO_UDP, 6)
+
+    // The segment's checksum sum, without reading the segment back: everything but the
+    // question was just written, and the question is in scratch (copied there for the walk).
+    let question = end.wrapping_sub(dns_off + DNS_HEADER);
+    let Some(question_sum) = scratch_sum(question) else {
+        // Not all of it was copied (a name near the 255-byte limit): read the segment.
+        return send_back(ctx, f, new_len, IPPROTO_UDP, 6, None);
+    };
+    let words = [
+        // UDP header (checksum 0), DNS header.
+        u64::from(f.dport) + u64::from(f.sport) + u64::from(udp_len),
+        u64::from(u16::from_be_bytes([header[0], header[1]]))
+            + u64::from(u16::from_be_bytes(flags.to_ne_bytes())),
+        1 + u64::from(ancount) + u64::from(had_opt),
+    ];
+    // The appended records, summed as if they started a word; they follow the question, so
+    // they start mid-word when its length is odd.
+    let mut extra = 0u64;
+    if let Some(qtype) = sinkhole {
+        let ttl = policy.ttl;
+        extra += 0xc00c + u64::from(qtype) + 1 + u64::from(ttl >> 16) + u64::from(ttl & 0xffff);
+        if qtype == QTYPE_A {
+            extra += 4 + sum_words(&policy.sinkhole_v4_be);
+        } else {
+            let v6 = &policy.sinkhole_v6_be;
+            extra += 16
+                + sum_words(&[v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7]])
+                + sum_words(&[v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15]]);
+        }
+    }
+    if had_opt {
+        // Type 41, class (payload size) 1232; the rest is zero.
+        extra += 0x2904 + 0xd000;
+    }
+    let mut extra = fold(extra);
+    if question & 1 != 0 {
+        extra = extra.swap_bytes();
+    }
+    let sum = words[0] + words[1] + words[2] + question_sum + u64::from(extra);
+    send_back(ctx, f, new_len, IPPROTO_UDP, 6, Some(sum))
+}
+
+/// The sum (big-endian words, unfolded) of the first `len` bytes of `scratch.wire`, zero padded:
+/// the question of a query whose name was walked. `None` if they were not all copied there.
+#[inline(always)]
+fn scratch_sum(len: usize) -> Option<u64> {
+    let s = maps::scratch()?;
+    if len == 0 || len > s.walk.avail as usize {
+        return None;
+    }
+    // The helper sums whole 4-byte words: zero the (at most 3) bytes after the question.
+    let padded = (len + 3) & 0x1fc;
+    if padded > s.wire.len() {
+        return None;
+    }
+    let mut i = len;
+    while i < len + 3 {
+        if i < padded {
+            s.wire[i & 0xff] = 0;
+        }
+        i += 1;
+    }
+    // SAFETY: `padded` (a multiple of 4, <= 256) bytes of the 256-byte `wire`.
+    let native = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            s.wire.as_mut_ptr().cast(),
+            padded as u32,
+            0,
+        )
+    };
+    // The helper sums native-order words; fold, then turn to big-endian order.
+    Some(u64::from(u16::from_be(fold(native as u32 as u64))))
 }
 
 /// Turns a TCP segment carrying a blocked DNS query into a reset to its sender: RST|ACK with the
@@ -641,13 +716,13 @@ pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
         0,
         0,
     ];
-    if !(put(ctx, f.l4_off, u64::from_le_bytes(ports_seq))
-        && put(ctx, f.l4_off + 8, u64::from_le_bytes(ack_flags))
+    if !(put(ctx, f.l4_off, u64::from_ne_bytes(ports_seq))
+        && put(ctx, f.l4_off + 8, u64::from_ne_bytes(ack_flags))
         && put(ctx, f.l4_off + 16, 0u32))
     {
         return Verdict::Drop;
     }
-    send_back(ctx, f, new_len, IPPROTO_TCP, 16)
+    send_back(ctx, f, new_len, IPPROTO_TCP, 16, None)
 }
 
 /// Sends the rewritten frame (now `new_len` bytes, transport header in place with a zero
@@ -655,7 +730,14 @@ pub(crate) fn reset(ctx: &XdpContext, f: &Frame) -> Verdict {
 /// the IPv4 header checksum set, the transport checksum computed over the pseudo header and
 /// the segment.
 #[inline(always)]
-fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: usize) -> Verdict {
+fn send_back(
+    ctx: &XdpContext,
+    f: &Frame,
+    new_len: usize,
+    proto: u8,
+    csum_off: usize,
+    segment_sum: Option<u64>,
+) -> Verdict {
     let pkt = PacketBytes::new(ctx);
     if f.l3_off >= 14 {
         // Destination and source MAC swapped, as a word and a half word (bytes 0..8, 8..12).
@@ -665,7 +747,7 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
         let (lo, hi) = (u64::from_le_bytes(lo), u64::from(u32::from_le_bytes(hi)));
         let dst = lo & 0xffff_ffff_ffff;
         let src = lo >> 48 | hi << 16;
-        if !(put(ctx, 0, src | dst << 48) && put(ctx, 8, (dst >> 16) as u32)) {
+        if !(put(ctx, 0, (src | dst << 48).to_le()) && put(ctx, 8, ((dst >> 16) as u32).to_le())) {
             return Verdict::Drop;
         }
     }
@@ -679,7 +761,7 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
         // IPv4-mapped: the IPv4 address is the high half of the second word. Swapped.
         let addrs = (f.dst.0[1] >> 32) | (f.src.0[1] >> 32) << 32;
         let total = ((new_len - l3_off) as u16).to_be();
-        if !(put(ctx, l3_off + 12, addrs)
+        if !(put(ctx, l3_off + 12, addrs.to_le())
             && put(ctx, l3_off + 2, total)
             && put(ctx, l3_off + 10, 0u16))
         {
@@ -733,10 +815,10 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
         // they are.
         let words = [f.dst.0[0], f.dst.0[1], f.src.0[0], f.src.0[1]];
         let payload = ((new_len - l3_off - 40) as u16).to_be();
-        if !(put(ctx, l3_off + 8, words[0])
-            && put(ctx, l3_off + 16, words[1])
-            && put(ctx, l3_off + 24, words[2])
-            && put(ctx, l3_off + 32, words[3])
+        if !(put(ctx, l3_off + 8, words[0].to_le())
+            && put(ctx, l3_off + 16, words[1].to_le())
+            && put(ctx, l3_off + 24, words[2].to_le())
+            && put(ctx, l3_off + 32, words[3].to_le())
             && put(ctx, l3_off + 4, payload))
         {
             return Verdict::Drop;
@@ -749,7 +831,37 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
             + u64::from(seg_len)
     };
 
-    // Transport checksum: pseudo header + the segment, copied out and zero padded to 4 bytes.
+    // Transport checksum (big-endian): pseudo header + the segment, whose sum the caller has,
+    // or else copied out, zero padded to 4 bytes, and summed by the helper.
+    let c = match segment_sum {
+        Some(seg) => !fold(pseudo + seg),
+        None => match segment_checksum(ctx, f, s, seg_len, pseudo) {
+            Some(c) => c,
+            None => return Verdict::Drop,
+        },
+    };
+    let c = if proto == IPPROTO_UDP && c == 0 {
+        // For UDP, 0 means "no checksum".
+        0xffff
+    } else {
+        c
+    };
+    if !put(ctx, f.l4_off + csum_off, c.to_be()) {
+        return Verdict::Drop;
+    }
+    Verdict::Tx
+}
+
+/// The transport checksum (big-endian) of the segment at `f.l4_off`, `seg_len` bytes, whose
+/// pseudo header sums to `pseudo`: the segment copied into scratch and summed by the helper.
+#[inline(always)]
+fn segment_checksum(
+    ctx: &XdpContext,
+    f: &Frame,
+    s: &mut Scratch,
+    seg_len: u16,
+    pseudo: u64,
+) -> Option<u16> {
     let seg_len = (seg_len as u32) & 0x1ff;
     let padded = (seg_len + 3) & 0x1fc;
     // Zero the padding: at most 3 bytes after the segment.
@@ -759,13 +871,13 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
     s.seg[(tail + 2) & 0x1ff] = 0;
     s.seg[(tail + 3) & 0x1ff] = 0;
     if seg_len == 0 || padded > 508 {
-        return Verdict::Drop;
+        return None;
     }
     // SAFETY: `seg_len` (< 512) bytes into the 512-byte buffer; the helper checks the packet.
     if unsafe { bpf_xdp_load_bytes(ctx.ctx, f.l4_off as u32, s.seg.as_mut_ptr().cast(), seg_len) }
         != 0
     {
-        return Verdict::Drop;
+        return None;
     }
     // The helper sums native-order words: the pseudo header's sum goes in as its seed in that
     // order.
@@ -781,13 +893,6 @@ fn send_back(ctx: &XdpContext, f: &Frame, new_len: usize, proto: u8, csum_off: u
             seed,
         )
     };
-    let mut c = !fold(sum as u64);
-    if proto == IPPROTO_UDP && c == 0 {
-        // For UDP, 0 means "no checksum".
-        c = 0xffff;
-    }
-    if !put(ctx, f.l4_off + csum_off, c) {
-        return Verdict::Drop;
-    }
-    Verdict::Tx
+    // Native-order sum: its complement stored natively is the big-endian checksum's bytes.
+    Some(u16::from_be(!fold(sum as u64)))
 }

@@ -303,13 +303,16 @@ fn answers_for_every_block_kind_on_every_link() {
         } else {
             &mut eth
         };
-        for edns in [false, true] {
+        // Questions of odd and even length: the answer's checksum is summed from the question
+        // and the records written after it, which start mid-word after an odd one.
+        for (edns, name) in [
+            (false, "x.ads.example."),
+            (true, "x.ads.example."),
+            (false, "xy.ads.example."),
+            (true, "xy.ads.example."),
+        ] {
             // NXDOMAIN (the student, by category).
-            let f = dns_frame(
-                l2,
-                l3,
-                &query(0x1234, "x.ads.example.", RecordType::A, edns),
-            );
+            let f = dns_frame(l2, l3, &query(0x1234, name, RecordType::A, edns));
             let r = runner.run(&f).expect("run");
             assert_eq!(
                 (r.reason, r.action),
@@ -328,30 +331,28 @@ fn answers_for_every_block_kind_on_every_link() {
         dst: GW_MAC,
     };
     for l3 in [V4, v6()] {
-        // Sinkhole A and AAAA with the configured addresses and TTL; other types get NOERROR.
-        let f = dns_frame(e(2), l3, &query(7, "ads.example.", RecordType::A, true));
-        let m = check_answer(&f, &eth.run(&f).expect("run"), LinkType::Ethernet);
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert_eq!(m.answers.len(), 1);
-        assert_eq!(m.answers[0].ttl, 60);
-        assert_eq!(
-            m.answers[0].name,
-            Name::from_ascii("ads.example.").expect("name")
-        );
-        assert_eq!(
-            m.answers[0].data,
-            RData::A(Ipv4Addr::new(10, 9, 9, 9).into())
-        );
-        let f = dns_frame(
-            e(2),
-            l3,
-            &query(8, "Tracker.Example.", RecordType::AAAA, false),
-        );
-        let m = check_answer(&f, &eth.run(&f).expect("run"), LinkType::Ethernet);
-        assert_eq!(
-            m.answers[0].data,
-            RData::AAAA("fd00::99".parse::<Ipv6Addr>().expect("v6").into())
-        );
+        // Sinkhole A and AAAA with the configured addresses and TTL (questions of odd and even
+        // length, with and without OPT); other types get NOERROR.
+        for (name, edns) in [("ads.example.", true), ("ww.ads.example.", false)] {
+            let f = dns_frame(e(2), l3, &query(7, name, RecordType::A, edns));
+            let m = check_answer(&f, &eth.run(&f).expect("run"), LinkType::Ethernet);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(m.answers.len(), 1);
+            assert_eq!(m.answers[0].ttl, 60);
+            assert_eq!(m.answers[0].name, Name::from_ascii(name).expect("name"));
+            assert_eq!(
+                m.answers[0].data,
+                RData::A(Ipv4Addr::new(10, 9, 9, 9).into())
+            );
+        }
+        for (name, edns) in [("Tracker.Example.", false), ("ww.Tracker.Example.", true)] {
+            let f = dns_frame(e(2), l3, &query(8, name, RecordType::AAAA, edns));
+            let m = check_answer(&f, &eth.run(&f).expect("run"), LinkType::Ethernet);
+            assert_eq!(
+                m.answers[0].data,
+                RData::AAAA("fd00::99".parse::<Ipv6Addr>().expect("v6").into())
+            );
+        }
         let f = dns_frame(e(2), l3, &query(9, "ads.example.", RecordType::MX, false));
         let m = check_answer(&f, &eth.run(&f).expect("run"), LinkType::Ethernet);
         assert_eq!(
@@ -373,8 +374,12 @@ fn answers_for_every_block_kind_on_every_link() {
         );
 
         // HTTPS/SVCB of an allowed name: empty NOERROR (the student's policy).
-        for qtype in [RecordType::HTTPS, RecordType::SVCB] {
-            let f = dns_frame(e(1), l3, &query(12, "www.allowed.example.", qtype, true));
+        for (qtype, name) in [
+            (RecordType::HTTPS, "www.allowed.example."),
+            (RecordType::SVCB, "www.allowed.example."),
+            (RecordType::HTTPS, "ww.allowed.example."),
+        ] {
+            let f = dns_frame(e(1), l3, &query(12, name, qtype, true));
             let r = eth.run(&f).expect("run");
             assert_eq!(r.reason, Reason::HttpsRecords);
             let m = check_answer(&f, &r, LinkType::Ethernet);
