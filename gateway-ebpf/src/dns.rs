@@ -9,7 +9,9 @@
 //! A blocked query is answered from its own frame: the DNS header becomes a response, what
 //! follows the question is cut off (`bpf_xdp_adjust_tail`), a sinkhole record and an OPT record
 //! are appended as needed, addresses and ports are swapped, and lengths and checksums are
-//! recomputed. The frame goes back out with `XDP_TX`; the query never reaches a resolver.
+//! recomputed — with direct stores of whole words, and the checksums summed from what was
+//! written and the question already in scratch. The frame goes back out with `XDP_TX`; the query
+//! never reaches a resolver.
 
 use core::ffi::c_void;
 
@@ -55,7 +57,8 @@ pub struct Scratch {
     pub flow: gateway_common::maps::FlowState,
     /// A host name that continues in the next segment, on its way to `FLOW_NAMES`.
     pub flow_name: gateway_common::maps::FlowName,
-    /// A copy of the UDP segment of an answer, for its checksum (zero padded).
+    /// A copy of a segment for its checksum, zero padded: a TCP reset's, or an answer's whose
+    /// question was not all copied to `wire`; also an IPv4 header with options.
     pub seg: [u8; 512],
     /// What the main program hands to the DNS program (tail call).
     pub handoff: Handoff,
