@@ -511,6 +511,48 @@ fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
     sum
 }
 
+/// Writes records into the frame one after another from `at`, and sums what it writes
+/// (big-endian words, unfolded, as if the first record started a word: every piece but the
+/// last has an even length). Each method returns false if the piece did not fit.
+struct Records<'a> {
+    ctx: &'a XdpContext,
+    at: usize,
+    sum: u64,
+}
+
+impl Records<'_> {
+    #[inline(always)]
+    fn word(&mut self, b: [u8; 8]) -> bool {
+        self.sum += sum_words(&b);
+        self.advance(8, put(self.ctx, self.at, u64::from_ne_bytes(b)))
+    }
+
+    #[inline(always)]
+    fn quad(&mut self, b: [u8; 4]) -> bool {
+        self.sum += sum_words(&b);
+        self.advance(4, put(self.ctx, self.at, u32::from_ne_bytes(b)))
+    }
+
+    #[inline(always)]
+    fn half(&mut self, b: [u8; 2]) -> bool {
+        self.sum += sum_words(&b);
+        self.advance(2, put(self.ctx, self.at, u16::from_ne_bytes(b)))
+    }
+
+    /// A last, odd byte: the high half of a word.
+    #[inline(always)]
+    fn byte(&mut self, b: u8) -> bool {
+        self.sum += u64::from(b) << 8;
+        self.advance(1, put(self.ctx, self.at, b))
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, n: usize, written: bool) -> bool {
+        self.at += n;
+        written
+    }
+}
+
 /// Turns the query frame into its answer. `end` is the offset just after the question.
 /// Returns `Verdict::Tx`, or `Verdict::Drop` if the frame could not be rewritten (then the
 /// query is not answered but does not reach a resolver either).
@@ -556,46 +598,36 @@ fn answer(
     if !(put(ctx, dns_off + 2, flags) && put(ctx, dns_off + 4, counts)) {
         return Verdict::Drop;
     }
-    // The appended records, written in place after the question.
-    let mut at = end;
+    // The appended records, written in place after the question; their sum is kept as they
+    // are written.
+    let mut records = Records {
+        ctx,
+        at: end,
+        sum: 0,
+    };
     if let Some(qtype) = sinkhole {
         // Name (a pointer to the question's), type, class IN, TTL, data length, address.
         let ttl = policy.ttl.to_be_bytes();
         let t = qtype.to_be_bytes();
-        let head = u64::from_ne_bytes([0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1]]);
-        let ok = put(ctx, at, head)
-            && put(ctx, at + 8, u16::from_ne_bytes([ttl[2], ttl[3]]))
+        let ok = records.word([0xc0, 0x0c, t[0], t[1], 0, 1, ttl[0], ttl[1]])
+            && records.half([ttl[2], ttl[3]])
             && if qtype == QTYPE_A {
-                put(ctx, at + 10, u16::from_ne_bytes([0, 4]))
-                    && put(ctx, at + 12, u32::from_ne_bytes(policy.sinkhole_v4_be))
+                records.half([0, 4]) && records.quad(policy.sinkhole_v4_be)
             } else {
                 let v6 = &policy.sinkhole_v6_be;
-                put(ctx, at + 10, u16::from_ne_bytes([0, 16]))
-                    && put(
-                        ctx,
-                        at + 12,
-                        u64::from_ne_bytes([
-                            v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7],
-                        ]),
-                    )
-                    && put(
-                        ctx,
-                        at + 20,
-                        u64::from_ne_bytes([
-                            v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15],
-                        ]),
-                    )
+                records.half([0, 16])
+                    && records.word([v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7]])
+                    && records.word([v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15]])
             };
         if !ok {
             return Verdict::Drop;
         }
-        at += answer_len;
     }
     // Root name, type OPT (41), UDP payload size 1232, extended rcode/version/flags 0, no data.
     if had_opt
-        && !(put(ctx, at, u64::from_ne_bytes([0, 0, 41, 0x04, 0xd0, 0, 0, 0]))
-            && put(ctx, at + 8, 0u16)
-            && put(ctx, at + 10, 0u8))
+        && !(records.word([0, 0, 41, 0x04, 0xd0, 0, 0, 0])
+            && records.half([0, 0])
+            && records.byte(0))
     {
         return Verdict::Drop;
     }
@@ -624,26 +656,9 @@ fn answer(
             + u64::from(u16::from_be_bytes(flags.to_ne_bytes())),
         1 + u64::from(ancount) + u64::from(had_opt),
     ];
-    // The appended records, summed as if they started a word; they follow the question, so
-    // they start mid-word when its length is odd.
-    let mut extra = 0u64;
-    if let Some(qtype) = sinkhole {
-        let ttl = policy.ttl;
-        extra += 0xc00c + u64::from(qtype) + 1 + u64::from(ttl >> 16) + u64::from(ttl & 0xffff);
-        if qtype == QTYPE_A {
-            extra += 4 + sum_words(&policy.sinkhole_v4_be);
-        } else {
-            let v6 = &policy.sinkhole_v6_be;
-            extra += 16
-                + sum_words(&[v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7]])
-                + sum_words(&[v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15]]);
-        }
-    }
-    if had_opt {
-        // Type 41, class (payload size) 1232; the rest is zero.
-        extra += 0x2904 + 0xd000;
-    }
-    let mut extra = fold(extra);
+    // The appended records were summed as if they started a word; they follow the question,
+    // so they start mid-word when its length is odd.
+    let mut extra = fold(records.sum);
     if question & 1 != 0 {
         extra = extra.swap_bytes();
     }
