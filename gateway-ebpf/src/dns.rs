@@ -511,9 +511,10 @@ fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
     sum
 }
 
-/// Writes records into the frame one after another from `at`, and sums what it writes
-/// (big-endian words, unfolded, as if the first record started a word: every piece but the
-/// last has an even length). Each method returns false if the piece did not fit.
+/// Writes pieces of an answer into the frame one after another from `at`, and sums what it
+/// writes (big-endian words, unfolded, as if the first piece started a word: every piece but
+/// the last has an even length), so the checksum needs no second encoding of them. Each method
+/// returns false if the piece did not fit.
 struct Records<'a> {
     ctx: &'a XdpContext,
     at: usize,
@@ -592,10 +593,16 @@ fn answer(
     }
 
     // DNS header: response, same opcode (QUERY), RD copied, RA set, the rcode; counts.
-    let flags = u16::from_ne_bytes([0x80 | (header[2] & 0x01), 0x80 | rcode as u8]);
+    // (Written with `Records` too, for their sum: they start at an even offset of the segment.)
+    let mut dns_header = Records {
+        ctx,
+        at: dns_off + 2,
+        sum: 0,
+    };
     let ancount = u8::from(answer_len != 0);
-    let counts = u64::from_ne_bytes([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]);
-    if !(put(ctx, dns_off + 2, flags) && put(ctx, dns_off + 4, counts)) {
+    if !(dns_header.half([0x80 | (header[2] & 0x01), 0x80 | rcode as u8])
+        && dns_header.word([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]))
+    {
         return Verdict::Drop;
     }
     // The appended records, written in place after the question; their sum is kept as they
@@ -634,11 +641,17 @@ fn answer(
 
     // The UDP header: ports swapped, new length; the checksum is computed below.
     let udp_len = (new_len - f.l4_off) as u16;
-    let (d, sp) = (f.dport.to_be_bytes(), f.sport.to_be_bytes());
-    let ports = u32::from_ne_bytes([d[0], d[1], sp[0], sp[1]]);
-    let l = udp_len.to_be_bytes();
-    let len_csum = u32::from_ne_bytes([l[0], l[1], 0, 0]);
-    if !(put(ctx, f.l4_off, ports) && put(ctx, f.l4_off + 4, len_csum)) {
+    let (d, sp, l) = (
+        f.dport.to_be_bytes(),
+        f.sport.to_be_bytes(),
+        udp_len.to_be_bytes(),
+    );
+    let mut udp_header = Records {
+        ctx,
+        at: f.l4_off,
+        sum: 0,
+    };
+    if !(udp_header.quad([d[0], d[1], sp[0], sp[1]]) && udp_header.quad([l[0], l[1], 0, 0])) {
         return Verdict::Drop;
     }
 
@@ -649,20 +662,16 @@ fn answer(
         // Not all of it was copied (a name near the 255-byte limit): read the segment.
         return send_back(ctx, f, new_len, IPPROTO_UDP, 6, None);
     };
-    let words = [
-        // UDP header (checksum 0), DNS header.
-        u64::from(f.dport) + u64::from(f.sport) + u64::from(udp_len),
-        u64::from(u16::from_be_bytes([header[0], header[1]]))
-            + u64::from(u16::from_be_bytes(flags.to_ne_bytes())),
-        1 + u64::from(ancount) + u64::from(had_opt),
-    ];
+    // The UDP header (checksum 0) and the DNS header: the ID, as it was, and what was written.
+    let headers =
+        udp_header.sum + u64::from(u16::from_be_bytes([header[0], header[1]])) + dns_header.sum;
     // The appended records were summed as if they started a word; they follow the question,
     // so they start mid-word when its length is odd.
     let mut extra = fold(records.sum);
     if question & 1 != 0 {
         extra = extra.swap_bytes();
     }
-    let sum = words[0] + words[1] + words[2] + question_sum + u64::from(extra);
+    let sum = headers + question_sum + u64::from(extra);
     send_back(ctx, f, new_len, IPPROTO_UDP, 6, Some(sum))
 }
 
