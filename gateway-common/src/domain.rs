@@ -61,7 +61,7 @@ pub struct NameWalk {
     pub wire: u16,
     /// Labels read.
     pub labels: u16,
-    /// 1 once the root label (length 0) was read.
+    /// 1 once the root label (length 0) was read: with the last label, or by itself.
     pub done: u16,
 }
 
@@ -76,8 +76,8 @@ pub enum Label {
     Bad(Reason),
 }
 
-/// FNV-1a prime: the per-byte step of a label's hash.
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Odd multiplier of the per-word step of a label's hash.
+const WORD_MIX: u64 = 0xff51_afd7_ed55_8ccd;
 /// Odd multiplier of the per-label step of the suffix fingerprint.
 const SUFFIX_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -87,11 +87,77 @@ pub const fn label_start(seed: u64) -> u64 {
     seed ^ 0xcbf2_9ce4_8422_2325
 }
 
-/// One text byte into a label's hash.
+/// One word of a label's text into its hash: eight bytes, little-endian, zero past the label's
+/// end. A label is hashed a word at a time (the kernel walks eight bytes per step).
 #[inline(always)]
-pub const fn label_byte(h: u64, c: u8) -> u64 {
-    (h ^ c as u64).wrapping_mul(FNV_PRIME)
+pub const fn label_word(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(WORD_MIX).rotate_left(31)
 }
+
+/// The hash of a label's lower-case text under `seed`, as the name walk computes it.
+pub fn label_hash(seed: u64, text: &[u8]) -> u64 {
+    text.chunks(8).fold(label_start(seed), |h, chunk| {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        label_word(h, u64::from_le_bytes(b))
+    })
+}
+
+/// A label's hash fed a byte at a time (the ClientHello's host name, which may continue in the
+/// next segment): `acc` collects the word being filled; `len` is the label's length before `c`.
+/// Returns the new (hash, acc).
+#[inline(always)]
+pub const fn label_push(h: u64, acc: u64, len: usize, c: u8) -> (u64, u64) {
+    let acc = acc | ((c as u64) << (8 * (len % 8)));
+    if len % 8 == 7 {
+        (label_word(h, acc), 0)
+    } else {
+        (h, acc)
+    }
+}
+
+/// The hash of a label fed with `label_push`, `len` bytes long.
+#[inline(always)]
+pub const fn label_end(h: u64, acc: u64, len: usize) -> u64 {
+    if len.is_multiple_of(8) {
+        h
+    } else {
+        label_word(h, acc)
+    }
+}
+
+/// Words of a byte of every lane.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// Bit 7 of every lane.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of every byte of `v` that is at least `c` (`v`'s bytes below 0x80, `c` at least 0x2d:
+/// no lane carries into the next).
+#[inline(always)]
+const fn at_least(v: u64, c: u8) -> u64 {
+    v.wrapping_add(ONES * (0x80 - c as u64)) & HIGHS
+}
+
+/// Bit 7 of every byte of `v` within `lo..=hi`.
+#[inline(always)]
+const fn within(v: u64, lo: u8, hi: u8) -> u64 {
+    at_least(v, lo) & !at_least(v, hi + 1)
+}
+
+/// `host_char` on eight bytes at once: the bytes with letters lower-cased, and bit 7 set in
+/// every byte that is a host-name character. A dozen word operations instead of eight
+/// byte-at-a-time checks.
+#[inline(always)]
+pub const fn host_word(w: u64) -> (u64, u64) {
+    let ascii = !w & HIGHS;
+    let v = w & !HIGHS;
+    let letter = within(v | (ONES * 0x20), b'a', b'z') & ascii;
+    let other = (within(v, b'0', b'9') | within(v, b'-', b'-') | within(v, b'_', b'_')) & ascii;
+    (w | (letter >> 2), letter | other)
+}
+
+/// Words a label takes at most.
+const LABEL_WORDS: usize = MAX_LABEL.div_ceil(8);
 
 /// The keyed start of a suffix fingerprint.
 #[inline(always)]
@@ -124,23 +190,28 @@ pub const fn host_char(b: u8) -> Option<u8> {
 }
 
 impl NameWalk {
-    /// Reads the label at wire offset `self.wire`: its length octet and its bytes. `read(i)` is
-    /// wire byte `i` of the name (`None` past the end of the message); `emit(i, c)` writes text
-    /// byte `i`. Every label's bytes are lower-cased, checked and hashed under `seed`.
+    /// Reads the label at wire offset `self.wire`: its length octet and its bytes, eight at a
+    /// time. `avail` is how many wire bytes there are; `word(i)` is wire bytes `i..i + 8` as a
+    /// little-endian word (bytes at or past `avail` may be anything: they are masked off);
+    /// `emit(i, w)` writes the eight text bytes of `w` at text offset `i` (zeroes past the label,
+    /// overwritten by what follows). Every label's bytes are lower-cased, checked and hashed
+    /// under `seed`.
     #[inline(always)]
     pub fn label(
         &mut self,
         seed: u64,
-        read: impl Fn(usize) -> Option<u8>,
-        mut emit: impl FnMut(usize, u8),
+        avail: usize,
+        word: impl Fn(usize) -> u64,
+        mut emit: impl FnMut(usize, u64),
     ) -> Label {
         if self.done != 0 {
             return Label::Done;
         }
         let at = self.wire as usize;
-        let Some(n) = read(at) else {
+        if at >= avail {
             return Label::Bad(Reason::DnsTruncated);
-        };
+        }
+        let n = (word(at) & 0xff) as usize;
         if n == 0 {
             if self.labels == 0 {
                 return Label::Bad(Reason::DnsEmptyName);
@@ -153,11 +224,10 @@ impl NameWalk {
             // A compression pointer: never in a question a client sends.
             return Label::Bad(Reason::DnsCompression);
         }
-        if n as usize > MAX_LABEL {
+        if n > MAX_LABEL {
             // 64..=191: no label is that long (these were the obsolete label types).
             return Label::Bad(Reason::DnsLabelTooLong);
         }
-        let n = n as usize;
         // This label and the root label after it must fit in 255 wire bytes, its text in 253.
         let mut text = self.len as usize;
         if self.labels > 0 {
@@ -166,28 +236,42 @@ impl NameWalk {
         if at + n + 2 > MAX_WIRE_NAME || text + n > MAX_NAME {
             return Label::Bad(Reason::DnsNameTooLong);
         }
+        if at + 1 + n > avail {
+            return Label::Bad(Reason::DnsTruncated);
+        }
         if self.labels > 0 {
-            emit(text - 1, b'.');
+            emit(text - 1, u64::from(b'.'));
         }
         let mut h = label_start(seed);
-        let mut i = 0;
-        while i < MAX_LABEL {
-            if i >= n {
+        let mut k = 0;
+        while k < LABEL_WORDS {
+            let done = k * 8;
+            if done >= n {
                 break;
             }
-            let Some(b) = read(at + 1 + i) else {
-                return Label::Bad(Reason::DnsTruncated);
+            let rest = n - done;
+            let keep = if rest >= 8 {
+                u64::MAX
+            } else {
+                (1u64 << (rest * 8)) - 1
             };
-            let Some(c) = host_char(b) else {
+            let (lower, ok) = host_word(word(at + 1 + done) & keep);
+            if ok | (!keep & HIGHS) != HIGHS {
                 return Label::Bad(Reason::DnsBadChar);
-            };
-            emit(text + i, c);
-            h = label_byte(h, c);
-            i += 1;
+            }
+            emit(text + done, lower);
+            h = label_word(h, lower);
+            k += 1;
         }
-        self.wire = (at + 1 + n) as u16;
+        let next = at + 1 + n;
+        self.wire = next as u16;
         self.len = (text + n) as u16;
         self.labels += 1;
+        // The root label right after: the name is complete now (one step fewer for the kernel).
+        if next < avail && word(next) & 0xff == 0 {
+            self.wire += 1;
+            self.done = 1;
+        }
         Label::Read(h)
     }
 }
@@ -229,16 +313,22 @@ pub fn walk_name<B: crate::bytes::Bytes + ?Sized>(
     text: &mut [u8; 256],
 ) -> Result<(usize, usize), Reason> {
     let mut walk = NameWalk::default();
+    let avail = b.size().saturating_sub(off);
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        for (k, x) in w.iter_mut().enumerate() {
+            *x = b.u8_at(off + i + k).unwrap_or(0);
+        }
+        u64::from_le_bytes(w)
+    };
     loop {
-        let step = walk.label(
-            0,
-            |i| b.u8_at(off + i),
-            |i, c| {
-                if let Some(t) = text.get_mut(i) {
-                    *t = c;
+        let step = walk.label(0, avail, word, |i, w| {
+            for (k, x) in w.to_le_bytes().into_iter().enumerate() {
+                if let Some(t) = text.get_mut(i + k) {
+                    *t = x;
                 }
-            },
-        );
+            }
+        });
         match step {
             Label::Read(_) => {}
             Label::Done => return Ok((walk.len as usize, walk.wire as usize)),
@@ -262,10 +352,7 @@ const fn finish(h: u64) -> u64 {
 pub fn fingerprint(name: &[u8], seed: u64) -> u64 {
     let mut acc = suffix_start(seed);
     for label in name.rsplit(|&c| c == b'.') {
-        let h = label
-            .iter()
-            .fold(label_start(seed), |h, &c| label_byte(h, c));
-        acc = suffix_step(acc, h);
+        acc = suffix_step(acc, label_hash(seed, label));
     }
     finish(acc)
 }
@@ -406,6 +493,50 @@ mod tests {
     }
     use std::{format, vec, vec::Vec};
 
+    #[test]
+    fn host_word_is_host_char_in_every_lane() {
+        // Every byte value in every lane, with the other lanes a valid letter or a bad byte.
+        for lane in 0..8 {
+            for fill in [b'Q', 0xff, b'.'] {
+                for b in 0..=255u8 {
+                    let mut bytes = [fill; 8];
+                    bytes[lane] = b;
+                    let (lower, ok) = host_word(u64::from_le_bytes(bytes));
+                    let (lower, ok) = (lower.to_le_bytes(), ok.to_le_bytes());
+                    for k in 0..8 {
+                        let expected = host_char(bytes[k]);
+                        assert_eq!(ok[k] == 0x80, expected.is_some(), "byte {:#04x}", bytes[k]);
+                        assert_eq!(ok[k] & 0x7f, 0);
+                        if let Some(c) = expected {
+                            assert_eq!(lower[k], c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_label_hashes_equal_word_hashes() {
+        let seed = 0xabcd;
+        for len in 1..=63usize {
+            let text: Vec<u8> = (0..len).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+            let (mut h, mut acc) = (label_start(seed), 0);
+            for (i, c) in text.iter().enumerate() {
+                (h, acc) = label_push(h, acc, i, *c);
+            }
+            assert_eq!(
+                label_end(h, acc, len),
+                label_hash(seed, &text),
+                "length {len}"
+            );
+        }
+        assert_ne!(
+            label_hash(seed, b"abcdefgh"),
+            label_hash(seed, b"abcdefgha")
+        );
+    }
+
     fn wire(name: &str) -> Vec<u8> {
         let mut w = Vec::new();
         for l in name.split('.').filter(|l| !l.is_empty()) {
@@ -428,7 +559,14 @@ mod tests {
         let mut walk = NameWalk::default();
         let mut hashes = [0u64; MAX_LEVELS];
         loop {
-            match walk.label(seed, |i| w.get(i).copied(), |_, _| {}) {
+            let word = |i: usize| {
+                let mut b = [0u8; 8];
+                for (k, x) in b.iter_mut().enumerate() {
+                    *x = w.get(i + k).copied().unwrap_or(0);
+                }
+                u64::from_le_bytes(b)
+            };
+            match walk.label(seed, w.len(), word, |_, _| {}) {
                 Label::Read(h) => hashes[(walk.labels as usize - 1) % MAX_LEVELS] = h,
                 Label::Done => break,
                 Label::Bad(r) => panic!("{r:?}"),

@@ -322,7 +322,7 @@ pub struct FlowState {
     pub state: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<FlowState>() == 56);
+const _: () = assert!(size_of::<FlowState>() == 64);
 
 /// Value of `FLOW_NAMES`: a host name that continues in the next segment, as far as it was read.
 #[repr(C)]

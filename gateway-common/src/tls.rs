@@ -1,7 +1,7 @@
 //! The TLS ClientHello walk: from the first byte of a TCP stream to the first `host_name` of its
 //! `server_name` extension.
 //!
-//! The walk is resumable: its whole state is `HelloWalk` (40 bytes the kernel keeps per flow in an
+//! The walk is resumable: its whole state is `HelloWalk` (48 bytes the kernel keeps per flow in an
 //! LRU map), and it consumes the stream a segment at a time, in order. Each `step`
 //! handles one field, or the part of it the segment holds: fixed fields are skipped in one go
 //! (the random, cipher suites, other extensions), length fields are read a byte at a time as
@@ -14,7 +14,9 @@
 //! (`Hello::Unparsed`), and so is one whose host name is invalid (the policy's
 //! `on_unparsed_tls` decides then).
 
-use crate::domain::{MAX_LABEL, MAX_LEVELS, MAX_NAME, host_char, label_byte, label_start};
+use crate::domain::{
+    MAX_LABEL, MAX_LEVELS, MAX_NAME, host_char, label_end, label_push, label_start,
+};
 
 /// Longest ClientHello walked (handshake bytes). Real ones are under 2 KiB; post-quantum key
 /// shares and padding stay well under this.
@@ -85,8 +87,10 @@ pub enum Hello {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloWalk {
-    /// Hash of the label being read.
+    /// Hash of the label being read (its complete words).
     pub label_hash: u64,
+    /// The label's word being filled (`domain::label_push`).
+    pub label_acc: u64,
     /// Bytes left in the current TLS record.
     pub record_left: u32,
     /// Bytes left in the handshake message (once its header is read).
@@ -116,13 +120,14 @@ pub struct HelloWalk {
     pub _pad: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<HelloWalk>() == 40);
+const _: () = assert!(core::mem::size_of::<HelloWalk>() == 48);
 
 impl HelloWalk {
     /// A walk at the start of the stream.
     pub const fn new() -> Self {
         Self {
             label_hash: 0,
+            label_acc: 0,
             record_left: 0,
             hs_left: 0,
             exts_left: 0,
@@ -472,6 +477,12 @@ impl HelloWalk {
         }
     }
 
+    /// The hash of the label just completed.
+    #[inline(always)]
+    fn label_end(&self) -> u64 {
+        label_end(self.label_hash, self.label_acc, usize::from(self.label_len))
+    }
+
     /// Enters a skipped field of `n` bytes; an empty one is complete at once.
     #[inline(always)]
     fn skip(&mut self, field: u8, n: u32) -> Hello {
@@ -504,6 +515,7 @@ impl HelloWalk {
     ) -> Result<u32, ()> {
         if self.label_len == 0 {
             self.label_hash = label_start(seed);
+            self.label_acc = 0;
         }
         let mut i = 0u32;
         while i < NAME_CHUNK {
@@ -516,7 +528,7 @@ impl HelloWalk {
                 if self.label_len == 0 {
                     return Err(());
                 }
-                sink.label(usize::from(self.labels), self.label_hash);
+                sink.label(usize::from(self.labels), self.label_end());
                 self.labels += 1;
                 self.label_len = 0;
                 if self.need - i > 0 {
@@ -531,13 +543,18 @@ impl HelloWalk {
             }
             sink.text(usize::from(self.name_len), c);
             self.name_len += 1;
+            (self.label_hash, self.label_acc) = label_push(
+                self.label_hash,
+                self.label_acc,
+                usize::from(self.label_len),
+                c,
+            );
             self.label_len += 1;
-            self.label_hash = label_byte(self.label_hash, c);
         }
         self.need -= i;
         if self.need == 0 && self.label_len > 0 {
             // The last label (a trailing dot, if any, ended the one before).
-            sink.label(usize::from(self.labels), self.label_hash);
+            sink.label(usize::from(self.labels), self.label_end());
             self.labels += 1;
             self.label_len = 0;
         }

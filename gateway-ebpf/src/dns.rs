@@ -43,8 +43,12 @@ use crate::{
 pub struct Scratch {
     /// The question name as it came (wire format).
     pub wire: [u8; 256],
+    /// Room for the last word read at the end of `wire` (the walk reads whole words).
+    pub wire_slack: u64,
     /// The name as lower-case text.
     pub text: [u8; 256],
+    /// Room for the last word written at the end of `text` (the walk writes whole words).
+    pub text_slack: u64,
     /// Fingerprints of the suffixes, least specific first.
     pub fps: [u64; MAX_LEVELS],
     /// Hashes of the last `MAX_LEVELS` labels read (label `i` at `i % MAX_LEVELS`).
@@ -175,32 +179,48 @@ pub struct WalkCtx {
     seed: u64,
 }
 
-/// One label per iteration.
+/// Two labels per iteration.
 extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = maps::scratch() else { return 1 };
+    if walk_label(s) || walk_label(s) { 1 } else { 0 }
+}
+
+/// Reads one label of the name; true when the walk is over (complete or malformed).
+#[inline(always)]
+fn walk_label(s: &mut Scratch) -> bool {
     let avail = s.walk.avail as usize;
     let seed = s.walk.seed;
-    let (wire, text, walk) = (&s.wire, &mut s.text, &mut s.walk.walk);
-    // Masks prove the indexes are inside the 256-byte arrays.
-    let step = walk.label(
+    // Whole words at any byte offset of `wire` and `text`: the masks keep every word inside the
+    // array and its slack word, and the pointers come from the whole scratch value.
+    let base: *mut u8 = (s as *mut Scratch).cast();
+    let wire = base.wrapping_add(core::mem::offset_of!(Scratch, wire));
+    let text = base.wrapping_add(core::mem::offset_of!(Scratch, text));
+    let step = s.walk.walk.label(
         seed,
-        |i| (i < avail).then(|| wire[i & 0xff]),
-        |i, c| text[i & 0xff] = c,
+        avail,
+        // SAFETY: bytes i..i + 8 (i < 256) lie within `wire` and `wire_slack`.
+        |i| u64::from_le(unsafe { core::ptr::read_unaligned(wire.add(i & 0xff).cast::<u64>()) }),
+        // SAFETY: bytes i..i + 8 (i < 256) lie within `text` and `text_slack`.
+        |i, w| unsafe { core::ptr::write_unaligned(text.add(i & 0xff).cast::<u64>(), w.to_le()) },
     );
     match step {
         Label::Read(h) => {
             let i = (s.walk.walk.labels as usize).wrapping_sub(1) & (MAX_LEVELS - 1);
             s.labels[i] = h;
-            0
+            if s.walk.walk.done != 0 {
+                s.walk.state = 1;
+                return true;
+            }
+            false
         }
         Label::Done => {
             s.walk.state = 1;
-            1
+            true
         }
         Label::Bad(r) => {
             s.walk.state = 2;
             s.walk.reason = r as u32;
-            1
+            true
         }
     }
 }
@@ -274,6 +294,26 @@ pub(crate) fn decide(
         return default_decision(policy.flags & POLICY_DEFAULT_BLOCK != 0);
     };
     let count = suffixes(&s.labels, labels as usize, settings.table_seed, &mut s.fps) as u32;
+    if count == 0 || settings.domain_buckets == 0 {
+        return default_decision(policy.flags & POLICY_DEFAULT_BLOCK != 0);
+    }
+    // The whole name first, here: a listed name is decided without the loop over the shorter
+    // suffixes (and its callback).
+    let whole = s.fps[(count as usize - 1) & (MAX_LEVELS - 1)];
+    if let Some(id) = maps::domain(
+        generation & 1,
+        settings.domain_buckets,
+        settings.table_seed,
+        whole,
+    ) && let Some(rules) = maps::ruleset(
+        generation & 1,
+        id & (gateway_common::maps::MAX_RULESETS - 1),
+    ) && let Some(d) = decide_level(&rules, policy_id, policy.block_categories)
+    {
+        return d;
+    }
+    // The shorter suffixes, most specific first.
+    let count = count - 1;
     let m = &mut s.matching;
     m.generation = generation;
     m.buckets = settings.domain_buckets;
@@ -290,8 +330,8 @@ pub(crate) fn decide(
         core::ptr::write_volatile(&mut m.explicit, 0);
         core::ptr::write_volatile(&mut m.category, 0);
     }
-    if count > 0 && settings.domain_buckets > 0 {
-        // SAFETY: as above.
+    if count > 0 {
+        // SAFETY: the callback matches bpf_loop's contract; its state is in scratch memory.
         unsafe { bpf_loop(count, match_step as *mut c_void, core::ptr::null_mut(), 0) };
     }
     let m = &s.matching;
