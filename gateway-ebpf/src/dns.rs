@@ -412,8 +412,7 @@ pub fn judge(
     if n == 0 {
         return parse_error(Reason::DnsTruncated);
     }
-    // SAFETY: `s.wire` is 256 bytes of map memory; the helper checks the packet range.
-    if unsafe { bpf_xdp_load_bytes(ctx.ctx, name_off as u32, s.wire.as_mut_ptr().cast(), n) } != 0 {
+    if copy_question(&pkt, name_off, n as usize, s).is_none() {
         return parse_error(Reason::DnsTruncated);
     }
     s.walk = WalkCtx {
@@ -453,6 +452,34 @@ pub fn judge(
     out.qtype = qtype;
     out.name_len = text_len as u16;
     out
+}
+
+/// Copies the `n` bytes (at most 255) of the frame at `off` into `scratch.wire`: whole words with
+/// direct loads, then the last few bytes one at a time (a helper call and its `memcpy` cost more
+/// than a name's few words). `None` if the frame ends first.
+#[inline(always)]
+fn copy_question(pkt: &PacketBytes, off: usize, n: usize, s: &mut Scratch) -> Option<()> {
+    let wire: *mut u8 = s.wire.as_mut_ptr();
+    let mut at = 0;
+    while at < 256 {
+        if at + 8 > n {
+            break;
+        }
+        let w = pkt.read::<8>(off + at)?;
+        // SAFETY: `at` is a multiple of 8 below 256: the word lies within `wire`.
+        unsafe { core::ptr::write_unaligned(wire.add(at & 0xf8).cast::<[u8; 8]>(), w) };
+        at += 8;
+    }
+    let mut i = 0;
+    while i < 7 {
+        if at >= n {
+            break;
+        }
+        s.wire[at & 0xff] = pkt.u8_at(off + at)?;
+        at += 1;
+        i += 1;
+    }
+    Some(())
 }
 
 /// The decision on a well-formed query, and its answer.
