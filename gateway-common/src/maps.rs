@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -49,6 +49,8 @@ pub const DOMAIN_LOAD_PERCENT: u32 = 80;
 
 /// Distinct (device, protocol, action, reason, category) decision counters.
 pub const MAX_DECISION_KEYS: u32 = 65_536;
+/// Slots of `DECISION_CACHE` (a power of two).
+pub const DECISION_CACHE_SLOTS: u32 = 1024;
 /// Interfaces the daemon records attach information for.
 pub const MAX_IFACES: u32 = 64;
 
@@ -67,6 +69,7 @@ pub mod names {
     pub const STATS: &str = "STATS";
     pub const DEVICE_TRAFFIC: &str = "DEVICE_TRAFFIC";
     pub const DECISIONS: &str = "DECISIONS";
+    pub const DECISION_CACHE: &str = "DECISION_CACHE";
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
     pub const DEVICE_NAMES: &str = "DEVICE_NAMES";
     pub const IFACES: &str = "IFACES";
@@ -91,6 +94,7 @@ pub mod names {
         STATS,
         DEVICE_TRAFFIC,
         DECISIONS,
+        DECISION_CACHE,
         GLOBAL_COUNTERS,
         DEVICE_NAMES,
         IFACES,
@@ -391,6 +395,50 @@ pub struct DecisionKey {
 }
 const _: () = assert!(size_of::<DecisionKey>() == 8);
 
+impl DecisionKey {
+    /// The key as one word (`DecisionSlot::key`).
+    #[inline(always)]
+    pub const fn to_word(&self) -> u64 {
+        self.slot as u64
+            | (self.proto as u64) << 32
+            | (self.action as u64) << 40
+            | (self.reason as u64) << 48
+            | (self.category as u64) << 56
+    }
+
+    /// The key of a word made by `to_word`.
+    pub const fn from_word(w: u64) -> Self {
+        Self {
+            slot: w as u32,
+            proto: (w >> 32) as u8,
+            action: (w >> 40) as u8,
+            reason: (w >> 48) as u8,
+            category: (w >> 56) as u8,
+        }
+    }
+
+    /// The key's slot in `DECISION_CACHE`.
+    #[inline(always)]
+    pub const fn cache_slot(&self) -> u32 {
+        (self.to_word().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32
+            & (DECISION_CACHE_SLOTS - 1)
+    }
+}
+
+/// Value of `DECISION_CACHE` (per CPU): one decision key and its count on this CPU. A decision
+/// is counted here when its key owns the slot its hash picks (the first key counted there owns
+/// it), and in `DECISIONS` otherwise: the common keys of a gateway cost an array slot instead of
+/// a hash-map lookup. A key's total is the sum of both maps over all CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecisionSlot {
+    /// `DecisionKey::to_word` of the owner.
+    pub key: u64,
+    /// Decisions counted; 0: the slot is free.
+    pub count: u64,
+}
+const _: () = assert!(size_of::<DecisionSlot>() == 16);
+
 /// `DecisionKey::category` when no category was involved.
 pub const NO_CATEGORY: u8 = 0xff;
 
@@ -521,6 +569,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DeviceTraffic {}
     unsafe impl aya::Pod for super::DecisionKey {}
+    unsafe impl aya::Pod for super::DecisionSlot {}
     unsafe impl aya::Pod for super::DeviceName {}
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Trace {}
@@ -541,6 +590,27 @@ mod tests {
         let long = "x".repeat(61);
         assert!(DeviceName::new(&long).is_none());
         assert!(DeviceName::new(&long[..60]).is_some());
+    }
+
+    #[test]
+    fn decision_keys_round_trip_through_words_and_spread_over_the_cache() {
+        let mut used = [0u32; DECISION_CACHE_SLOTS as usize];
+        for slot in 0..256u32 {
+            for (reason, category) in [(1u8, NO_CATEGORY), (2, 0), (2, 5), (3, NO_CATEGORY)] {
+                let k = DecisionKey {
+                    slot: slot * 3 + 1,
+                    proto: 1,
+                    action: 2,
+                    reason,
+                    category,
+                };
+                assert_eq!(DecisionKey::from_word(k.to_word()), k);
+                used[k.cache_slot() as usize] += 1;
+            }
+        }
+        // 1,024 keys over 1,024 slots: most keys own a slot (a perfect spread is not needed).
+        let owners = used.iter().filter(|n| **n > 0).count();
+        assert!(owners > 600, "{owners} slots used");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use gateway_common::{
         MAC_BUCKETS, MAX_CIDR_IDS, MAX_DECISION_KEYS, MAX_IFACES, MAX_POLICIES, Meta, PolicyEntry,
         Trace,
     },
+    maps::{DECISION_CACHE_SLOTS, DecisionSlot},
     maps::{DEFAULT_DOMAIN_BUCKETS, MAX_RULESETS, policy_index, ruleset_index},
     maps::{
         DEFAULT_TLS_FLOWS, FLOW_MARK_SLOTS, FLOW_NAME_SLOTS, FlowKey, FlowName, FlowState,
@@ -226,6 +227,12 @@ static DEVICE_TRAFFIC: PerCpuArray<DeviceTraffic> = PerCpuArray::with_max_entrie
 static DECISIONS: PerCpuHashMap<DecisionKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DECISION_KEYS, 0);
 
+/// Per CPU, `[DecisionKey::cache_slot]`: the decision counts of the keys that own their slot
+/// (`DecisionSlot`); the others are counted in `DECISIONS`.
+#[map]
+static DECISION_CACHE: PerCpuArray<DecisionSlot> =
+    PerCpuArray::with_max_entries(DECISION_CACHE_SLOTS, 0);
+
 /// Per CPU, `[Global]`: gateway-wide conditions that are not frames.
 #[map]
 static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);
@@ -407,6 +414,20 @@ pub fn count_device(slot: u32, bytes: u64, dropped: bool) {
 /// Counts one decision on a device; returns false if the counter map is full.
 #[inline(always)]
 pub fn count_decision(key: &DecisionKey) -> bool {
+    if let Some(slot) = DECISION_CACHE.get_ptr_mut(key.cache_slot()) {
+        // SAFETY: per-CPU value, as in `count_stats`.
+        let slot = unsafe { &mut *slot };
+        let word = key.to_word();
+        if slot.count != 0 && slot.key == word {
+            slot.count += 1;
+            return true;
+        }
+        if slot.count == 0 {
+            slot.key = word;
+            slot.count = 1;
+            return true;
+        }
+    }
     if let Some(c) = DECISIONS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, as in `count_stats`.
         unsafe { *c += 1 };

@@ -18,14 +18,14 @@ use aya::maps::lpm_trie::Key;
 use gateway_common::{
     domain::{RuleSet, fingerprint},
     maps::{
-        CidrData, DEVICE_SLOTS, DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT, DecisionKey, DeviceName,
-        DeviceRef, DeviceTraffic, DnsAnswer, GenSettings, IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES,
-        MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY,
-        POLICY_LOG_BLOCKED, POLICY_LOG_NONE, POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK,
-        POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry,
-        SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC,
-        SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS, block_port_key, cidr_data,
-        policy_index,
+        CidrData, DECISION_CACHE_SLOTS, DEVICE_SLOTS, DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT,
+        DecisionKey, DecisionSlot, DeviceName, DeviceRef, DeviceTraffic, DnsAnswer, GenSettings,
+        IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES, MAX_RULESETS, POLICY_BLOCK_PORTS,
+        POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_LOG_BLOCKED, POLICY_LOG_NONE,
+        POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK,
+        POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_BLOCK_PORTS,
+        SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_TLS_PORTS, SETTINGS_VALID,
+        TLS_PORT_WORDS, block_port_key, cidr_data, policy_index,
     },
     table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
@@ -816,6 +816,27 @@ fn assign_slots(maps: &mut Maps, config: &Config) -> anyhow::Result<HashMap<Stri
             .collect();
         for k in stale {
             maps.decisions.remove(&k)?;
+        }
+        // The same slots' keys in the decision cache: freed on every CPU.
+        for i in 0..DECISION_CACHE_SLOTS {
+            let values = maps.decision_cache.get(&i, 0)?;
+            let stale = |s: &DecisionSlot| {
+                s.count != 0 && reused.contains(&DecisionKey::from_word(s.key).slot)
+            };
+            if values.iter().any(stale) {
+                let kept: Vec<DecisionSlot> = values
+                    .iter()
+                    .map(|s| {
+                        if stale(s) {
+                            DecisionSlot::default()
+                        } else {
+                            *s
+                        }
+                    })
+                    .collect();
+                maps.decision_cache
+                    .set(i, aya::maps::PerCpuValues::try_from(kept)?, 0)?;
+            }
         }
     }
     Ok(slots)

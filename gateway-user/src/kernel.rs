@@ -12,8 +12,8 @@ use gateway_common::{
     domain::RuleSet,
     enums::LinkType,
     maps::{
-        CidrData, Control, Counter, DecisionKey, DeviceName, DeviceRef, DeviceTraffic, GenSettings,
-        IfaceInfo, Meta, PolicyEntry, Trace, globals, names,
+        CidrData, Control, Counter, DecisionKey, DecisionSlot, DeviceName, DeviceRef,
+        DeviceTraffic, GenSettings, IfaceInfo, Meta, PolicyEntry, Trace, globals, names,
     },
     table::{DomainBucket, IpBucket, MacBucket},
 };
@@ -178,6 +178,9 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, Counter>,
     pub device_traffic: PerCpuArray<MapData, DeviceTraffic>,
     pub decisions: PerCpuHashMap<MapData, DecisionKey, u64>,
+    /// The decision counts of keys that own their slot (`DecisionSlot`); `stats::decision_counts`
+    /// adds them to `decisions`.
+    pub decision_cache: PerCpuArray<MapData, DecisionSlot>,
     pub global: PerCpuArray<MapData, u64>,
     pub device_names: Array<MapData, DeviceName>,
     pub ifaces: Array<MapData, IfaceInfo>,
@@ -218,6 +221,7 @@ impl Maps {
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
             device_traffic: PerCpuArray::try_from(take(names::DEVICE_TRAFFIC)?)?,
             decisions: PerCpuHashMap::try_from(take(names::DECISIONS)?)?,
+            decision_cache: PerCpuArray::try_from(take(names::DECISION_CACHE)?)?,
             global: PerCpuArray::try_from(take(names::GLOBAL_COUNTERS)?)?,
             device_names: Array::try_from(take(names::DEVICE_NAMES)?)?,
             ifaces: Array::try_from(take(names::IFACES)?)?,

@@ -12,8 +12,8 @@ use gateway_common::{
         stats_index,
     },
     maps::{
-        Counter, DecisionKey, DeviceName, DeviceTraffic, IfaceInfo, MAX_IFACES, NO_CATEGORY,
-        UNKNOWN_SLOT,
+        Counter, DECISION_CACHE_SLOTS, DecisionKey, DecisionSlot, DeviceName, DeviceTraffic,
+        IfaceInfo, MAX_IFACES, NO_CATEGORY, UNKNOWN_SLOT,
     },
 };
 use serde::Serialize;
@@ -168,6 +168,51 @@ fn batch_read<K: aya::Pod, V: aya::Pod + Default>(
 /// Name shown for slot 0.
 pub const UNKNOWN_DEVICE: &str = "(unknown)";
 
+/// Every decision key's count over all CPUs: `DECISIONS` (read in batches where the kernel can)
+/// plus the keys counted in `DECISION_CACHE`. Sorted by key.
+pub fn decision_counts(maps: &Maps) -> anyhow::Result<Vec<(DecisionKey, u64)>> {
+    let table: Vec<(DecisionKey, u64)> =
+        match batch_read::<DecisionKey, u64>(maps.decisions.map(), Some(Summable::add))? {
+            Some(all) => all,
+            None => maps
+                .decisions
+                .iter()
+                .map(|item| item.map(|(k, v)| (k, sum(&v))))
+                .collect::<Result<_, _>>()?,
+        };
+    let mut all: BTreeMap<DecisionKey, u64> = BTreeMap::new();
+    for (k, n) in table {
+        *all.entry(k).or_default() += n;
+    }
+    for slot in decision_cache_slots(maps)? {
+        if slot.count != 0 {
+            *all.entry(DecisionKey::from_word(slot.key)).or_default() += slot.count;
+        }
+    }
+    Ok(all.into_iter().collect())
+}
+
+/// Every CPU's every slot of `DECISION_CACHE` (in batches where the kernel can).
+fn decision_cache_slots(maps: &Maps) -> anyhow::Result<Vec<DecisionSlot>> {
+    use std::os::fd::AsFd as _;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))?;
+    let size = size_of::<DecisionSlot>();
+    let fd = maps.decision_cache.map().fd().as_fd();
+    let Some(raw) = crate::batch::lookup_all(fd, size_of::<u32>(), size * cpus)? else {
+        let mut out = Vec::new();
+        for i in 0..DECISION_CACHE_SLOTS {
+            out.extend(maps.decision_cache.get(&i, 0)?.iter().copied());
+        }
+        return Ok(out);
+    };
+    Ok(raw
+        .iter()
+        .flat_map(|(_, v)| v.chunks_exact(size))
+        // SAFETY: the kernel wrote one `DecisionSlot` (a Pod) per CPU.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<DecisionSlot>()) })
+        .collect())
+}
+
 /// Reads every counter.
 pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
     let mut s = Snapshot {
@@ -234,16 +279,7 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         });
     }
 
-    let decisions: Vec<(DecisionKey, u64)> =
-        match batch_read::<DecisionKey, u64>(maps.decisions.map(), Some(Summable::add))? {
-            Some(all) => all,
-            None => maps
-                .decisions
-                .iter()
-                .map(|item| item.map(|(k, v)| (k, sum(&v))))
-                .collect::<Result<_, _>>()?,
-        };
-    for (k, count) in decisions {
+    for (k, count) in decision_counts(maps)? {
         s.decision_keys += 1;
         let (Some(proto), Some(action), Some(reason)) = (
             Proto::from_u32(k.proto.into()),

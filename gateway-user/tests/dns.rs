@@ -8,7 +8,10 @@ mod common;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice, UdpHeader};
-use gateway_common::enums::{Action, LinkType, Reason, Verdict};
+use gateway_common::{
+    enums::{Action, LinkType, Reason, Verdict},
+    maps::{DECISION_CACHE_SLOTS, DecisionKey, DecisionSlot},
+};
 use gateway_user::{
     config::Config,
     frames::{self, L2, L3, L4},
@@ -884,12 +887,27 @@ policy = "private"
     }
 }
 
-/// The counters read in batches (`BPF_MAP_LOOKUP_BATCH`) are the counters read key by key.
-#[test]
-fn batched_counter_reads_equal_key_by_key_reads() {
-    use aya::maps::IterableMap as _;
-    use std::os::fd::AsFd as _;
-    let (mut r, _) = runners();
+/// Fills every slot of `DECISION_CACHE` on every CPU (`key`, one count), or frees them all.
+fn fill_decision_cache(r: &mut TestRunner, key: Option<DecisionKey>) {
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let slot = key.map_or(DecisionSlot::default(), |k| DecisionSlot {
+        key: k.to_word(),
+        count: 1,
+    });
+    for i in 0..DECISION_CACHE_SLOTS {
+        r.maps
+            .decision_cache
+            .set(
+                i,
+                aya::maps::PerCpuValues::try_from(vec![slot; cpus]).expect("values"),
+                0,
+            )
+            .expect("set");
+    }
+}
+
+/// Three devices' queries: 27 decisions.
+fn decide_for_three_devices(r: &mut TestRunner) {
     for dev in 1..=3u8 {
         let l2 = L2::Ethernet {
             src: mac(dev),
@@ -909,6 +927,26 @@ fn batched_counter_reads_equal_key_by_key_reads() {
             }
         }
     }
+}
+
+/// The counters read in batches (`BPF_MAP_LOOKUP_BATCH`) are the counters read key by key, and
+/// the decision counts are those of `DECISIONS` and `DECISION_CACHE` together.
+#[test]
+fn batched_counter_reads_equal_key_by_key_reads() {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    let (mut r, _) = runners();
+    // Every cache slot owned by a key no decision has (an invalid reason, so the snapshot does
+    // not show it): the decisions are all counted in `DECISIONS`.
+    let foreign = DecisionKey {
+        slot: 0xffff,
+        proto: 0,
+        action: 0,
+        reason: 0xff,
+        category: 0,
+    };
+    fill_decision_cache(&mut r, Some(foreign));
+    decide_for_three_devices(&mut r);
     // The kernel batches these maps (the fast path is taken, not the fallback).
     let cpus = aya::util::nr_cpus().expect("cpus");
     let raw = gateway_user::batch::lookup_all(r.maps.decisions.map().fd().as_fd(), 8, 8 * cpus)
@@ -929,10 +967,39 @@ fn batched_counter_reads_equal_key_by_key_reads() {
     assert_eq!(raw.len(), one_by_one.len());
     assert!(one_by_one.len() >= 3, "{one_by_one:?}");
     let snap = gateway_user::stats::snapshot(&r.maps).expect("snapshot");
-    assert_eq!(snap.decision_keys, one_by_one.len());
+    // The foreign key: one more key, shown nowhere.
+    assert_eq!(snap.decision_keys, one_by_one.len() + 1);
     let total: u64 = snap.decisions.iter().map(|d| d.count).sum();
     assert_eq!(total, one_by_one.values().sum::<u64>());
     assert_eq!(total, 2 * 3 + 3 * 3 + 4 * 3, "one decision per query");
+    let merged = gateway_user::stats::decision_counts(&r.maps).expect("counts");
+    assert!(merged.contains(&(foreign, (DECISION_CACHE_SLOTS as usize * cpus) as u64)));
+
+    // Free cache slots: the same decisions again are counted in the cache (`DECISIONS` does not
+    // move), and every key's total is both maps' counts.
+    fill_decision_cache(&mut r, None);
+    decide_for_three_devices(&mut r);
+    let table_after: u64 = r
+        .maps
+        .decisions
+        .iter()
+        .map(|kv| kv.expect("entry").1.iter().sum::<u64>())
+        .sum();
+    assert_eq!(table_after, total, "the second round went to the cache");
+    let snap2 = gateway_user::stats::snapshot(&r.maps).expect("snapshot");
+    assert_eq!(snap2.decision_keys, one_by_one.len());
+    for d in &snap.decisions {
+        let again = snap2
+            .decisions
+            .iter()
+            .find(|x| {
+                (&x.device, x.proto, x.action, x.reason, x.category)
+                    == (&d.device, d.proto, d.action, d.reason, d.category)
+            })
+            .expect("same key");
+        assert_eq!(again.count, 2 * d.count, "{d:?}");
+    }
+    let snap = snap2;
     for d in &snap.devices {
         let (_, slot) = (d.device.as_str(), d.slot);
         let t: gateway_common::maps::DeviceTraffic =
@@ -941,5 +1008,102 @@ fn batched_counter_reads_equal_key_by_key_reads() {
     }
     let per_reason: u64 = snap.reasons.iter().map(|x| x.packets).sum();
     assert_eq!(per_reason, snap.totals.packets);
-    assert_eq!(snap.totals.packets, 27);
+    assert_eq!(snap.totals.packets, 2 * 27);
+}
+
+/// A slot given to another device starts from zero: the decisions of the device that had it
+/// are removed from `DECISIONS` and from every CPU's `DECISION_CACHE`.
+#[test]
+fn a_reused_slot_starts_without_the_old_devices_decisions() {
+    let (mut r, _) = runners();
+    let student = L2::Ethernet {
+        src: mac(1),
+        dst: GW_MAC,
+    };
+    // One key in the cache, one in `DECISIONS`: fill the cache first for the second.
+    r.run(&dns_frame(
+        student,
+        V4,
+        &query(1, "ads.example", RecordType::A, false),
+    ))
+    .expect("run");
+    let foreign = DecisionKey {
+        slot: 0xffff,
+        proto: 0,
+        action: 0,
+        reason: 0xff,
+        category: 0,
+    };
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let kept: Vec<(u32, Vec<DecisionSlot>)> = (0..DECISION_CACHE_SLOTS)
+        .map(|i| {
+            let v = r.maps.decision_cache.get(&i, 0).expect("slot");
+            (i, v.iter().copied().collect())
+        })
+        .collect();
+    for (i, v) in &kept {
+        let filled: Vec<DecisionSlot> = v
+            .iter()
+            .map(|s| {
+                if s.count == 0 {
+                    DecisionSlot {
+                        key: foreign.to_word(),
+                        count: 1,
+                    }
+                } else {
+                    *s
+                }
+            })
+            .collect();
+        assert_eq!(filled.len(), cpus);
+        r.maps
+            .decision_cache
+            .set(
+                *i,
+                aya::maps::PerCpuValues::try_from(filled).expect("values"),
+                0,
+            )
+            .expect("set");
+    }
+    r.run(&dns_frame(
+        student,
+        V4,
+        &query(2, "other.example", RecordType::A, false),
+    ))
+    .expect("run");
+    let student_rows = |r: &TestRunner, name: &str| {
+        gateway_user::stats::snapshot(&r.maps)
+            .expect("snapshot")
+            .decisions
+            .into_iter()
+            .filter(|d| d.device == name)
+            .map(|d| d.count)
+            .sum::<u64>()
+    };
+    assert_eq!(student_rows(&r, "student"), 2);
+    assert_eq!(
+        r.maps.decisions.iter().count(),
+        1,
+        "the second decision went to DECISIONS"
+    );
+    // The student leaves; then a new device takes the freed slot.
+    let without = CONFIG.replace(
+        "[[device]]\nname = \"student\"\nmac = \"02:00:00:00:01:01\"\nip = \"10.0.0.1\"\npolicy = \"students\"\n",
+        "",
+    );
+    assert_ne!(without, CONFIG);
+    let cfg = Config::parse(&without, std::path::Path::new("dns.toml")).expect("config");
+    r.reconfigure(&cfg).expect("without the student");
+    let with_new = format!(
+        "{without}\n[[device]]\nname = \"newcomer\"\nmac = \"02:00:00:00:01:09\"\npolicy = \"students\"\n"
+    );
+    let cfg = Config::parse(&with_new, std::path::Path::new("dns.toml")).expect("config");
+    r.reconfigure(&cfg).expect("with the newcomer");
+    assert_eq!(student_rows(&r, "newcomer"), 0, "counts start from zero");
+    assert_eq!(r.maps.decisions.iter().count(), 0);
+    let counts = gateway_user::stats::decision_counts(&r.maps).expect("counts");
+    assert!(
+        counts.iter().all(|(k, _)| *k == foreign),
+        "only the foreign key is left: {counts:?}"
+    );
 }

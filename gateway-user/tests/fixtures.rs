@@ -211,11 +211,10 @@ fn counts(r: &TestRunner, slot: u32) -> Counts {
         }
     }
     let t = sum(&r.maps.device_traffic.get(&slot, 0).expect("device traffic"));
-    let mut decisions = BTreeMap::new();
-    for item in r.maps.decisions.iter() {
-        let (k, v) = item.expect("decision");
-        decisions.insert(k, sum(&v));
-    }
+    let decisions: BTreeMap<DecisionKey, u64> = gateway_user::stats::decision_counts(&r.maps)
+        .expect("decisions")
+        .into_iter()
+        .collect();
     Counts {
         stats,
         device: (t.packets, t.bytes, t.dropped_packets, t.dropped_bytes),
