@@ -106,29 +106,28 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Writes the frame's findings into `self` (the handoff in scratch memory) field by field:
+    /// a `Frame` built first and then assigned would be copied with a `memcpy`.
     #[inline(always)]
-    pub fn new(pkt: &PacketBytes, l2: &L2, l3: &L3, l4: &L4) -> Self {
+    pub fn fill(&mut self, pkt: &PacketBytes, l2: &L2, l3: &L3, l4: &L4) {
         let tcp = l3.proto == IPPROTO_TCP;
         let (seq, ack) = if tcp {
             gateway_common::packet::tcp_seq_ack(pkt, l3.l4_off).unwrap_or((0, 0))
         } else {
             (0, 0)
         };
-        Self {
-            l3_off: opaque(l2.l3_off),
-            l4_off: opaque(l3.l4_off),
-            payload_off: opaque(l4.payload_off),
-            l3_end: opaque(l3.l3_end),
-            v6: l3.version == 6,
-            src: l3.src,
-            dst: l3.dst,
-            sport: l4.src_port,
-            dport: l4.dst_port,
-            tcp,
-            seq,
-            ack,
-        }
-        .bounded()
+        self.l3_off = opaque(l2.l3_off) & 0x3f;
+        self.l4_off = opaque(l3.l4_off) & 0x3fff;
+        self.payload_off = opaque(l4.payload_off) & 0x3fff;
+        self.l3_end = opaque(l3.l3_end) & 0xffff;
+        self.v6 = l3.version == 6;
+        self.src = l3.src;
+        self.dst = l3.dst;
+        self.sport = l4.src_port;
+        self.dport = l4.dst_port;
+        self.tcp = tcp;
+        self.seq = seq;
+        self.ack = ack;
     }
 
     /// The same masks again: a `Frame` read back from map memory (the tail-call handoff) has

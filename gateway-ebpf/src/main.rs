@@ -361,12 +361,11 @@ fn hand_over(
     prog: u32,
 ) {
     if let Some(s) = maps::scratch() {
-        s.handoff = dns::Handoff {
-            frame: dns::Frame::new(pkt, l2, l3, l4),
-            generation,
-            slot: dev.slot,
-            policy: dev.policy & 63,
-        };
+        let h = &mut s.handoff;
+        h.frame.fill(pkt, l2, l3, l4);
+        h.generation = generation;
+        h.slot = dev.slot;
+        h.policy = dev.policy & 63;
         // SAFETY: PROGS holds programs of this type; on success this does not return.
         unsafe { maps::PROGS.tail_call(ctx, prog) };
     }

@@ -887,6 +887,15 @@ policy = "private"
     }
 }
 
+/// A decision key no decision has (an invalid reason: the snapshot does not show it).
+const FOREIGN: DecisionKey = DecisionKey {
+    slot: 0xffff,
+    proto: 0,
+    action: 0,
+    reason: 0xff,
+    category: 0,
+};
+
 /// Fills every slot of `DECISION_CACHE` on every CPU (`key`, one count), or frees them all.
 fn fill_decision_cache(r: &mut TestRunner, key: Option<DecisionKey>) {
     let cpus = aya::util::nr_cpus().expect("cpus");
@@ -936,16 +945,9 @@ fn batched_counter_reads_equal_key_by_key_reads() {
     use aya::maps::IterableMap as _;
     use std::os::fd::AsFd as _;
     let (mut r, _) = runners();
-    // Every cache slot owned by a key no decision has (an invalid reason, so the snapshot does
-    // not show it): the decisions are all counted in `DECISIONS`.
-    let foreign = DecisionKey {
-        slot: 0xffff,
-        proto: 0,
-        action: 0,
-        reason: 0xff,
-        category: 0,
-    };
-    fill_decision_cache(&mut r, Some(foreign));
+    // Every cache slot owned by a key no decision has: the decisions are all counted in
+    // `DECISIONS`.
+    fill_decision_cache(&mut r, Some(FOREIGN));
     decide_for_three_devices(&mut r);
     // The kernel batches these maps (the fast path is taken, not the fallback).
     let cpus = aya::util::nr_cpus().expect("cpus");
@@ -973,7 +975,7 @@ fn batched_counter_reads_equal_key_by_key_reads() {
     assert_eq!(total, one_by_one.values().sum::<u64>());
     assert_eq!(total, 2 * 3 + 3 * 3 + 4 * 3, "one decision per query");
     let merged = gateway_user::stats::decision_counts(&r.maps).expect("counts");
-    assert!(merged.contains(&(foreign, (DECISION_CACHE_SLOTS as usize * cpus) as u64)));
+    assert!(merged.contains(&(FOREIGN, (DECISION_CACHE_SLOTS as usize * cpus) as u64)));
 
     // Free cache slots: the same decisions again are counted in the cache (`DECISIONS` does not
     // move), and every key's total is both maps' counts.
@@ -1027,13 +1029,6 @@ fn a_reused_slot_starts_without_the_old_devices_decisions() {
         &query(1, "ads.example", RecordType::A, false),
     ))
     .expect("run");
-    let foreign = DecisionKey {
-        slot: 0xffff,
-        proto: 0,
-        action: 0,
-        reason: 0xff,
-        category: 0,
-    };
     let cpus = aya::util::nr_cpus().expect("cpus");
     let kept: Vec<(u32, Vec<DecisionSlot>)> = (0..DECISION_CACHE_SLOTS)
         .map(|i| {
@@ -1047,7 +1042,7 @@ fn a_reused_slot_starts_without_the_old_devices_decisions() {
             .map(|s| {
                 if s.count == 0 {
                     DecisionSlot {
-                        key: foreign.to_word(),
+                        key: FOREIGN.to_word(),
                         count: 1,
                     }
                 } else {
@@ -1103,7 +1098,7 @@ fn a_reused_slot_starts_without_the_old_devices_decisions() {
     assert_eq!(r.maps.decisions.iter().count(), 0);
     let counts = gateway_user::stats::decision_counts(&r.maps).expect("counts");
     assert!(
-        counts.iter().all(|(k, _)| *k == foreign),
+        counts.iter().all(|(k, _)| *k == FOREIGN),
         "only the foreign key is left: {counts:?}"
     );
 }
