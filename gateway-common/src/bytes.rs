@@ -4,6 +4,27 @@
 //! the host implements it over slices. Parsers only ever ask for fixed-size reads at an offset,
 //! which is the access pattern the verifier can follow.
 
+/// A mask of the low `n` bytes of a word (all of it for `n` >= 8): the bytes of a little-endian
+/// word that lie before an end `n` bytes after its start.
+#[inline(always)]
+pub const fn low_bytes(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (n * 8)) - 1
+    }
+}
+
+/// The eight bytes of `b` at `at` as a little-endian word, zero past its end (a word-at-a-time
+/// reader on the host, where a whole-word read may run past the data).
+pub fn le_word<B: Bytes + ?Sized>(b: &B, at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    for (k, x) in w.iter_mut().enumerate() {
+        *x = at.checked_add(k).and_then(|i| b.u8_at(i)).unwrap_or(0);
+    }
+    u64::from_le_bytes(w)
+}
+
 /// Bytes that can be read at an offset.
 pub trait Bytes {
     /// Number of readable bytes.
@@ -59,5 +80,17 @@ mod tests {
         assert_eq!(b.be32_at(0), Some(0x0102_0304));
         assert_eq!(b.read::<2>(usize::MAX), None);
         assert_eq!(b.read::<0>(4), Some([]));
+    }
+
+    #[test]
+    fn words_and_masks() {
+        let b: &[u8] = &[1, 2, 3];
+        assert_eq!(super::le_word(b, 0), 0x03_0201);
+        assert_eq!(super::le_word(b, 2), 3);
+        assert_eq!(super::le_word(b, usize::MAX), 0);
+        assert_eq!(super::low_bytes(1), 0xff);
+        assert_eq!(super::low_bytes(7), 0x00ff_ffff_ffff_ffff);
+        assert_eq!(super::low_bytes(8), u64::MAX);
+        assert_eq!(super::low_bytes(63), u64::MAX);
     }
 }

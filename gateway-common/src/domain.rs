@@ -14,7 +14,10 @@
 //! 3. `decide_level` applies a policy to the rule sets found for those suffixes, most specific
 //!    first.
 
-use crate::enums::Reason;
+use crate::{
+    bytes::{le_word, low_bytes},
+    enums::Reason,
+};
 
 /// Longest name in text form (RFC 1035: 255 octets on the wire, 253 characters of text).
 pub const MAX_NAME: usize = 253;
@@ -97,9 +100,7 @@ pub const fn label_word(h: u64, w: u64) -> u64 {
 /// The hash of a label's lower-case text under `seed`, as the name walk computes it.
 pub fn label_hash(seed: u64, text: &[u8]) -> u64 {
     text.chunks(8).fold(label_start(seed), |h, chunk| {
-        let mut b = [0u8; 8];
-        b[..chunk.len()].copy_from_slice(chunk);
-        label_word(h, u64::from_le_bytes(b))
+        label_word(h, le_word(chunk, 0))
     })
 }
 
@@ -249,12 +250,7 @@ impl NameWalk {
             if done >= n {
                 break;
             }
-            let rest = n - done;
-            let keep = if rest >= 8 {
-                u64::MAX
-            } else {
-                (1u64 << (rest * 8)) - 1
-            };
+            let keep = low_bytes(n - done);
             let (lower, ok) = host_word(word(at + 1 + done) & keep);
             if ok | (!keep & HIGHS) != HIGHS {
                 return Label::Bad(Reason::DnsBadChar);
@@ -314,21 +310,19 @@ pub fn walk_name<B: crate::bytes::Bytes + ?Sized>(
 ) -> Result<(usize, usize), Reason> {
     let mut walk = NameWalk::default();
     let avail = b.size().saturating_sub(off);
-    let word = |i: usize| {
-        let mut w = [0u8; 8];
-        for (k, x) in w.iter_mut().enumerate() {
-            *x = b.u8_at(off + i + k).unwrap_or(0);
-        }
-        u64::from_le_bytes(w)
-    };
     loop {
-        let step = walk.label(0, avail, word, |i, w| {
-            for (k, x) in w.to_le_bytes().into_iter().enumerate() {
-                if let Some(t) = text.get_mut(i + k) {
-                    *t = x;
+        let step = walk.label(
+            0,
+            avail,
+            |i| le_word(b, off + i),
+            |i, w| {
+                for (k, x) in w.to_le_bytes().into_iter().enumerate() {
+                    if let Some(t) = text.get_mut(i + k) {
+                        *t = x;
+                    }
                 }
-            }
-        });
+            },
+        );
         match step {
             Label::Read(_) => {}
             Label::Done => return Ok((walk.len as usize, walk.wire as usize)),
@@ -559,14 +553,7 @@ mod tests {
         let mut walk = NameWalk::default();
         let mut hashes = [0u64; MAX_LEVELS];
         loop {
-            let word = |i: usize| {
-                let mut b = [0u8; 8];
-                for (k, x) in b.iter_mut().enumerate() {
-                    *x = w.get(i + k).copied().unwrap_or(0);
-                }
-                u64::from_le_bytes(b)
-            };
-            match walk.label(seed, w.len(), word, |_, _| {}) {
+            match walk.label(seed, w.len(), |i| le_word(w, i), |_, _| {}) {
                 Label::Read(h) => hashes[(walk.labels as usize - 1) % MAX_LEVELS] = h,
                 Label::Done => break,
                 Label::Bad(r) => panic!("{r:?}"),

@@ -420,8 +420,7 @@ impl DecisionKey {
     /// The key's slot in `DECISION_CACHE`.
     #[inline(always)]
     pub const fn cache_slot(&self) -> u32 {
-        (self.to_word().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32
-            & (DECISION_CACHE_SLOTS - 1)
+        crate::table::home(crate::table::mix(self.to_word(), 0), DECISION_CACHE_SLOTS)
     }
 }
 

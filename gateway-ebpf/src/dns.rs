@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    bytes::Bytes,
+    bytes::{Bytes, low_bytes},
     domain::{
         DNS_HEADER, Decision, Label, MAX_LEVELS, MAX_WIRE_NAME, NameWalk, QTYPE_A, QTYPE_AAAA,
         QTYPE_HTTPS, QTYPE_SVCB, Why, check_query_header, decide_level, default_decision, suffixes,
@@ -83,10 +83,10 @@ pub struct Handoff {
     pub policy: u32,
 }
 
-/// What the DNS path needs of the headers. Built with every offset passed through `opaque` and
-/// masked: whichever way the frame was parsed (VLAN depth, IP version, extension headers), the
-/// verifier then reaches the DNS code in one abstract state and checks it once, instead of once
-/// per path (which exceeds its one-million-instruction budget).
+/// What the DNS and TLS paths need of the headers, handed over in scratch memory and read back
+/// with `bounded`'s masks: whichever way the frame was parsed (VLAN depth, IP version, extension
+/// headers), the verifier then checks that code in one abstract state, instead of once per path
+/// (which exceeds its one-million-instruction budget).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Frame {
@@ -107,7 +107,8 @@ pub struct Frame {
 
 impl Frame {
     /// Writes the frame's findings into `self` (the handoff in scratch memory) field by field:
-    /// a `Frame` built first and then assigned would be copied with a `memcpy`.
+    /// a `Frame` built first and then assigned would be copied with a `memcpy`. The offsets are
+    /// stored as they are: the programs that read the handoff take it with `bounded`.
     #[inline(always)]
     pub fn fill(&mut self, pkt: &PacketBytes, l2: &L2, l3: &L3, l4: &L4) {
         let tcp = l3.proto == IPPROTO_TCP;
@@ -116,10 +117,10 @@ impl Frame {
         } else {
             (0, 0)
         };
-        self.l3_off = opaque(l2.l3_off) & 0x3f;
-        self.l4_off = opaque(l3.l4_off) & 0x3fff;
-        self.payload_off = opaque(l4.payload_off) & 0x3fff;
-        self.l3_end = opaque(l3.l3_end) & 0xffff;
+        self.l3_off = l2.l3_off;
+        self.l4_off = l3.l4_off;
+        self.payload_off = l4.payload_off;
+        self.l3_end = l3.l3_end;
         self.v6 = l3.version == 6;
         self.src = l3.src;
         self.dst = l3.dst;
@@ -248,15 +249,8 @@ extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
     let generation = c.generation & 1;
     let (buckets, seed, policy, blocked) = (c.buckets, c.seed, c.policy, c.blocked);
     let fp = s.fps[level as usize];
-    let Some(id) = maps::domain(generation, buckets, seed, fp) else {
-        return 0;
-    };
-    let Some(rules) = maps::ruleset(generation, id & (gateway_common::maps::MAX_RULESETS - 1))
-    else {
-        return 0;
-    };
     let c = &mut s.matching;
-    match decide_level(&rules, policy, blocked) {
+    match decide_suffix(generation, buckets, seed, fp, policy, blocked) {
         Some(d) => {
             c.found = 1;
             c.block = u32::from(d.block);
@@ -268,6 +262,22 @@ extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
         }
         None => 0,
     }
+}
+
+/// The decision of `policy` (blocking the categories `blocked`) at the suffix with fingerprint
+/// `fp`: its rule set in the domain table of `generation` (0 or 1), if any.
+#[inline(always)]
+fn decide_suffix(
+    generation: u32,
+    buckets: u32,
+    seed: u64,
+    fp: u64,
+    policy: u32,
+    blocked: u64,
+) -> Option<Decision> {
+    let id = maps::domain(generation, buckets, seed, fp)?;
+    let rules = maps::ruleset(generation, id & (gateway_common::maps::MAX_RULESETS - 1))?;
+    decide_level(&rules, policy, blocked)
 }
 
 /// The reason and category a decision on a name is counted under.
@@ -299,16 +309,14 @@ pub(crate) fn decide(
     // The whole name first, here: a listed name is decided without the loop over the shorter
     // suffixes (and its callback).
     let whole = s.fps[(count as usize - 1) & (MAX_LEVELS - 1)];
-    if let Some(id) = maps::domain(
+    if let Some(d) = decide_suffix(
         generation & 1,
         settings.domain_buckets,
         settings.table_seed,
         whole,
-    ) && let Some(rules) = maps::ruleset(
-        generation & 1,
-        id & (gateway_common::maps::MAX_RULESETS - 1),
-    ) && let Some(d) = decide_level(&rules, policy_id, policy.block_categories)
-    {
+        policy_id,
+        policy.block_categories,
+    ) {
         return d;
     }
     // The shorter suffixes, most specific first.
@@ -758,12 +766,9 @@ fn scratch_sum(len: usize) -> Option<u64> {
             break;
         }
         // SAFETY: `at` is a multiple of 8 below 256: the word lies within `wire`.
-        let mut w = unsafe { core::ptr::read_unaligned(wire.add(at & 0xf8).cast::<u64>()) };
-        let rest = len - at;
-        if rest < 8 {
-            // The bytes after the question count as zeroes.
-            w &= (1u64 << (rest * 8)) - 1;
-        }
+        let w = unsafe { core::ptr::read_unaligned(wire.add(at & 0xf8).cast::<u64>()) };
+        // The bytes after the question count as zeroes.
+        let w = w & low_bytes(len - at);
         // Native-order 32-bit halves: their one's-complement sum folds to that of the 16-bit
         // words.
         sum += (w & 0xffff_ffff) + (w >> 32);

@@ -896,19 +896,24 @@ const FOREIGN: DecisionKey = DecisionKey {
     category: 0,
 };
 
-/// Fills every slot of `DECISION_CACHE` on every CPU (`key`, one count), or frees them all.
-fn fill_decision_cache(r: &mut TestRunner, key: Option<DecisionKey>) {
+/// `DECISION_CACHE` slot owned by `FOREIGN`, with one count.
+const FOREIGN_SLOT: DecisionSlot = DecisionSlot {
+    key: FOREIGN.to_word(),
+    count: 1,
+};
+
+/// Rewrites every slot of `DECISION_CACHE` on every CPU with `f` of what it holds.
+fn fill_decision_cache(r: &mut TestRunner, f: impl Fn(DecisionSlot) -> DecisionSlot) {
     let cpus = aya::util::nr_cpus().expect("cpus");
-    let slot = key.map_or(DecisionSlot::default(), |k| DecisionSlot {
-        key: k.to_word(),
-        count: 1,
-    });
     for i in 0..DECISION_CACHE_SLOTS {
+        let now = r.maps.decision_cache.get(&i, 0).expect("slot");
+        let new: Vec<DecisionSlot> = now.iter().map(|s| f(*s)).collect();
+        assert_eq!(new.len(), cpus);
         r.maps
             .decision_cache
             .set(
                 i,
-                aya::maps::PerCpuValues::try_from(vec![slot; cpus]).expect("values"),
+                aya::maps::PerCpuValues::try_from(new).expect("values"),
                 0,
             )
             .expect("set");
@@ -947,7 +952,7 @@ fn batched_counter_reads_equal_key_by_key_reads() {
     let (mut r, _) = runners();
     // Every cache slot owned by a key no decision has: the decisions are all counted in
     // `DECISIONS`.
-    fill_decision_cache(&mut r, Some(FOREIGN));
+    fill_decision_cache(&mut r, |_| FOREIGN_SLOT);
     decide_for_three_devices(&mut r);
     // The kernel batches these maps (the fast path is taken, not the fallback).
     let cpus = aya::util::nr_cpus().expect("cpus");
@@ -979,7 +984,7 @@ fn batched_counter_reads_equal_key_by_key_reads() {
 
     // Free cache slots: the same decisions again are counted in the cache (`DECISIONS` does not
     // move), and every key's total is both maps' counts.
-    fill_decision_cache(&mut r, None);
+    fill_decision_cache(&mut r, |_| DecisionSlot::default());
     decide_for_three_devices(&mut r);
     let table_after: u64 = r
         .maps
@@ -1029,37 +1034,7 @@ fn a_reused_slot_starts_without_the_old_devices_decisions() {
         &query(1, "ads.example", RecordType::A, false),
     ))
     .expect("run");
-    let cpus = aya::util::nr_cpus().expect("cpus");
-    let kept: Vec<(u32, Vec<DecisionSlot>)> = (0..DECISION_CACHE_SLOTS)
-        .map(|i| {
-            let v = r.maps.decision_cache.get(&i, 0).expect("slot");
-            (i, v.iter().copied().collect())
-        })
-        .collect();
-    for (i, v) in &kept {
-        let filled: Vec<DecisionSlot> = v
-            .iter()
-            .map(|s| {
-                if s.count == 0 {
-                    DecisionSlot {
-                        key: FOREIGN.to_word(),
-                        count: 1,
-                    }
-                } else {
-                    *s
-                }
-            })
-            .collect();
-        assert_eq!(filled.len(), cpus);
-        r.maps
-            .decision_cache
-            .set(
-                *i,
-                aya::maps::PerCpuValues::try_from(filled).expect("values"),
-                0,
-            )
-            .expect("set");
-    }
+    fill_decision_cache(&mut r, |s| if s.count == 0 { FOREIGN_SLOT } else { s });
     r.run(&dns_frame(
         student,
         V4,
