@@ -4,7 +4,9 @@
 //! second and the CPU spent per answered query: for the gateway the kernel's own accounting of
 //! its XDP program (`kernel.bpf_stats_enabled`; tail calls included) plus the daemon's process
 //! CPU time (draining decision events into the history), for dnsmasq and unbound their process
-//! CPU time. Work common to all (veths, the client's stack) is not counted.
+//! CPU time (the scheduler's per-thread nanoseconds). Work common to all (veths, the client's
+//! stack) is not counted. All servers run back to back in each of `ROUNDS` rounds; the table
+//! shows medians, and each round's ratio to the gateway.
 
 use std::{
     collections::BTreeSet,
@@ -19,8 +21,10 @@ use gateway_testbed::{Bed, Daemon, Netns, Pins, unique};
 
 /// Names in the blocklist.
 const DOMAINS: usize = 100_000;
-/// Seconds dnsperf runs per server.
+/// Seconds dnsperf runs per server and round.
 const SECONDS: u64 = 8;
+/// Rounds of all servers.
+const ROUNDS: usize = 3;
 
 /// The blocklist: the first 100,000 distinct domains of the corpus hosts and adblock lists.
 fn blocklist(corpus: &Path) -> anyhow::Result<Vec<String>> {
@@ -66,19 +70,21 @@ fn program_stats(pin: &Path) -> anyhow::Result<(u64, u64)> {
     ))
 }
 
-/// CPU jiffies (user + system) of process `pid`.
-fn process_cpu(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+/// CPU time (ns) of process `pid` so far: the sum over its threads of the scheduler's own
+/// accounting (`/proc/PID/task/TID/schedstat`, nanoseconds; `/proc/PID/stat` counts 10 ms ticks,
+/// too coarse for a daemon that is mostly idle).
+fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Result {
     server: &'static str,
     answers_per_s: f64,
@@ -106,9 +112,7 @@ impl Engine<'_> {
             Some(pin) => program_stats(pin)?.0,
             None => 0,
         };
-        // Jiffies are 10 ms (USER_HZ = 100).
-        let process = self.process.map_or(0, |pid| process_cpu(pid) * 10_000_000);
-        Ok((xdp, process))
+        Ok((xdp, self.process.map_or(0, process_cpu_ns)))
     }
 }
 
@@ -163,180 +167,244 @@ fn dnsperf(
     })
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 pub fn run(corpus: &Path) -> anyhow::Result<()> {
     let domains = blocklist(corpus)?;
     let dir = std::env::temp_dir().join(unique("gwbench"));
     std::fs::create_dir_all(&dir)?;
     let result = run_in(&dir, &domains);
     let _ = std::fs::remove_dir_all(&dir);
-    let results = result?;
-    let xdp = results
-        .first()
-        .map_or(1.0, Result::cpu_ns_per_answer)
-        .max(1.0);
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "\nBlocked-name queries, dnsperf from a device namespace, {DOMAINS} blocked domains, {SECONDS} s each"
-    );
-    let _ = writeln!(
-        o,
-        "| answered by | answers/s | CPU per answer (ns) | of which XDP | of which process | CPU vs gateway |"
-    );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
-    for r in &results {
-        let _ = writeln!(
-            o,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}x |",
-            r.server,
-            r.answers_per_s,
-            r.cpu_ns_per_answer(),
-            r.xdp_ns_per_answer,
-            r.process_ns_per_answer,
-            r.cpu_ns_per_answer() / xdp
-        );
-    }
-    print!("{o}");
+    print!("{}", render(&result?));
     Ok(())
 }
 
-fn run_in(dir: &Path, domains: &[String]) -> anyhow::Result<Vec<Result>> {
-    let queries = dir.join("queries.txt");
-    let hosts = dir.join("block.hosts");
+/// The table: per server, the median round (and the range over rounds); against the gateway
+/// without events, the median of the rounds' ratios (each round's servers ran back to back).
+fn render(rounds: &[Vec<Result>]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\nBlocked-name queries, dnsperf from a device namespace, {DOMAINS} blocked domains, {SECONDS} s a run, {ROUNDS} rounds (medians; range over rounds)"
+    );
+    let _ = writeln!(
+        o,
+        "| answered by | answers/s | CPU per answer (ns) | of which XDP | of which process | CPU vs gateway | each round |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|");
+    let servers = rounds.first().map_or(0, Vec::len);
+    for i in 0..servers {
+        let runs: Vec<&Result> = rounds.iter().filter_map(|r| r.get(i)).collect();
+        let Some(first) = runs.first() else { continue };
+        let of = |f: fn(&Result) -> f64| median(runs.iter().map(|r| f(r)).collect());
+        let cpu: Vec<f64> = runs.iter().map(|r| r.cpu_ns_per_answer()).collect();
+        let (lo, hi) = cpu
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(l, h), c| (l.min(*c), h.max(*c)));
+        // Each round's CPU against that round's gateway (log = none), the first server.
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| {
+                Some(r.get(i)?.cpu_ns_per_answer() / r.first()?.cpu_ns_per_answer().max(1.0))
+            })
+            .collect();
+        let each = ratios
+            .iter()
+            .map(|x| format!("{x:.1}x"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.0} | {:.1}x | {each} |",
+            first.server,
+            of(|r| r.answers_per_s),
+            median(cpu.clone()),
+            lo,
+            hi,
+            of(|r| r.xdp_ns_per_answer),
+            of(|r| r.process_ns_per_answer),
+            median(ratios),
+        );
+    }
+    o
+}
+
+/// Files the servers are given: the query list for dnsperf and the blocklist as a hosts file.
+struct Inputs {
+    queries: PathBuf,
+    hosts: PathBuf,
+    unbound_conf: PathBuf,
+}
+
+fn run_in(dir: &Path, domains: &[String]) -> anyhow::Result<Vec<Vec<Result>>> {
+    let inputs = Inputs {
+        queries: dir.join("queries.txt"),
+        hosts: dir.join("block.hosts"),
+        unbound_conf: dir.join("unbound.conf"),
+    };
     let mut q = String::new();
     let mut h = String::new();
     for d in domains {
         let _ = writeln!(q, "{d} A");
         let _ = writeln!(h, "0.0.0.0 {d}");
     }
-    std::fs::write(&queries, q)?;
-    std::fs::write(&hosts, &h)?;
+    std::fs::write(&inputs.queries, q)?;
+    std::fs::write(&inputs.hosts, &h)?;
     let bed = Bed::new(1)?;
-    let client = &bed.devices[0];
     let server = bed.upstream_ip.clone();
-    let mut results = Vec::new();
-
-    // (a) The gateway answers in XDP: without decision events (like the resolvers, which log
-    // no queries), then with every decision in the history (the default, `log = "all"`). The
-    // daemon logs at info level, as deployed.
-    for (label, log) in [
-        ("gateway (XDP), log = none", "none"),
-        ("gateway (XDP), log = all, history", "all"),
-    ] {
-        let body = format!(
-            "[[interface]]\nname = \"{}\"\n\n[[category]]\nname = \"block\"\nlists = [\"{}\"]\n\n[[policy]]\nname = \"default\"\nblock_categories = [\"block\"]\nlog = \"{log}\"\n",
-            client.gw_if,
-            hosts.display()
-        );
-        let mut pins = Pins::with_config("", &body)?;
-        pins.bin = crate::root().join("target/release/gateway");
-        let daemon = Daemon::start_logging(&bed.gw, &pins, &[client.gw_if.as_str()], "info")?;
-        let prog = pins.dir.join("programs/ethernet");
-        let stats =
-            std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-            .context("enabling BPF run-time statistics")?;
-        let r = dnsperf(
-            &client.ns,
-            &server,
-            &queries,
-            label,
-            &Engine {
-                program: Some(&prog),
-                process: daemon.pid(),
-            },
-        );
-        let _ = std::fs::write(
-            "/proc/sys/kernel/bpf_stats_enabled",
-            if stats.trim().is_empty() {
-                "0"
-            } else {
-                stats.trim()
-            },
-        );
-        results.push(r?);
+    // unbound with a local zone per domain (NXDOMAIN).
+    let mut c = format!(
+        "server:\n  interface: {server}\n  access-control: 10.201.0.0/16 allow\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{}\"\n  pidfile: \"\"\n  use-syslog: no\n  num-threads: 1\n  module-config: \"iterator\"\n",
+        dir.display()
+    );
+    for d in domains {
+        let _ = writeln!(c, "  local-zone: \"{d}.\" always_nxdomain");
     }
-    // (b) dnsmasq with the list as hosts entries (0.0.0.0 answers).
-    {
-        let mut child = bed
-            .up
-            .command("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--user=root",
-                "--pid-file=",
-            ])
-            .arg(format!("--listen-address={server}"))
-            .arg(format!("--addn-hosts={}", hosts.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting dnsmasq")?;
-        std::thread::sleep(Duration::from_secs(2));
-        let r = dnsperf(
+    std::fs::write(&inputs.unbound_conf, c)?;
+    // Rounds of all servers back to back: the host's load drifts over minutes, and a server
+    // measured once could be measured at a better or worse moment than the others.
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        rounds.push(vec![
+            gateway_run(&bed, &inputs, "gateway (XDP), log = none", "none")?,
+            gateway_run(&bed, &inputs, "gateway (XDP), log = all, history", "all")?,
+            dnsmasq_run(&bed, &inputs)?,
+            unbound_run(&bed, &inputs)?,
+        ]);
+    }
+    Ok(rounds)
+}
+
+/// (a) The gateway answers in XDP: without decision events (`log = "none"`, like the resolvers,
+/// which log no queries), or with every decision in the history (`"all"`, the default). The
+/// daemon logs at info level, as deployed.
+fn gateway_run(
+    bed: &Bed,
+    inputs: &Inputs,
+    label: &'static str,
+    log: &str,
+) -> anyhow::Result<Result> {
+    let client = bed.devices.first().context("the bed has no device")?;
+    let body = format!(
+        "[[interface]]\nname = \"{}\"\n\n[[category]]\nname = \"block\"\nlists = [\"{}\"]\n\n[[policy]]\nname = \"default\"\nblock_categories = [\"block\"]\nlog = \"{log}\"\n",
+        client.gw_if,
+        inputs.hosts.display()
+    );
+    let mut pins = Pins::with_config("", &body)?;
+    pins.bin = crate::root().join("target/release/gateway");
+    let daemon = Daemon::start_logging(&bed.gw, &pins, &[client.gw_if.as_str()], "info")?;
+    let prog = pins.dir.join("programs/ethernet");
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enabling BPF run-time statistics")?;
+    let r = dnsperf(
+        &client.ns,
+        &bed.upstream_ip,
+        &inputs.queries,
+        label,
+        &Engine {
+            program: Some(&prog),
+            process: daemon.pid(),
+        },
+    );
+    let _ = std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if stats.trim().is_empty() {
+            "0"
+        } else {
+            stats.trim()
+        },
+    );
+    r
+}
+
+/// (b) dnsmasq with the list as hosts entries (0.0.0.0 answers).
+fn dnsmasq_run(bed: &Bed, inputs: &Inputs) -> anyhow::Result<Result> {
+    let client = bed.devices.first().context("the bed has no device")?;
+    let mut child = bed
+        .up
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+        ])
+        .arg(format!("--listen-address={}", bed.upstream_ip))
+        .arg(format!("--addn-hosts={}", inputs.hosts.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting dnsmasq")?;
+    let r = wait_listening(bed).and_then(|()| {
+        dnsperf(
             &client.ns,
-            &server,
-            &queries,
+            &bed.upstream_ip,
+            &inputs.queries,
             "dnsmasq",
             &Engine {
                 program: None,
                 process: Some(child.id()),
             },
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-        results.push(r?);
-    }
-    // (c) unbound with a local zone per domain (NXDOMAIN).
-    {
-        let conf = dir.join("unbound.conf");
-        let mut c = format!(
-            "server:\n  interface: {server}\n  access-control: 10.201.0.0/16 allow\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{}\"\n  pidfile: \"\"\n  use-syslog: no\n  num-threads: 1\n  module-config: \"iterator\"\n",
-            dir.display()
-        );
-        for d in domains {
-            let _ = writeln!(c, "  local-zone: \"{d}.\" always_nxdomain");
-        }
-        std::fs::write(&conf, c)?;
-        let mut child = bed
-            .up
-            .command("unbound")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting unbound")?;
-        let start = std::time::Instant::now();
-        while !bed
-            .up
-            .run("ss", &["-uln"])
-            .map(|o| o.contains(&format!("{server}:53")))
-            .unwrap_or(false)
-        {
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("unbound did not start");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let r = dnsperf(
+        )
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    r
+}
+
+/// (c) unbound with a local zone per domain (NXDOMAIN).
+fn unbound_run(bed: &Bed, inputs: &Inputs) -> anyhow::Result<Result> {
+    let client = bed.devices.first().context("the bed has no device")?;
+    let mut child = bed
+        .up
+        .command("unbound")
+        .arg("-c")
+        .arg(&inputs.unbound_conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting unbound")?;
+    let r = wait_listening(bed).and_then(|()| {
+        dnsperf(
             &client.ns,
-            &server,
-            &queries,
+            &bed.upstream_ip,
+            &inputs.queries,
             "unbound",
             &Engine {
                 program: None,
                 process: Some(child.id()),
             },
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-        results.push(r?);
+        )
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    r
+}
+
+/// Waits (up to a minute) until something listens on the upstream's UDP port 53, then a
+/// second more for the server to have read its lists.
+fn wait_listening(bed: &Bed) -> anyhow::Result<()> {
+    let want = format!("{}:53", bed.upstream_ip);
+    let start = std::time::Instant::now();
+    while !bed
+        .up
+        .run("ss", &["-uln"])
+        .map(|o| o.contains(&want))
+        .unwrap_or(false)
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("no DNS server started on {want}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(results)
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(())
 }
 
 /// Where the shared corpus is, relative to the workspace.
