@@ -24,13 +24,12 @@ pub const fn mix(x: u64, seed: u64) -> u64 {
     (x ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// The first bucket of hash `h`: its top log2(`buckets`) bits, for a power-of-two bucket count.
+/// The first bucket of hash `h`: its top 32 bits scaled to `buckets` (below `buckets` for any
+/// count; for a power of two, exactly the top log2(`buckets`) bits). A multiply and a shift:
+/// BPF has no count-zeros instruction, and the kernel spends this on every probe.
 #[inline(always)]
 pub const fn home(h: u64, buckets: u32) -> u32 {
-    if buckets <= 1 {
-        return 0;
-    }
-    (h >> (64 - buckets.trailing_zeros())) as u32 & (buckets - 1)
+    (((h >> 32) * buckets as u64) >> 32) as u32
 }
 
 /// The second bucket of hash `h`: from its low bits, remixed (independent of `home`).
@@ -346,6 +345,24 @@ mod tests {
             slot,
             policy: 1,
             flags: 0,
+        }
+    }
+
+    /// For a power-of-two count, `home` is the hash's top log2(count) bits (what it computed
+    /// before it became a multiply), so tables built either way agree; for any count it is in
+    /// range.
+    #[test]
+    fn home_is_the_top_bits() {
+        let mut h = 0x0123_4567_89ab_cdefu64;
+        for _ in 0..10_000 {
+            h = mix(h, 0x5eed);
+            assert_eq!(home(h, 1), 0);
+            for k in 1..=31u32 {
+                assert_eq!(home(h, 1 << k), (h >> (64 - k)) as u32, "2^{k} buckets");
+            }
+            for n in [3u32, 1000, 65_537, u32::MAX] {
+                assert!(home(h, n) < n);
+            }
         }
     }
 

@@ -294,7 +294,7 @@ pub fn scratch() -> Option<&'static mut Scratch> {
 /// The rule set id of domain fingerprint `fp` in `generation`.
 #[inline(always)]
 pub fn domain(generation: u32, buckets: u32, seed: u64, fp: u64) -> Option<u32> {
-    if !buckets.is_power_of_two() {
+    if buckets == 0 {
         return None;
     }
     let base = generation * buckets;

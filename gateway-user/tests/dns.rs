@@ -394,6 +394,37 @@ fn answers_for_every_block_kind_on_every_link() {
     }
 }
 
+/// The question is copied to scratch in whole words, the last one overlapping the one before,
+/// and the answer's checksum is summed from that copy: every question length, with and without
+/// OPT, on a sinkhole answer (device 2) and NXDOMAIN (device 1), parsed back with its checksums.
+#[test]
+fn answers_for_every_question_length() {
+    let (mut eth, _) = runners();
+    for len in 1..=48 {
+        let name = format!("{}.ads.example.", "q".repeat(len));
+        for edns in [false, true] {
+            for (device, sinkhole) in [(1, false), (2, true)] {
+                let f = dns_frame(
+                    L2::Ethernet {
+                        src: mac(device),
+                        dst: GW_MAC,
+                    },
+                    V4,
+                    &query(0x4242, &name, RecordType::A, edns),
+                );
+                let r = eth.run(&f).expect("run");
+                assert_eq!(
+                    (r.reason, r.action),
+                    (Reason::Category, Some(Action::Block)),
+                    "{name} edns {edns}"
+                );
+                let m = check_answer(&f, &r, LinkType::Ethernet);
+                assert_eq!(m.answers.len(), usize::from(sinkhole), "{name} edns {edns}");
+            }
+        }
+    }
+}
+
 /// §5 through the kernel: most specific rule wins; explicit allow > explicit block > category;
 /// otherwise the policy's default. Each row: name, device, expected (verdict, reason, action).
 #[test]

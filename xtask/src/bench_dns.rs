@@ -153,6 +153,9 @@ fn dnsperf(
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("dnsperf output: {text}"))?;
+    if completed < 1.0 {
+        bail!("{label}: dnsperf got no answers\n{text}");
+    }
     let qps: f64 = text
         .lines()
         .find(|l| l.contains("Queries per second:"))
