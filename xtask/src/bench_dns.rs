@@ -326,8 +326,7 @@ fn gateway_run(
 
 /// (b) dnsmasq with the list as hosts entries (0.0.0.0 answers).
 fn dnsmasq_run(bed: &Bed, inputs: &Inputs) -> anyhow::Result<Result> {
-    let client = bed.devices.first().context("the bed has no device")?;
-    let mut child = bed
+    let child = bed
         .up
         .command("dnsmasq")
         .args([
@@ -344,27 +343,12 @@ fn dnsmasq_run(bed: &Bed, inputs: &Inputs) -> anyhow::Result<Result> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting dnsmasq")?;
-    let r = wait_listening(bed).and_then(|()| {
-        dnsperf(
-            &client.ns,
-            &bed.upstream_ip,
-            &inputs.queries,
-            "dnsmasq",
-            &Engine {
-                program: None,
-                process: Some(child.id()),
-            },
-        )
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    r
+    resolver_run(bed, inputs, "dnsmasq", child)
 }
 
 /// (c) unbound with a local zone per domain (NXDOMAIN).
 fn unbound_run(bed: &Bed, inputs: &Inputs) -> anyhow::Result<Result> {
-    let client = bed.devices.first().context("the bed has no device")?;
-    let mut child = bed
+    let child = bed
         .up
         .command("unbound")
         .arg("-c")
@@ -373,18 +357,33 @@ fn unbound_run(bed: &Bed, inputs: &Inputs) -> anyhow::Result<Result> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting unbound")?;
-    let r = wait_listening(bed).and_then(|()| {
-        dnsperf(
-            &client.ns,
-            &bed.upstream_ip,
-            &inputs.queries,
-            "unbound",
-            &Engine {
-                program: None,
-                process: Some(child.id()),
-            },
-        )
-    });
+    resolver_run(bed, inputs, "unbound", child)
+}
+
+/// dnsperf against the resolver `child` once it listens; the resolver is stopped after.
+fn resolver_run(
+    bed: &Bed,
+    inputs: &Inputs,
+    label: &'static str,
+    mut child: std::process::Child,
+) -> anyhow::Result<Result> {
+    let r = bed
+        .devices
+        .first()
+        .context("the bed has no device")
+        .and_then(|client| {
+            wait_listening(bed)?;
+            dnsperf(
+                &client.ns,
+                &bed.upstream_ip,
+                &inputs.queries,
+                label,
+                &Engine {
+                    program: None,
+                    process: Some(child.id()),
+                },
+            )
+        });
     let _ = child.kill();
     let _ = child.wait();
     r
