@@ -235,7 +235,8 @@ fn render(rounds: &[Vec<Result>]) -> String {
     o
 }
 
-/// Files the servers are given: the query list for dnsperf and the blocklist as a hosts file.
+/// Files the servers are given: the query list for dnsperf, the blocklist as a hosts file
+/// (the gateway and dnsmasq) and unbound's configuration (a local zone per domain).
 struct Inputs {
     queries: PathBuf,
     hosts: PathBuf,
