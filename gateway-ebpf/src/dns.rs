@@ -152,6 +152,8 @@ pub struct DnsOutcome {
     /// Query type, and length of the name now in `Scratch::text` (0: the name was not read).
     pub qtype: u16,
     pub name_len: u16,
+    /// The policy's `POLICY_*` flags, once the name was read (its `log` decides the event).
+    pub policy_flags: u32,
 }
 
 impl DnsOutcome {
@@ -163,6 +165,7 @@ impl DnsOutcome {
             category,
             qtype: 0,
             name_len: 0,
+            policy_flags: 0,
         }
     }
 }
@@ -458,6 +461,7 @@ pub fn judge(
     );
     out.qtype = qtype;
     out.name_len = text_len as u16;
+    out.policy_flags = policy.flags;
     out
 }
 

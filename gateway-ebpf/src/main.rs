@@ -120,12 +120,13 @@ fn take_handoff() -> Result<(dns::Handoff, &'static GenSettings, Device), Outcom
 }
 
 /// A decision on a name (the query's or the ClientHello's, left in `scratch.text`): counted,
-/// and, if `event`, an event unless the policy's `log` says not to.
+/// and, if `event`, an event unless the policy's `log` (in its `flags`, as the deciding program
+/// read them) says not to.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn decided_on_name(
     dev: &Device,
-    generation: u32,
+    policy_flags: u32,
     proto: Proto,
     action: Action,
     reason: Reason,
@@ -135,7 +136,7 @@ fn decided_on_name(
     event: bool,
 ) {
     count_decision(dev, proto, action, reason, category);
-    if !event || !logs(maps::policy(generation, dev.policy).flags, action) {
+    if !event || !logs(policy_flags, action) {
         return;
     }
     maps::emit(|ev| {
@@ -184,7 +185,7 @@ fn judge_tls(ctx: &XdpContext) -> Outcome {
     };
     decided_on_name(
         &dev,
-        generation,
+        d.policy_flags,
         Proto::Tls,
         action,
         d.reason,
@@ -210,7 +211,7 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
     let d = dns::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
     decided_on_name(
         &dev,
-        generation,
+        d.policy_flags,
         Proto::Dns,
         d.action,
         d.reason,

@@ -131,6 +131,8 @@ pub struct TlsOutcome {
     pub category: u8,
     /// Host name bytes in `scratch.text` (0: no name to report).
     pub name_len: u16,
+    /// The policy's `POLICY_*` flags, on a decision (its `log` decides the event).
+    pub policy_flags: u32,
 }
 
 impl TlsOutcome {
@@ -142,6 +144,7 @@ impl TlsOutcome {
             action: None,
             category: NO_CATEGORY,
             name_len: 0,
+            policy_flags: 0,
         }
     }
 }
@@ -197,6 +200,8 @@ pub fn judge(
                 action: Some(Action::Block),
                 category: NO_CATEGORY,
                 name_len: 0,
+                // Not read: a blocked flow's later packets are counted, not logged.
+                policy_flags: 0,
             };
         }
         if st.state == FLOW_BLOCKED || (f.seq == st.first_seq && may_start_hello(first)) {
@@ -335,6 +340,7 @@ pub fn judge(
             }),
             category,
             name_len,
+            policy_flags: policy.flags,
         };
     }
     // Blocked: the flow's later packets are dropped too.
@@ -354,5 +360,6 @@ pub fn judge(
         action: Some(Action::Block),
         category,
         name_len,
+        policy_flags: policy.flags,
     }
 }

@@ -344,6 +344,57 @@ policy = "strict"
         assert_eq!(r.run(&f).expect("run").reason, Reason::Uninspected);
     }
 
+    /// A policy's `log` decides which ClientHello decisions become events, in the kernel: every
+    /// one, the blocks only, none. The decisions themselves do not change; a blocked flow's later
+    /// packets are counted, never logged again.
+    #[test]
+    fn log_levels_are_honoured_for_client_hellos() {
+        let mut text = String::new();
+        let mut devices = Vec::new();
+        for (i, log) in ["all", "blocked", "none"].iter().enumerate() {
+            for (j, block) in [true, false].into_iter().enumerate() {
+                let n = (2 * i + j + 1) as u8;
+                let rules = if block {
+                    r#"block = ["google.com"]"#
+                } else {
+                    ""
+                };
+                text.push_str(&format!(
+                    "[[policy]]\nname = \"p{n}\"\nlog = \"{log}\"\n{rules}\n\n\
+                     [[device]]\nname = \"d{n}\"\nmac = \"02:00:00:00:02:{n:02x}\"\n\
+                     policy = \"p{n}\"\n\n"
+                ));
+                let want_event = *log == "all" || (*log == "blocked" && block);
+                devices.push(([0x02, 0, 0, 0, 2, n], block, want_event));
+            }
+        }
+        let config = Config::parse(&text, std::path::Path::new("log.toml")).expect("config");
+        let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+        r.maps.drain_events();
+        let hello = chrome_hello();
+        for (mac, block, want_event) in devices {
+            let res = flow(&mut r, mac, 40, &[&hello]);
+            let want = if block {
+                (Verdict::Tx, Reason::Explicit, Some(Action::Block))
+            } else {
+                (Verdict::Pass, Reason::Default, Some(Action::Allow))
+            };
+            assert_eq!(decision(&res), want, "device {mac:?}");
+            if block {
+                let f = segment(mac, 40, 443, 5000, b"\x17\x03\x03\x00\x01x");
+                assert_eq!(r.run(&f).expect("run").reason, Reason::FlowBlocked);
+            }
+            let events = r.maps.drain_events();
+            let names: Vec<&str> = events.iter().map(|e| e.name()).collect();
+            let want: Vec<&str> = if want_event {
+                vec!["lh3.google.com"]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(names, want, "device {mac:?} (block: {block})");
+        }
+    }
+
     #[test]
     fn configured_tls_ports() {
         let hello = chrome_hello();
