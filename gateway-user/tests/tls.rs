@@ -333,6 +333,23 @@ policy = "strict"
             assert_eq!(res.reason, Reason::TlsUnparsed);
             assert_eq!((res.verdict, res.action), want);
         }
+        // "Disorder": the second segment sent first passes (a flow without state, not a record
+        // start); the first then waits for bytes that already went by, so the client's next
+        // segment (its Finished, after the server's reply) is out of order: on_unparsed_tls.
+        let next = 1000 + hello.len() as u32;
+        for (dev, want) in [
+            (STAFF, (Verdict::Pass, Some(Action::Allow))),
+            (STRICT, (Verdict::Drop, Some(Action::Block))),
+        ] {
+            let res = r.run(&segment(dev, 12, 443, 1100, b)).expect("run");
+            assert_eq!((res.verdict, res.action), (Verdict::Pass, None));
+            let res = r.run(&segment(dev, 12, 443, 1000, a)).expect("run");
+            assert_eq!(res.reason, Reason::TlsPending);
+            let f = segment(dev, 12, 443, next, b"\x14\x03\x03\x00\x01\x01");
+            let res = r.run(&f).expect("run");
+            assert_eq!(res.reason, Reason::TlsUnparsed);
+            assert_eq!((res.verdict, res.action), want);
+        }
         // `drop` instead of a reset.
         let res = flow(&mut r, STRICT, 9, &[&hello]);
         assert_eq!(
