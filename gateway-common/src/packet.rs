@@ -68,12 +68,37 @@ pub struct L3 {
     pub fragment: Fragment,
     /// Offset of the transport header.
     pub l4_off: usize,
-    /// End of the IP packet (total length), clamped to the frame: link padding is not payload.
-    pub l3_end: usize,
+    /// End of the IP packet as its header declares it (total length). May lie past the frame
+    /// (a truncated packet) and before it (link padding): `end` clamps it to the frame.
+    pub ip_end: usize,
     /// Source address; IPv4 is IPv4-mapped (`::ffff:a.b.c.d`).
     pub src: Addr,
-    /// Destination address; IPv4 is IPv4-mapped.
-    pub dst: Addr,
+    /// Offset of the destination address (4 bytes for IPv4, 16 for IPv6). Read by `dst` where
+    /// a path needs it: most frames never do, and carrying the address costs every frame.
+    pub dst_off: usize,
+}
+
+impl L3 {
+    /// End of the IP packet within the frame of `size` bytes: link padding is not payload.
+    #[inline(always)]
+    pub fn end(&self, size: usize) -> usize {
+        if self.ip_end < size {
+            self.ip_end
+        } else {
+            size
+        }
+    }
+
+    /// Destination address (IPv4-mapped for IPv4). `None` only if the header is not in `b`,
+    /// which `parse_l3` has checked.
+    #[inline(always)]
+    pub fn dst<B: Bytes + ?Sized>(&self, b: &B) -> Option<Addr> {
+        if self.version == 4 {
+            b.read::<4>(self.dst_off).map(Addr::from_v4)
+        } else {
+            b.read::<16>(self.dst_off).map(Addr::from_bytes)
+        }
+    }
 }
 
 /// An IPv6 or IPv4-mapped address as two `u64` holding its 16 network-order bytes in
@@ -113,6 +138,12 @@ impl Addr {
             a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5],
             b[6], b[7],
         ]
+    }
+
+    /// The last 4 bytes (for IPv4-mapped, the IPv4 address) as a little-endian word.
+    #[inline(always)]
+    pub const fn low(self) -> u32 {
+        (self.0[1] >> 32) as u32
     }
 
     /// The unspecified address `::`.
@@ -252,22 +283,20 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
     let h = b
         .read::<IPV4_HLEN>(off)
         .ok_or(L3Error::new(Reason::TruncatedL3, None))?;
-    if h[0] >> 4 != 4 {
+    // Fields taken from two words, not byte by byte: the kernel then loads two words.
+    let [w0, w1] = head_words(&h);
+    let first = w0 as u8;
+    if first >> 4 != 4 {
         return Err(L3Error::new(Reason::BadL3, None));
     }
-    // Both addresses with one word load.
-    let addrs = b
-        .read::<8>(off + 12)
-        .map(u64::from_le_bytes)
-        .ok_or(L3Error::new(Reason::TruncatedL3, None))?;
-    let src = Addr::from_v4_word(addrs as u32);
+    let src = Addr::from_v4_word((w1 >> 32) as u32);
     let fail = |reason| L3Error::new(reason, Some(src));
     // IHL is 4 bits: the header is at most 60 bytes, which bounds every later offset.
-    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    let hlen = ((first & 0x0f) as usize) * 4;
     if hlen < IPV4_HLEN {
         return Err(fail(Reason::BadL3));
     }
-    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let total = ((w0 >> 16) as u16).swap_bytes() as usize;
     if total < hlen {
         return Err(fail(Reason::BadL3));
     }
@@ -275,25 +304,39 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
     if hlen > IPV4_HLEN {
         b.u8_at(off + hlen - 1).ok_or(fail(Reason::TruncatedL3))?;
     }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
-    let fragment = if frag & 0x1fff != 0 {
+    // Flags and fragment offset, bytes 6-7, tested in the word's byte order: offset bits
+    // 0xff1f, more-fragments 0x0020 (0x1fff and 0x2000 in network order).
+    let frag = (w0 >> 48) as u16;
+    let fragment = if frag & 0xff1f != 0 {
         Fragment::Later
-    } else if frag & 0x2000 != 0 {
+    } else if frag & 0x0020 != 0 {
         Fragment::First
     } else {
         Fragment::None
     };
-    let size = b.size();
-    let end = off + total;
     Ok(L3 {
         version: 4,
-        proto: h[9],
+        proto: (w1 >> 8) as u8,
         fragment,
         l4_off: off + hlen,
-        l3_end: if end < size { end } else { size },
+        ip_end: off + total,
         src,
-        dst: Addr::from_v4_word((addrs >> 32) as u32),
+        dst_off: off + 16,
     })
+}
+
+/// The first 16 bytes of a header as two little-endian words. Parsers take fields from these
+/// rather than from single bytes, so the kernel reads two words instead of one byte per field.
+#[inline(always)]
+fn head_words<const N: usize>(h: &[u8; N]) -> [u64; 2] {
+    let mut w = [0u64; 2];
+    if let (Some(a), Some(b)) = (h.first_chunk::<8>(), h.get(8..16)) {
+        w[0] = u64::from_le_bytes(*a);
+        if let Some(b) = b.first_chunk::<8>() {
+            w[1] = u64::from_le_bytes(*b);
+        }
+    }
+    w
 }
 
 /// The 8 bytes of `h` at `at` (a constant offset within the IPv6 header).
@@ -323,10 +366,6 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
         u64::from_le_bytes(word(&h, 16)),
     ]);
     let fail = |reason| L3Error::new(reason, Some(src));
-    let dst = Addr([
-        u64::from_le_bytes(word(&h, 24)),
-        u64::from_le_bytes(word(&h, 32)),
-    ]);
     let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
     let end = off + IPV6_HLEN + payload;
     let mut proto = h[6];
@@ -383,15 +422,14 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
             _ => {}
         }
     }
-    let size = b.size();
     Ok(L3 {
         version: 6,
         proto,
         fragment,
         l4_off,
-        l3_end: if end < size { end } else { size },
+        ip_end: end,
         src,
-        dst,
+        dst_off: off + 24,
     })
 }
 
@@ -403,17 +441,22 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
     match l3.proto {
         IPPROTO_UDP => {
             let h = b.read::<UDP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
+            // As for TCP: both ports with one swap.
+            let ports = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
             Ok(L4 {
-                src_port: u16::from_be_bytes([h[0], h[1]]),
-                dst_port: u16::from_be_bytes([h[2], h[3]]),
+                src_port: (ports >> 16) as u16,
+                dst_port: ports as u16,
                 payload_off: off + UDP_HLEN,
                 ..L4::default()
             })
         }
         IPPROTO_TCP => {
             let h = b.read::<TCP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
+            let [w0, w1] = head_words(&h);
+            // Both ports with one swap: source in the high half, destination in the low.
+            let ports = (w0 as u32).swap_bytes();
             // Data offset is 4 bits: the header is at most 60 bytes.
-            let hlen = ((h[12] >> 4) as usize) * 4;
+            let hlen = (((w1 >> 32) as u8 >> 4) as usize) * 4;
             if hlen < TCP_HLEN {
                 return Err(Reason::TruncatedL4);
             }
@@ -421,10 +464,10 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
                 b.u8_at(off + hlen - 1).ok_or(Reason::TruncatedL4)?;
             }
             Ok(L4 {
-                src_port: u16::from_be_bytes([h[0], h[1]]),
-                dst_port: u16::from_be_bytes([h[2], h[3]]),
+                src_port: (ports >> 16) as u16,
+                dst_port: ports as u16,
                 payload_off: off + hlen,
-                tcp_flags: h[13],
+                tcp_flags: (w1 >> 40) as u8,
                 icmp_type: 0,
             })
         }
@@ -539,7 +582,8 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 17]
         );
         assert_eq!(l3.l4_off, 34);
-        assert_eq!(l3.l3_end, f.len());
+        assert_eq!(l3.end(f.len()), f.len());
+        assert_eq!(l3.dst(f.as_slice()), Some(Addr::from_v4([10, 0, 0, 1])));
         assert_eq!((l4.src_port, l4.dst_port, l4.payload_off), (5353, 53, 42));
     }
 
@@ -550,7 +594,7 @@ mod tests {
         let real_end = f.len();
         f.resize(60, 0);
         let (_, l3, _) = all(&f, LinkType::Ethernet).expect("parses");
-        assert_eq!(l3.l3_end, real_end);
+        assert_eq!(l3.end(f.len()), real_end);
     }
 
     /// Ethernet header with one TPID+TCI per entry of `tpids`, then `inner` as the ethertype.
@@ -611,6 +655,8 @@ mod tests {
         assert_eq!(l3.src.to_bytes()[0], 0xfd);
         assert_eq!(l3.src.to_bytes()[15], 0x17);
         assert_eq!(Addr::from_bytes(l3.src.to_bytes()), l3.src);
+        let dst = l3.dst(f6.as_slice()).expect("in the frame").to_bytes();
+        assert_eq!((dst[0], dst[15]), (0xfd, 1));
         assert_eq!(l4.payload_off, 48);
         assert_eq!(
             parse_l2(&[0x50u8][..], LinkType::RawIp).map_err(|e| e.reason),
@@ -780,9 +826,9 @@ mod tests {
             proto,
             fragment: Fragment::None,
             l4_off: 0,
-            l3_end: 0,
+            ip_end: 0,
             src: Addr::default(),
-            dst: Addr::default(),
+            dst_off: 0,
         };
         let udp = |s, d| L4 {
             src_port: s,

@@ -120,10 +120,10 @@ impl Frame {
         self.l3_off = l2.l3_off;
         self.l4_off = l3.l4_off;
         self.payload_off = l4.payload_off;
-        self.l3_end = l3.l3_end;
+        self.l3_end = l3.end(pkt.size());
         self.v6 = l3.version == 6;
         self.src = l3.src;
-        self.dst = l3.dst;
+        self.dst = l3.dst(pkt).unwrap_or_default();
         self.sport = l4.src_port;
         self.dport = l4.dst_port;
         self.tcp = tcp;

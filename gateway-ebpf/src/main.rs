@@ -296,9 +296,17 @@ fn judge(ctx: &XdpContext) -> Outcome {
         Ok(l4) => l4,
         Err(reason) => return Outcome::new(&dev, Verdict::Pass, reason),
     };
+    // Most frames go to a port no path looks at: three compares and out.
+    if l4.dst_port != 53
+        && l4.dst_port != DEFAULT_TLS_PORT
+        && settings.flags & (SETTINGS_HAS_BLOCK_PORTS | SETTINGS_TLS_PORTS) == 0
+    {
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    }
     // DNS: UDP to port 53, and TCP segments to port 53 that carry data (handshakes pass).
     if l4.dst_port == 53
-        && (l3.proto == IPPROTO_UDP || (l3.proto == IPPROTO_TCP && l4.payload_off < l3.l3_end))
+        && (l3.proto == IPPROTO_UDP
+            || (l3.proto == IPPROTO_TCP && l4.payload_off < l3.end(pkt.size())))
     {
         // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
         hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_DNS);
@@ -318,31 +326,31 @@ fn judge(ctx: &XdpContext) -> Outcome {
             return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
         }
     }
-    if l4.payload_off >= l3.l3_end {
+    // No payload (the frame's own end is checked where the payload is read).
+    if l4.payload_off >= l3.ip_end {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
-    if l3.proto == IPPROTO_UDP && l4.dst_port == QUIC_PORT {
-        if is_quic_initial(&pkt, l4.payload_off) {
-            let policy = maps::policy(generation, dev.policy);
-            let block = policy.flags & POLICY_QUIC_BLOCK != 0;
-            return decided(&dev, Proto::Quic, Reason::Quic, policy.flags, block);
+    if l3.proto == IPPROTO_TCP {
+        let tls_port = if settings.flags & SETTINGS_TLS_PORTS != 0 {
+            maps::tls_port(generation, l4.dst_port)
+        } else {
+            l4.dst_port == DEFAULT_TLS_PORT
+        };
+        // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk
+        // that continues, a blocked flow). Data segments of decided flows stop here.
+        if tls_port
+            && (pkt.u8_at(l4.payload_off).is_some_and(may_start_hello)
+                || maps::flow_marked(flow_slot(l3.src.low(), l4.src_port, l4.dst_port)))
+        {
+            hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_TLS);
         }
-        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
-    }
-    let tls_port = if settings.flags & SETTINGS_TLS_PORTS != 0 {
-        maps::tls_port(generation, l4.dst_port)
-    } else {
-        l4.dst_port == DEFAULT_TLS_PORT
-    };
-    if l3.proto != IPPROTO_TCP || !tls_port {
-        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
-    }
-    // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk that
-    // continues, a blocked flow). Data segments of decided flows stop here.
-    let inspect = pkt.u8_at(l4.payload_off).is_some_and(may_start_hello)
-        || maps::flow_marked(flow_slot(&l3.src, &l3.dst, l4.src_port, l4.dst_port));
-    if inspect {
-        hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_TLS);
+    } else if l3.proto == IPPROTO_UDP
+        && l4.dst_port == QUIC_PORT
+        && is_quic_initial(&pkt, l4.payload_off)
+    {
+        let policy = maps::policy(generation, dev.policy);
+        let block = policy.flags & POLICY_QUIC_BLOCK != 0;
+        return decided(&dev, Proto::Quic, Reason::Quic, policy.flags, block);
     }
     Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
 }

@@ -52,11 +52,11 @@ pub fn tcp_segment(data: &[u8], link: LinkType) -> Option<(FlowKey, u32, &[u8])>
         return None;
     }
     let l4 = parse_l4(data, &l3).ok()?;
-    let payload = data.get(l4.payload_off..l3.l3_end)?;
+    let payload = data.get(l4.payload_off..l3.end(data.len()))?;
     Some((
         FlowKey {
             src: l3.src,
-            dst: l3.dst,
+            dst: l3.dst(data)?,
             sport: l4.src_port,
             dport: l4.dst_port,
         },
