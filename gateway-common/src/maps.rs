@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -169,8 +169,11 @@ pub struct GenSettings {
     /// Buckets of the domain table per generation (a power of two).
     pub domain_buckets: u32,
     pub _pad: u32,
+    /// Makes the size a power of two: the kernel finds a generation's settings with a shift,
+    /// not a multiplication, at the head of every packet's chain of dependent loads.
+    pub _reserved: u64,
 }
-const _: () = assert!(size_of::<GenSettings>() == 24);
+const _: () = assert!(size_of::<GenSettings>() == 32);
 
 /// `CONTROL[0]`: the active generation and the settings of both. One record, so a packet gets
 /// both with one lookup. The daemon writes it through mmap: a generation's settings only while
@@ -182,8 +185,11 @@ pub struct Control {
     pub active: u32,
     pub _pad: u32,
     pub generations: [GenSettings; GENERATIONS as usize],
+    /// Makes the size a power of two, as `GenSettings::_reserved` (the array lookup of the
+    /// record itself then scales its index with a shift).
+    pub _reserved: [u64; 7],
 }
-const _: () = assert!(size_of::<Control>() == 56);
+const _: () = assert!(size_of::<Control>() == 128);
 
 /// `GenSettings::flags`: the MAC table has entries for this generation.
 pub const SETTINGS_HAS_MAC: u32 = 1;

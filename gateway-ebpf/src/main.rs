@@ -467,7 +467,12 @@ fn suspended(dev: &Device) -> Outcome {
 #[inline(always)]
 fn finish(ctx: &XdpContext, out: &Outcome) -> u32 {
     let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
-    maps::count_stats(stats_index(out.reason, out.verdict), bytes);
+    // Uninspected passes (most frames) are not counted by reason: they are the frames of
+    // `DEVICE_TRAFFIC`, where every frame is counted, less those of every other reason, and
+    // the daemon derives them so (`stats::reason_counters`). One per-CPU update fewer a frame.
+    if out.reason != Reason::Uninspected || out.verdict != Verdict::Pass {
+        maps::count_stats(stats_index(out.reason, out.verdict), bytes);
+    }
     maps::count_device(out.slot, bytes, out.verdict != Verdict::Pass);
     if TRACE_ENABLED.load() != 0 {
         maps::trace(&Trace {

@@ -212,12 +212,16 @@ static DEVICE_BY_CIDR: LpmTrie<CidrData, DeviceRef> =
     LpmTrie::with_max_entries(GENERATIONS * MAX_CIDR_IDS, BPF_F_NO_PREALLOC);
 
 /// Per CPU, `[reason * VERDICT_SLOTS + verdict]`: frames and bytes by why and what. Every frame
-/// is counted here exactly once. Summed by the daemon; never reset.
+/// but an uninspected pass is counted here exactly once. Summed by the daemon; never reset.
+/// `[stats_index(Uninspected, Pass)]` is the daemon's: the traffic of device slots it zeroed
+/// for reuse (`stats::retire_slot`), so that the uninspected passes it derives — every frame
+/// of `DEVICE_TRAFFIC` and of retired slots, less the other reasons' — never go back.
 #[map]
 static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_SLOTS * VERDICT_SLOTS, 0);
 
 /// Per CPU, `[slot]`: what each device sent and how much of it was dropped. Slot 0 is devices in
-/// no inventory. The daemon zeroes a slot before giving it to another device.
+/// no inventory. Every frame is counted here exactly once. The daemon zeroes a slot before
+/// giving it to another device, after adding its traffic to `STATS` (see there).
 #[map]
 static DEVICE_TRAFFIC: PerCpuArray<DeviceTraffic> = PerCpuArray::with_max_entries(DEVICE_SLOTS, 0);
 

@@ -19,20 +19,20 @@ use gateway_common::{
     domain::{RuleSet, fingerprint},
     maps::{
         CidrData, DECISION_CACHE_SLOTS, DEVICE_SLOTS, DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT,
-        DecisionKey, DecisionSlot, DeviceName, DeviceRef, DeviceTraffic, DnsAnswer, GenSettings,
-        IP_BUCKETS, MAC_BUCKETS, MAX_POLICIES, MAX_RULESETS, POLICY_BLOCK_PORTS,
-        POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_LOG_BLOCKED, POLICY_LOG_NONE,
-        POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK,
-        POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_BLOCK_PORTS,
-        SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_TLS_PORTS, SETTINGS_VALID,
-        TLS_PORT_WORDS, block_port_key, cidr_data, policy_index,
+        DecisionKey, DecisionSlot, DeviceName, DeviceRef, DnsAnswer, GenSettings, IP_BUCKETS,
+        MAC_BUCKETS, MAX_POLICIES, MAX_RULESETS, POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK,
+        POLICY_HTTPS_EMPTY, POLICY_LOG_BLOCKED, POLICY_LOG_NONE, POLICY_MONITOR,
+        POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_TLS_DROP,
+        POLICY_UNPARSED_TLS_BLOCK, PolicyEntry, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR,
+        SETTINGS_HAS_IP, SETTINGS_HAS_MAC, SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS,
+        block_port_key, cidr_data, policy_index,
     },
     table::{self, Bucket, DomainBucket, IpBucket, MacBucket, TableFull},
 };
 
 use crate::{
     config::{Config, DnsBlockAnswer, LogLevel, Mode},
-    kernel::{Maps, zeroed_per_cpu},
+    kernel::Maps,
     lists::Domains,
     mmap::MmapArray,
 };
@@ -556,6 +556,7 @@ impl Desired {
             table_seed: 0,
             domain_buckets: d.domain_buckets,
             _pad: 0,
+            _reserved: 0,
         };
         d
     }
@@ -800,8 +801,7 @@ fn assign_slots(maps: &mut Maps, config: &Config) -> anyhow::Result<HashMap<Stri
             continue;
         }
         let slot = free.pop().context("no free device slot")?;
-        maps.device_traffic
-            .set(slot, zeroed_per_cpu::<DeviceTraffic>()?, 0)?;
+        crate::stats::retire_slot(maps, slot)?;
         let name = DeviceName::new(&dev.name).context("device name too long")?;
         maps.device_names.set(slot, name, 0)?;
         slots.insert(dev.name.clone(), slot);

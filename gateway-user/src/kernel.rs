@@ -1,6 +1,9 @@
 //! The kernel objects: loading the filter (pinned or private), and typed handles on its maps.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::AtomicU64,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -194,6 +197,9 @@ pub struct Maps {
     /// TLS flows with a ClientHello in progress, or blocked.
     pub flows:
         aya::maps::HashMap<MapData, gateway_common::maps::FlowKey, gateway_common::maps::FlowState>,
+    /// The uninspected passes (packets, bytes) last reported by `stats::reason_counters`, which
+    /// derives them and never reports less.
+    pub uninspected_floor: (AtomicU64, AtomicU64),
 }
 
 impl Maps {
@@ -229,6 +235,7 @@ impl Maps {
             block_ports: aya::maps::HashMap::try_from(take(names::BLOCK_PORTS)?)?,
             flows: aya::maps::HashMap::try_from(take(names::FLOWS)?)?,
             apply_cache: None,
+            uninspected_floor: (AtomicU64::new(0), AtomicU64::new(0)),
         })
     }
 

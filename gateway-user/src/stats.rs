@@ -3,17 +3,18 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
+    sync::atomic::Ordering,
 };
 
 use aya::maps::{IterableMap as _, PerCpuValues};
 use gateway_common::{
     enums::{
-        Action, AttachMode, GLOBAL_SLOTS, Global, LinkType, Proto, REASON_SLOTS, Reason, Verdict,
-        stats_index,
+        Action, AttachMode, GLOBAL_SLOTS, Global, LinkType, Proto, REASON_SLOTS, Reason,
+        VERDICT_SLOTS, Verdict, stats_index,
     },
     maps::{
-        Counter, DECISION_CACHE_SLOTS, DecisionKey, DecisionSlot, DeviceName, DeviceTraffic,
-        IfaceInfo, MAX_IFACES, NO_CATEGORY, UNKNOWN_SLOT,
+        Counter, DECISION_CACHE_SLOTS, DEVICE_SLOTS, DecisionKey, DecisionSlot, DeviceName,
+        DeviceTraffic, IfaceInfo, MAX_IFACES, NO_CATEGORY, UNKNOWN_SLOT,
     },
 };
 use serde::Serialize;
@@ -213,6 +214,85 @@ fn decision_cache_slots(maps: &Maps) -> anyhow::Result<Vec<DecisionSlot>> {
         .collect())
 }
 
+/// Frames and bytes by `stats_index(reason, verdict)`, summed over CPUs.
+///
+/// The kernel counts uninspected passes (the fast path, most frames) in `DEVICE_TRAFFIC` only:
+/// every frame is counted there once, and every frame but those in `STATS` once. So they are
+/// derived: all devices' traffic, plus that of slots retired for reuse (kept in the
+/// uninspected-pass entry of `STATS`, which the kernel leaves alone), less every other reason.
+/// The three are read in that order — the retired traffic, the devices, the other reasons — so
+/// frames counted meanwhile can only make the result smaller than the truth, never larger; and
+/// it never reports less than it did before (`Maps::uninspected_floor`), so it stays a counter.
+pub fn reason_counters(maps: &Maps) -> anyhow::Result<HashMap<u32, Counter>> {
+    let implied = stats_index(Reason::Uninspected, Verdict::Pass);
+    let retired = sum(&maps.stats.get(&implied, 0)?);
+    let mut frames = retired;
+    match batch_read::<u32, DeviceTraffic>(maps.device_traffic.map(), Some(Summable::add))? {
+        Some(all) => {
+            for (_, t) in all {
+                frames.add(&Counter {
+                    packets: t.packets,
+                    bytes: t.bytes,
+                });
+            }
+        }
+        None => {
+            for slot in 0..DEVICE_SLOTS {
+                let t = sum(&maps.device_traffic.get(&slot, 0)?);
+                frames.add(&Counter {
+                    packets: t.packets,
+                    bytes: t.bytes,
+                });
+            }
+        }
+    }
+    let mut counters: HashMap<u32, Counter> =
+        match batch_read::<u32, Counter>(maps.stats.map(), Some(Summable::add))? {
+            Some(all) => all.into_iter().collect(),
+            None => (0..REASON_SLOTS * VERDICT_SLOTS)
+                .map(|i| Ok((i, sum(&maps.stats.get(&i, 0)?))))
+                .collect::<anyhow::Result<_>>()?,
+        };
+    counters.remove(&implied);
+    let mut derived = frames;
+    for c in counters.values() {
+        derived.packets = derived.packets.saturating_sub(c.packets);
+        derived.bytes = derived.bytes.saturating_sub(c.bytes);
+    }
+    let floor = &maps.uninspected_floor;
+    derived.packets = derived
+        .packets
+        .max(floor.0.fetch_max(derived.packets, Ordering::Relaxed));
+    derived.bytes = derived
+        .bytes
+        .max(floor.1.fetch_max(derived.bytes, Ordering::Relaxed));
+    counters.insert(implied, derived);
+    Ok(counters)
+}
+
+/// Adds a device slot's traffic to the retired traffic (see `reason_counters`) and zeroes the
+/// slot, before it is given to another device. Frames the kernel counts to the slot between the
+/// read and the zeroing (a removed device's last, within microseconds) are lost.
+pub fn retire_slot(maps: &mut Maps, slot: u32) -> anyhow::Result<()> {
+    let t = sum(&maps.device_traffic.get(&slot, 0)?);
+    maps.device_traffic
+        .set(slot, crate::kernel::zeroed_per_cpu::<DeviceTraffic>()?, 0)?;
+    if t.packets == 0 && t.bytes == 0 {
+        return Ok(());
+    }
+    let implied = stats_index(Reason::Uninspected, Verdict::Pass);
+    let mut retired: Vec<Counter> = maps.stats.get(&implied, 0)?.iter().copied().collect();
+    if let Some(first) = retired.first_mut() {
+        first.add(&Counter {
+            packets: t.packets,
+            bytes: t.bytes,
+        });
+    }
+    maps.stats
+        .set(implied, aya::maps::PerCpuValues::try_from(retired)?, 0)?;
+    Ok(())
+}
+
 /// Reads every counter.
 pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
     let mut s = Snapshot {
@@ -220,19 +300,14 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         ..Snapshot::default()
     };
 
-    let counters: Option<HashMap<u32, Counter>> =
-        batch_read::<u32, Counter>(maps.stats.map(), Some(Summable::add))?
-            .map(|all| all.into_iter().collect());
+    let counters = reason_counters(maps)?;
     for reason_id in 0..REASON_SLOTS {
         let Some(reason) = Reason::from_u32(reason_id) else {
             continue;
         };
         for verdict in Verdict::ALL {
             let index = stats_index(reason, *verdict);
-            let c = match &counters {
-                Some(all) => all.get(&index).copied().unwrap_or_default(),
-                None => sum(&maps.stats.get(&index, 0)?),
-            };
+            let c = counters.get(&index).copied().unwrap_or_default();
             if c.packets == 0 {
                 continue;
             }

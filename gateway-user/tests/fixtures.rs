@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
 use gateway_common::{
-    enums::{Action, LinkType, Proto, REASON_SLOTS, Reason, VERDICT_SLOTS, Verdict},
+    enums::{Action, LinkType, Proto, Reason, VERDICT_SLOTS, Verdict, stats_index},
     maps::{DecisionKey, NO_CATEGORY, UNKNOWN_SLOT},
     packet::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
 };
@@ -203,13 +203,14 @@ struct Counts {
 }
 
 fn counts(r: &TestRunner, slot: u32) -> Counts {
-    let mut stats = BTreeMap::new();
-    for i in 0..REASON_SLOTS * VERDICT_SLOTS {
-        let c = sum(&r.maps.stats.get(&i, 0).expect("stats"));
-        if c.packets != 0 {
-            stats.insert(i, (c.packets, c.bytes));
-        }
-    }
+    // As reported: uninspected passes are derived from the device counters (the kernel does
+    // not count them by reason).
+    let stats = gateway_user::stats::reason_counters(&r.maps)
+        .expect("stats")
+        .into_iter()
+        .filter(|(_, c)| c.packets != 0)
+        .map(|(i, c)| (i, (c.packets, c.bytes)))
+        .collect();
     let t = sum(&r.maps.device_traffic.get(&slot, 0).expect("device traffic"));
     let decisions: BTreeMap<DecisionKey, u64> = gateway_user::stats::decision_counts(&r.maps)
         .expect("decisions")
@@ -1103,6 +1104,58 @@ fn reconfiguration_switches_generations() {
     assert_eq!(
         (back.verdict, back.reason),
         (Verdict::Pass, Reason::Uninspected)
+    );
+}
+
+/// Uninspected passes are not counted by reason in the kernel but derived from the per-device
+/// counters; a device slot zeroed for another device must not take its frames out of them.
+#[test]
+fn uninspected_passes_survive_slot_reuse() {
+    require_root();
+    let mut r = Runners::new();
+    let uninspected = stats_index(Reason::Uninspected, Verdict::Pass);
+    let reported = |r: &TestRunner| {
+        let all = gateway_user::stats::reason_counters(&r.maps).expect("counters");
+        let c = all.get(&uninspected).copied().unwrap_or_default();
+        (c.packets, c.bytes)
+    };
+    let frame = frames::sized(eth(MAC_DEV), v4(77), UDP, 64);
+    let slot = r.eth.run(&frame).expect("run").slot;
+    for _ in 0..4 {
+        r.eth.run(&frame).expect("run");
+    }
+    // One frame of another reason: counted by reason, not derived as uninspected.
+    let arp_out = r.eth.run(&arp(MAC_DEV)).expect("run");
+    assert_ne!(arp_out.reason, Reason::Uninspected);
+    assert_eq!(reported(&r.eth), (5, 5 * 64));
+    assert_eq!(
+        sum(&r.eth.maps.stats.get(&uninspected, 0).expect("stats")).packets,
+        0,
+        "the kernel leaves the uninspected entry alone"
+    );
+
+    // The device leaves; a newcomer gets its slot, zeroed.
+    let without = CONFIG.replace(
+        "[[device]]\nname = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"\n",
+        "",
+    );
+    assert_ne!(without, CONFIG);
+    let cfg = Config::parse(&without, std::path::Path::new("fixtures.toml")).expect("config");
+    r.eth.reconfigure(&cfg).expect("without the device");
+    let with_new = format!(
+        "{without}\n[[device]]\nname = \"newcomer\"\nmac = \"02:00:00:00:00:42\"\npolicy = \"students\"\n"
+    );
+    let cfg = Config::parse(&with_new, std::path::Path::new("fixtures.toml")).expect("config");
+    r.eth.reconfigure(&cfg).expect("with the newcomer");
+    let newcomer = frames::sized(eth([0x02, 0, 0, 0, 0, 0x42]), v4(78), UDP, 80);
+    let out = r.eth.run(&newcomer).expect("run");
+    assert_eq!(out.slot, slot, "the newcomer took the freed slot");
+    let t = sum(&r.eth.maps.device_traffic.get(&slot, 0).expect("traffic"));
+    assert_eq!((t.packets, t.bytes), (1, 80), "the slot started from zero");
+    assert_eq!(
+        reported(&r.eth),
+        (6, 5 * 64 + 80),
+        "the old device's frames are still counted"
     );
 }
 
