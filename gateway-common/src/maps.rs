@@ -280,19 +280,19 @@ impl FlowKey {
     /// Slot of the flow in `FLOW_MARKS`.
     #[inline(always)]
     pub const fn mark_slot(&self) -> u32 {
-        flow_slot(self.src.low(), self.sport, self.dport)
+        flow_slot(&self.src, (self.sport as u32) << 16 | self.dport as u32)
     }
 }
 
-/// Slot in `FLOW_MARKS` of the flow from the address ending in `src_low` (`Addr::low`: the
-/// whole IPv4 address, the last 4 bytes of an IPv6 one) with these ports. The destination is
-/// left out: one device's flows differ in their source port, and a collision only costs a
-/// `FLOWS` lookup — while every data segment to a TLS port computes this slot.
+/// Slot in `FLOW_MARKS` of the flow from `src` with these `ports` (source in the high half, as
+/// `L4::ports`). Of the address it takes the last 8 bytes (the whole of an IPv4-mapped one);
+/// the destination is left out: one device's flows differ in their source port, and a
+/// collision only costs a `FLOWS` lookup — while every data segment to a TLS port computes
+/// this slot.
 #[inline(always)]
-pub const fn flow_slot(src_low: u32, sport: u16, dport: u16) -> u32 {
-    let h = ((src_low as u64) << 32 | (sport as u64) << 16 | dport as u64)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((h >> 40) as u32) & (FLOW_MARK_SLOTS - 1)
+pub const fn flow_slot(src: &crate::packet::Addr, ports: u32) -> u32 {
+    let h = (src.0[1] ^ ports as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 48) as u32 & (FLOW_MARK_SLOTS - 1)
 }
 
 /// Default capacity of `FLOWS` (`[gateway] max_tls_flows`).

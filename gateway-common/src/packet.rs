@@ -140,12 +140,6 @@ impl Addr {
         ]
     }
 
-    /// The last 4 bytes (for IPv4-mapped, the IPv4 address) as a little-endian word.
-    #[inline(always)]
-    pub const fn low(self) -> u32 {
-        (self.0[1] >> 32) as u32
-    }
-
     /// The unspecified address `::`.
     #[inline(always)]
     pub const fn is_unspecified(self) -> bool {
@@ -156,14 +150,27 @@ impl Addr {
 /// What the transport layer says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct L4 {
-    pub src_port: u16,
-    pub dst_port: u16,
+    /// Source port (high 16 bits) and destination port (low 16), as the header's first 4 bytes
+    /// read big-endian: one value to carry, and the form `flow_slot` hashes.
+    pub ports: u32,
     /// Offset of the transport payload.
     pub payload_off: usize,
     /// TCP flags (TCP only).
     pub tcp_flags: u8,
     /// ICMP/ICMPv6 type (ICMP only).
     pub icmp_type: u8,
+}
+
+impl L4 {
+    #[inline(always)]
+    pub const fn src_port(&self) -> u16 {
+        (self.ports >> 16) as u16
+    }
+
+    #[inline(always)]
+    pub const fn dst_port(&self) -> u16 {
+        self.ports as u16
+    }
 }
 
 /// The sequence and acknowledgement numbers of the TCP header at `l4_off`. Not part of
@@ -441,11 +448,8 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
     match l3.proto {
         IPPROTO_UDP => {
             let h = b.read::<UDP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
-            // As for TCP: both ports with one swap.
-            let ports = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
             Ok(L4 {
-                src_port: (ports >> 16) as u16,
-                dst_port: ports as u16,
+                ports: u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
                 payload_off: off + UDP_HLEN,
                 ..L4::default()
             })
@@ -453,8 +457,6 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
         IPPROTO_TCP => {
             let h = b.read::<TCP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
             let [w0, w1] = head_words(&h);
-            // Both ports with one swap: source in the high half, destination in the low.
-            let ports = (w0 as u32).swap_bytes();
             // Data offset is 4 bits: the header is at most 60 bytes.
             let hlen = (((w1 >> 32) as u8 >> 4) as usize) * 4;
             if hlen < TCP_HLEN {
@@ -464,8 +466,7 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
                 b.u8_at(off + hlen - 1).ok_or(Reason::TruncatedL4)?;
             }
             Ok(L4 {
-                src_port: (ports >> 16) as u16,
-                dst_port: ports as u16,
+                ports: (w0 as u32).swap_bytes(),
                 payload_off: off + hlen,
                 tcp_flags: (w1 >> 40) as u8,
                 icmp_type: 0,
@@ -492,9 +493,7 @@ pub fn parse_l4<B: Bytes + ?Sized>(b: &B, l3: &L3) -> Result<L4, Reason> {
 pub fn is_suspend_exempt(l3: &L3, l4: &L4) -> bool {
     match l3.proto {
         // DHCP client -> server; DHCPv6 client -> server.
-        IPPROTO_UDP => {
-            (l4.src_port == 68 && l4.dst_port == 67) || (l4.src_port == 546 && l4.dst_port == 547)
-        }
+        IPPROTO_UDP => l4.ports == 68 << 16 | 67 || l4.ports == 546 << 16 | 547,
         // Router/neighbour solicitation and advertisement, redirect (133..=137).
         IPPROTO_ICMPV6 => l4.icmp_type >= 133 && l4.icmp_type <= 137,
         _ => false,
@@ -584,7 +583,10 @@ mod tests {
         assert_eq!(l3.l4_off, 34);
         assert_eq!(l3.end(f.len()), f.len());
         assert_eq!(l3.dst(f.as_slice()), Some(Addr::from_v4([10, 0, 0, 1])));
-        assert_eq!((l4.src_port, l4.dst_port, l4.payload_off), (5353, 53, 42));
+        assert_eq!(
+            (l4.src_port(), l4.dst_port(), l4.payload_off),
+            (5353, 53, 42)
+        );
     }
 
     #[test]
@@ -622,7 +624,7 @@ mod tests {
             assert_eq!(l2.vlan_tags as usize, tpids.len());
             assert_eq!(l2.l3_off, 14 + 4 * tpids.len());
             assert_eq!(l3.version, 4);
-            assert_eq!(l4.dst_port, 53);
+            assert_eq!(l4.dst_port(), 53);
         }
         let mac = Some(crate::table::mac_key(&[2, 0, 0, 0, 0, 0x17]));
         let f = tagged(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP);
@@ -673,7 +675,7 @@ mod tests {
         let f = ipv4(IPPROTO_UDP, 8, 0, &udp(1, 53, b""));
         let (_, l3, l4) = all(&f, LinkType::RawIp).expect("parses");
         assert_eq!(l3.l4_off, 32);
-        assert_eq!(l4.dst_port, 53);
+        assert_eq!(l4.dst_port(), 53);
         let mut bad = f.clone();
         bad[0] = 0x44; // IHL 4 < 5
         assert_eq!(all(&bad, LinkType::RawIp).map(|_| ()), Err(Reason::BadL3));
@@ -720,7 +722,7 @@ mod tests {
         assert_eq!(l3.proto, IPPROTO_UDP);
         assert_eq!(l3.fragment, Fragment::First);
         assert_eq!(l3.l4_off, 56);
-        assert_eq!(l4.dst_port, 53);
+        assert_eq!(l4.dst_port(), 53);
         // Later fragment.
         let ext = [IPPROTO_UDP, 0, 0x05, 0x00, 0, 0, 0, 1];
         let f = ipv6(IPPROTO_FRAGMENT, &ext, b"data");
@@ -830,9 +832,8 @@ mod tests {
             src: Addr::default(),
             dst_off: 0,
         };
-        let udp = |s, d| L4 {
-            src_port: s,
-            dst_port: d,
+        let udp = |s: u16, d: u16| L4 {
+            ports: u32::from(s) << 16 | u32::from(d),
             ..L4::default()
         };
         assert!(is_suspend_exempt(&l3(IPPROTO_UDP), &udp(68, 67)));

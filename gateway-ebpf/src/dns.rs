@@ -124,8 +124,8 @@ impl Frame {
         self.v6 = l3.version == 6;
         self.src = l3.src;
         self.dst = l3.dst(pkt).unwrap_or_default();
-        self.sport = l4.src_port;
-        self.dport = l4.dst_port;
+        self.sport = l4.src_port();
+        self.dport = l4.dst_port();
         self.tcp = tcp;
         self.seq = seq;
         self.ack = ack;

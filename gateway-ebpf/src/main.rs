@@ -297,14 +297,14 @@ fn judge(ctx: &XdpContext) -> Outcome {
         Err(reason) => return Outcome::new(&dev, Verdict::Pass, reason),
     };
     // Most frames go to a port no path looks at: three compares and out.
-    if l4.dst_port != 53
-        && l4.dst_port != DEFAULT_TLS_PORT
+    if l4.dst_port() != 53
+        && l4.dst_port() != DEFAULT_TLS_PORT
         && settings.flags & (SETTINGS_HAS_BLOCK_PORTS | SETTINGS_TLS_PORTS) == 0
     {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
     // DNS: UDP to port 53, and TCP segments to port 53 that carry data (handshakes pass).
-    if l4.dst_port == 53
+    if l4.dst_port() == 53
         && (l3.proto == IPPROTO_UDP
             || (l3.proto == IPPROTO_TCP && l4.payload_off < l3.end(pkt.size())))
     {
@@ -320,7 +320,7 @@ fn judge(ctx: &XdpContext) -> Outcome {
                 generation,
                 dev.policy,
                 l3.proto,
-                l4.dst_port,
+                l4.dst_port(),
             ))
         {
             return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
@@ -332,20 +332,20 @@ fn judge(ctx: &XdpContext) -> Outcome {
     }
     if l3.proto == IPPROTO_TCP {
         let tls_port = if settings.flags & SETTINGS_TLS_PORTS != 0 {
-            maps::tls_port(generation, l4.dst_port)
+            maps::tls_port(generation, l4.dst_port())
         } else {
-            l4.dst_port == DEFAULT_TLS_PORT
+            l4.dst_port() == DEFAULT_TLS_PORT
         };
         // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk
         // that continues, a blocked flow). Data segments of decided flows stop here.
         if tls_port
             && (pkt.u8_at(l4.payload_off).is_some_and(may_start_hello)
-                || maps::flow_marked(flow_slot(l3.src.low(), l4.src_port, l4.dst_port)))
+                || maps::flow_marked(flow_slot(&l3.src, l4.ports)))
         {
             hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_TLS);
         }
     } else if l3.proto == IPPROTO_UDP
-        && l4.dst_port == QUIC_PORT
+        && l4.dst_port() == QUIC_PORT
         && is_quic_initial(&pkt, l4.payload_off)
     {
         let policy = maps::policy(generation, dev.policy);

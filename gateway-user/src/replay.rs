@@ -123,7 +123,7 @@ fn dns_question(frame: &Frame) -> Option<(String, u16)> {
         return None;
     }
     let l4 = parse_l4(b, &l3).ok()?;
-    if l4.dst_port != 53 {
+    if l4.dst_port() != 53 {
         return None;
     }
     let name_off = l4.payload_off + DNS_HEADER;
@@ -156,7 +156,7 @@ fn dst_port(frame: &Frame) -> Option<u16> {
     let b = frame.data.as_slice();
     let l2 = parse_l2(b, frame.link).ok()?;
     let l3 = parse_l3(b, &l2).ok()?;
-    Some(parse_l4(b, &l3).ok()?.dst_port)
+    Some(parse_l4(b, &l3).ok()?.dst_port())
 }
 
 /// The decision's protocol, or the frame's transport described with the shared parser.

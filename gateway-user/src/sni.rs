@@ -57,8 +57,8 @@ pub fn tcp_segment(data: &[u8], link: LinkType) -> Option<(FlowKey, u32, &[u8])>
         FlowKey {
             src: l3.src,
             dst: l3.dst(data)?,
-            sport: l4.src_port,
-            dport: l4.dst_port,
+            sport: l4.src_port(),
+            dport: l4.dst_port(),
         },
         tcp_seq_ack(data, l3.l4_off)?.0,
         payload,
