@@ -221,7 +221,7 @@ static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_SLOTS 
 
 /// Per CPU, `[slot]`: what each device sent and how much of it was dropped. Slot 0 is devices in
 /// no inventory. Every frame is counted here exactly once. The daemon zeroes a slot before
-/// giving it to another device, after adding its traffic to `STATS` (see there).
+/// giving it to another device, and adds what the slot had counted to `STATS` (see there).
 #[map]
 static DEVICE_TRAFFIC: PerCpuArray<DeviceTraffic> = PerCpuArray::with_max_entries(DEVICE_SLOTS, 0);
 

@@ -270,8 +270,8 @@ pub fn reason_counters(maps: &Maps) -> anyhow::Result<HashMap<u32, Counter>> {
     Ok(counters)
 }
 
-/// Adds a device slot's traffic to the retired traffic (see `reason_counters`) and zeroes the
-/// slot, before it is given to another device. Frames the kernel counts to the slot between the
+/// Zeroes a device slot before it is given to another device, and adds what it had counted to
+/// the retired traffic (see `reason_counters`). Frames the kernel counts to the slot between the
 /// read and the zeroing (a removed device's last, within microseconds) are lost.
 pub fn retire_slot(maps: &mut Maps, slot: u32) -> anyhow::Result<()> {
     let t = sum(&maps.device_traffic.get(&slot, 0)?);
