@@ -217,7 +217,7 @@ fn decision_cache_slots(maps: &Maps) -> anyhow::Result<Vec<DecisionSlot>> {
 /// Frames and bytes by `stats_index(reason, verdict)`, summed over CPUs.
 ///
 /// The kernel counts uninspected passes (the fast path, most frames) in `DEVICE_TRAFFIC` only:
-/// every frame is counted there once, and every frame but those in `STATS` once. So they are
+/// every frame is counted there once, and every other frame once more in `STATS`. So they are
 /// derived: all devices' traffic, plus that of slots retired for reuse (kept in the
 /// uninspected-pass entry of `STATS`, which the kernel leaves alone), less every other reason.
 /// The three are read in that order — the retired traffic, the devices, the other reasons — so
