@@ -230,19 +230,13 @@ pub fn reason_counters(maps: &Maps) -> anyhow::Result<HashMap<u32, Counter>> {
     match batch_read::<u32, DeviceTraffic>(maps.device_traffic.map(), Some(Summable::add))? {
         Some(all) => {
             for (_, t) in all {
-                frames.add(&Counter {
-                    packets: t.packets,
-                    bytes: t.bytes,
-                });
+                frames.add(&frames_of(&t));
             }
         }
         None => {
             for slot in 0..DEVICE_SLOTS {
                 let t = sum(&maps.device_traffic.get(&slot, 0)?);
-                frames.add(&Counter {
-                    packets: t.packets,
-                    bytes: t.bytes,
-                });
+                frames.add(&frames_of(&t));
             }
         }
     }
@@ -270,6 +264,14 @@ pub fn reason_counters(maps: &Maps) -> anyhow::Result<HashMap<u32, Counter>> {
     Ok(counters)
 }
 
+/// A device's frames and bytes, dropped or not.
+fn frames_of(t: &DeviceTraffic) -> Counter {
+    Counter {
+        packets: t.packets,
+        bytes: t.bytes,
+    }
+}
+
 /// Zeroes a device slot before it is given to another device, and adds what it had counted to
 /// the retired traffic (see `reason_counters`). Frames the kernel counts to the slot between the
 /// read and the zeroing (a removed device's last, within microseconds) are lost.
@@ -283,10 +285,7 @@ pub fn retire_slot(maps: &mut Maps, slot: u32) -> anyhow::Result<()> {
     let implied = stats_index(Reason::Uninspected, Verdict::Pass);
     let mut retired: Vec<Counter> = maps.stats.get(&implied, 0)?.iter().copied().collect();
     if let Some(first) = retired.first_mut() {
-        first.add(&Counter {
-            packets: t.packets,
-            bytes: t.bytes,
-        });
+        first.add(&frames_of(&t));
     }
     maps.stats
         .set(implied, aya::maps::PerCpuValues::try_from(retired)?, 0)?;

@@ -58,6 +58,11 @@ policy = "students"
 suspended = true
 "#;
 
+/// `text` as a configuration (the tests' own, so it must be valid).
+fn config(text: &str) -> Config {
+    Config::parse(text, std::path::Path::new("fixtures.toml")).expect("config")
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -278,10 +283,10 @@ struct Runners {
 impl Runners {
     fn new() -> Self {
         require_root();
-        let config = Config::parse(CONFIG, std::path::Path::new("fixtures.toml")).expect("config");
+        let c = config(CONFIG);
         Self {
-            eth: TestRunner::new(&config, LinkType::Ethernet).expect("ethernet instance"),
-            raw: TestRunner::new(&config, LinkType::RawIp).expect("raw-ip instance"),
+            eth: TestRunner::new(&c, LinkType::Ethernet).expect("ethernet instance"),
+            raw: TestRunner::new(&c, LinkType::RawIp).expect("raw-ip instance"),
         }
     }
 
@@ -1083,8 +1088,7 @@ fn reconfiguration_switches_generations() {
         "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"\nsuspended = true",
     );
     assert_ne!(suspended, CONFIG);
-    let config = Config::parse(&suspended, std::path::Path::new("fixtures.toml")).expect("config");
-    r.eth.reconfigure(&config).expect("reconfigure");
+    r.eth.reconfigure(&config(&suspended)).expect("reconfigure");
     assert_ne!(
         r.eth.applied.generation, generation,
         "a new generation is active"
@@ -1098,8 +1102,7 @@ fn reconfiguration_switches_generations() {
         after.slot, before.slot,
         "the device keeps its slot and counters"
     );
-    let config = Config::parse(CONFIG, std::path::Path::new("fixtures.toml")).expect("config");
-    r.eth.reconfigure(&config).expect("reconfigure");
+    r.eth.reconfigure(&config(CONFIG)).expect("reconfigure");
     let back = r.eth.run(&frame).expect("run");
     assert_eq!(
         (back.verdict, back.reason),
@@ -1140,13 +1143,15 @@ fn uninspected_passes_survive_slot_reuse() {
         "",
     );
     assert_ne!(without, CONFIG);
-    let cfg = Config::parse(&without, std::path::Path::new("fixtures.toml")).expect("config");
-    r.eth.reconfigure(&cfg).expect("without the device");
+    r.eth
+        .reconfigure(&config(&without))
+        .expect("without the device");
     let with_new = format!(
         "{without}\n[[device]]\nname = \"newcomer\"\nmac = \"02:00:00:00:00:42\"\npolicy = \"students\"\n"
     );
-    let cfg = Config::parse(&with_new, std::path::Path::new("fixtures.toml")).expect("config");
-    r.eth.reconfigure(&cfg).expect("with the newcomer");
+    r.eth
+        .reconfigure(&config(&with_new))
+        .expect("with the newcomer");
     let newcomer = frames::sized(eth([0x02, 0, 0, 0, 0, 0x42]), v4(78), UDP, 80);
     let out = r.eth.run(&newcomer).expect("run");
     assert_eq!(out.slot, slot, "the newcomer took the freed slot");
