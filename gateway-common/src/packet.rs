@@ -336,14 +336,13 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
 /// rather than from single bytes, so the kernel reads two words instead of one byte per field.
 #[inline(always)]
 fn head_words<const N: usize>(h: &[u8; N]) -> [u64; 2] {
-    let mut w = [0u64; 2];
-    if let (Some(a), Some(b)) = (h.first_chunk::<8>(), h.get(8..16)) {
-        w[0] = u64::from_le_bytes(*a);
-        if let Some(b) = b.first_chunk::<8>() {
-            w[1] = u64::from_le_bytes(*b);
-        }
+    match h.split_first_chunk::<8>() {
+        Some((a, rest)) => match rest.first_chunk::<8>() {
+            Some(b) => [u64::from_le_bytes(*a), u64::from_le_bytes(*b)],
+            None => [u64::from_le_bytes(*a), 0],
+        },
+        None => [0, 0],
     }
-    w
 }
 
 /// The 8 bytes of `h` at `at` (a constant offset within the IPv6 header).
