@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -80,6 +80,15 @@ pub mod names {
     pub const BLOCK_PORTS: &str = "BLOCK_PORTS";
     pub const TLS_PORTS: &str = "TLS_PORTS";
 
+    /// The data section of the kernel's `CONTROL` global, which the loader makes a map of that
+    /// name (pinned as `CONTROL`).
+    pub const CONTROL_SECTION: &str = ".data.control";
+
+    /// The loader's name for the map pinned as `pin`.
+    pub fn in_object(pin: &str) -> &str {
+        if pin == CONTROL { CONTROL_SECTION } else { pin }
+    }
+
     /// Maps that are pinned and shared by every attachment and by successive daemons.
     /// (`TRACE` is per loaded object: only `replay` uses it.)
     pub const PINNED: &[&str] = &[
@@ -113,6 +122,9 @@ pub mod globals {
     pub const LINK_TYPE: &str = "LINK_TYPE";
     /// Non-zero: record the last verdict in `TRACE` (replay and fixtures only).
     pub const TRACE_ENABLED: &str = "TRACE_ENABLED";
+    /// The control record (`Control`), a global the daemon writes; loading sets it to the
+    /// pinned record's contents, so a reload writes back what is there.
+    pub const CONTROL: &str = "CONTROL";
 }
 
 /// `META[0]`: what wrote the pinned maps.
@@ -175,9 +187,9 @@ pub struct GenSettings {
 }
 const _: () = assert!(size_of::<GenSettings>() == 32);
 
-/// `CONTROL[0]`: the active generation and the settings of both. One record, so a packet gets
-/// both with one lookup. The daemon writes it through mmap: a generation's settings only while
-/// that generation is standby, and `active` alone to switch.
+/// `CONTROL`: the active generation and the settings of both. One record, so a packet gets
+/// both with one read. The daemon writes a generation's settings only while that generation is
+/// standby, and `active` alone to switch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Control {
@@ -185,11 +197,8 @@ pub struct Control {
     pub active: u32,
     pub _pad: u32,
     pub generations: [GenSettings; GENERATIONS as usize],
-    /// Makes the size a power of two, as `GenSettings::_reserved` (the array lookup of the
-    /// record itself then scales its index with a shift).
-    pub _reserved: [u64; 7],
 }
-const _: () = assert!(size_of::<Control>() == 128);
+const _: () = assert!(size_of::<Control>() == 72);
 
 /// `GenSettings::flags`: the MAC table has entries for this generation.
 pub const SETTINGS_HAS_MAC: u32 = 1;

@@ -53,7 +53,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Passed before anything about the frame was known (the control or scratch map missing,
+    /// Passed before anything about the frame was known (the scratch map missing,
     /// which array maps cannot be): counted as uninspected traffic of unknown devices.
     #[inline(always)]
     const fn unjudged() -> Self {
@@ -113,10 +113,7 @@ fn take_handoff() -> Result<(dns::Handoff, &'static GenSettings, Device), Outcom
         flags: 0,
         known: h.slot != UNKNOWN_SLOT,
     };
-    match maps::settings_of(h.generation & 1) {
-        Some(settings) => Ok((h, settings, dev)),
-        None => Err(Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)),
-    }
+    Ok((h, maps::settings_of(h.generation & 1), dev))
 }
 
 /// A decision on a name (the query's or the ClientHello's, left in `scratch.text`): counted,
@@ -230,9 +227,7 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
 #[inline(always)]
 fn judge(ctx: &XdpContext) -> Outcome {
     let pkt = PacketBytes::new(ctx);
-    let Some((generation, settings)) = maps::active() else {
-        return Outcome::unjudged();
-    };
+    let (generation, settings) = maps::active();
     let link = if LINK_TYPE.load() == LinkType::RawIp as u32 {
         LinkType::RawIp
     } else {

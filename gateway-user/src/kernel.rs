@@ -68,16 +68,23 @@ impl Filter {
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
         let link = opts.link as u32;
         let trace = u32::from(opts.trace);
+        // Loading writes the control global's section into its map: with the pinned record's
+        // own contents, a filter that is running goes on reading what it read.
+        let control = match &opts.map_pins {
+            Some(dir) => pinned_control(dir)?.unwrap_or_default(),
+            None => Control::default(),
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::LINK_TYPE, &link, true)
-            .override_global(globals::TRACE_ENABLED, &trace, true);
+            .override_global(globals::TRACE_ENABLED, &trace, true)
+            .override_global(globals::CONTROL, &control, true);
         let paths: Vec<(&str, PathBuf)> = match &opts.map_pins {
             Some(dir) => names::PINNED.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
         };
         for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+            loader.map_pin_path(names::in_object(name), path.as_path());
         }
         loader.map_max_entries(names::DOMAINS, 2 * opts.domain_buckets);
         loader.map_max_entries(names::FLOWS, opts.tls_flows.max(1));
@@ -127,7 +134,7 @@ impl Filter {
     pub fn take_maps(&mut self) -> anyhow::Result<Maps> {
         Maps::from_source(|name| {
             self.ebpf
-                .take_map(name)
+                .take_map(names::in_object(name))
                 .ok_or_else(|| anyhow!("the object has no map {name}"))
         })
     }
@@ -140,6 +147,22 @@ impl Filter {
             .ok_or_else(|| anyhow!("the object has no map TRACE"))?;
         Ok(Array::try_from(map)?)
     }
+}
+
+/// The control record pinned in `dir`, if there is one.
+fn pinned_control(dir: &Path) -> anyhow::Result<Option<Control>> {
+    let path = dir.join(names::CONTROL);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let read = || -> anyhow::Result<Control> {
+        let map: Array<MapData, Control> =
+            Array::try_from(Map::from_map_data(MapData::from_pin(&path)?)?)?;
+        Ok(map.get(&0, 0)?)
+    };
+    read()
+        .map(Some)
+        .with_context(|| format!("reading the pinned control record {}", path.display()))
 }
 
 /// Loads the empty XDP program.
@@ -169,7 +192,9 @@ fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
 /// Typed handles on every shared map.
 pub struct Maps {
     pub meta: Array<MapData, Meta>,
-    pub control: MmapArray<Control>,
+    /// The control record (one entry; written with the map syscall: the loader does not make
+    /// a global's map mmapable).
+    pub control: Array<MapData, Control>,
     pub policies: Array<MapData, PolicyEntry>,
     pub by_mac: MmapArray<MacBucket>,
     pub by_ip: MmapArray<IpBucket>,
@@ -216,7 +241,7 @@ impl Maps {
     fn from_source(mut take: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(Self {
             meta: Array::try_from(take(names::META)?)?,
-            control: mmap_array(take(names::CONTROL)?)?,
+            control: Array::try_from(take(names::CONTROL)?)?,
             policies: Array::try_from(take(names::POLICIES)?)?,
             by_mac: mmap_array(take(names::DEVICE_BY_MAC)?)?,
             by_ip: mmap_array(take(names::DEVICE_BY_IP)?)?,
@@ -269,9 +294,7 @@ impl Maps {
 
     /// The control record.
     pub fn control(&self) -> anyhow::Result<Control> {
-        self.control
-            .get(0)
-            .ok_or_else(|| anyhow!("CONTROL has no entry"))
+        self.control.get(&0, 0).context("reading CONTROL")
     }
 
     /// The settings of `generation`.
@@ -287,7 +310,7 @@ impl Maps {
             "refusing to rewrite the active generation's settings"
         );
         c.generations[(generation & 1) as usize] = settings;
-        anyhow::ensure!(self.control.set(0, c), "CONTROL has no entry");
+        self.control.set(0, c, 0).context("writing CONTROL")?;
         Ok(())
     }
 
@@ -295,7 +318,7 @@ impl Maps {
     pub fn activate(&mut self, generation: u32) -> anyhow::Result<()> {
         let mut c = self.control()?;
         c.active = generation & 1;
-        anyhow::ensure!(self.control.set(0, c), "CONTROL has no entry");
+        self.control.set(0, c, 0).context("writing CONTROL")?;
         Ok(())
     }
 }
@@ -334,7 +357,7 @@ pub fn incompatible_pins(
         }
         let def = object
             .maps
-            .get(*name)
+            .get(names::in_object(name))
             .ok_or_else(|| anyhow!("the object has no map {name}"))?;
         let compatible = match MapData::from_pin(&path).and_then(|m| m.info()) {
             Ok(info) => {

@@ -57,9 +57,23 @@ impl TestRunner {
 
     /// As `new`; `trace = false` loads exactly the production program (for timing).
     pub fn with_trace(config: &Config, link: LinkType, trace: bool) -> anyhow::Result<Self> {
+        Self::load(config, link, trace, None)
+    }
+
+    /// As `new`, sharing (or creating and pinning) the maps pinned in `dir`, as a daemon does.
+    pub fn pinned(config: &Config, link: LinkType, dir: &std::path::Path) -> anyhow::Result<Self> {
+        Self::load(config, link, true, Some(dir.to_path_buf()))
+    }
+
+    fn load(
+        config: &Config,
+        link: LinkType,
+        trace: bool,
+        map_pins: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         let mut filter = Filter::load(&LoadOptions {
             link,
-            map_pins: None,
+            map_pins,
             trace,
             domain_buckets: apply::domain_buckets(config.max_domains),
             tls_flows: config.max_tls_flows,

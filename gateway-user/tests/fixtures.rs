@@ -1182,3 +1182,67 @@ fn tagged_frames_are_built_as_intended() {
     assert_eq!(u16::from_be_bytes([f[16], f[17]]), ETH_P_8021Q);
     assert_eq!(u16::from_be_bytes([f[20], f[21]]), ETH_P_IP);
 }
+
+/// A bpffs directory of this test's own, removed with what was pinned in it.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(what: &str) -> Self {
+        let dir = std::path::PathBuf::from("/sys/fs/bpf")
+            .join(format!("gateway-fixture-{what}-{}", std::process::id()));
+        gateway_user::sys::ensure_bpffs(&dir).expect("bpffs");
+        Self(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A second load of the filter on the pinned maps (a daemon restarting) leaves the control
+/// record — the active generation and its settings, which the running filter reads on every
+/// frame — as it was: loading writes the control global's section into its pinned map.
+#[test]
+fn loading_again_keeps_the_pinned_control_record() {
+    require_root();
+    let pins = PinDir::new("control");
+    let suspended = CONFIG.replace(
+        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"",
+        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"\nsuspended = true",
+    );
+    assert_ne!(suspended, CONFIG);
+    // Applied once: generation 1 is active, so a zeroed record would differ.
+    let mut first =
+        TestRunner::pinned(&config(&suspended), LinkType::Ethernet, &pins.0).expect("first load");
+    let frame = frames::sized(eth(MAC_DEV), v4(77), UDP, 64);
+    let judged = |r: &mut TestRunner| {
+        let out = r.run(&frame).expect("run");
+        (out.verdict, out.reason)
+    };
+    assert_eq!(judged(&mut first), (Verdict::Drop, Reason::Suspended));
+    let control = first.maps.control().expect("control");
+    assert_ne!(control.active, 0, "the test needs generation 1 active");
+
+    // The daemon's restart: load on the same pins, before it applies anything.
+    let second = gateway_user::kernel::Filter::load(&gateway_user::kernel::LoadOptions {
+        link: LinkType::Ethernet,
+        map_pins: Some(pins.0.clone()),
+        trace: true,
+        domain_buckets: gateway_user::apply::domain_buckets(config(&suspended).max_domains),
+        tls_flows: config(&suspended).max_tls_flows,
+    })
+    .expect("second load");
+    assert_eq!(
+        first.maps.control().expect("control"),
+        control,
+        "the control record is as it was"
+    );
+    assert_eq!(
+        judged(&mut first),
+        (Verdict::Drop, Reason::Suspended),
+        "the running filter still judges with its generation"
+    );
+    drop(second);
+}
