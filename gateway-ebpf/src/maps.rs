@@ -62,8 +62,10 @@ impl<T> Shared<T> {
 
     #[inline(always)]
     fn get(&self) -> &T {
-        // SAFETY: never written by this program; the daemon writes only fields no packet in
-        // flight reads (the standby generation) or single words (`Control::active`).
+        // SAFETY: never written by this program. The daemon rewrites the record whole (the
+        // map syscall), changing only what no packet in flight reads (the standby generation)
+        // or `Control::active`, whose bytes but the lowest are zero either way; every other byte
+        // is written with the value it had.
         unsafe { &*self.0.get() }
     }
 }

@@ -314,7 +314,9 @@ impl Maps {
         Ok(())
     }
 
-    /// Makes `generation` the one packets are judged with.
+    /// Makes `generation` the one packets are judged with. The syscall copies the whole
+    /// record; a packet reading `active` meanwhile sees the old or the new value (only its
+    /// lowest byte changes), and every other byte is rewritten with its value.
     pub fn activate(&mut self, generation: u32) -> anyhow::Result<()> {
         let mut c = self.control()?;
         c.active = generation & 1;
