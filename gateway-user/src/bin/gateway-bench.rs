@@ -26,6 +26,9 @@ struct Args {
     /// Only the history and metrics table.
     #[arg(long)]
     history_only: bool,
+    /// Only the DNS and TLS verdict tables (at `--dns-sizes`).
+    #[arg(long)]
+    verdicts_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,13 @@ fn main() -> anyhow::Result<()> {
             "{}",
             gateway_user::bench::render_history(&gateway_user::bench::history()?)
         );
+        return Ok(());
+    }
+    if args.verdicts_only {
+        let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
+        print!("{}", gateway_user::bench::render_dns(&dns));
+        let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
+        print!("{}", gateway_user::bench::render_tls(&tls));
         return Ok(());
     }
     let rows = gateway_user::bench::foundation(args.rounds, args.repeat)?;
