@@ -1073,6 +1073,16 @@ fn raw_ip_truncations() {
 }
 
 /// A configuration change takes effect for the next frame, in both directions.
+/// `CONFIG` with the MAC-identified device suspended.
+fn mac_dev_suspended() -> String {
+    let text = CONFIG.replace(
+        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"",
+        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"\nsuspended = true",
+    );
+    assert_ne!(text, CONFIG);
+    text
+}
+
 #[test]
 fn reconfiguration_switches_generations() {
     let mut r = Runners::new();
@@ -1083,11 +1093,7 @@ fn reconfiguration_switches_generations() {
         (Verdict::Pass, Reason::Uninspected)
     );
     let generation = r.eth.applied.generation;
-    let suspended = CONFIG.replace(
-        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"",
-        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"\nsuspended = true",
-    );
-    assert_ne!(suspended, CONFIG);
+    let suspended = mac_dev_suspended();
     r.eth.reconfigure(&config(&suspended)).expect("reconfigure");
     assert_ne!(
         r.eth.applied.generation, generation,
@@ -1208,11 +1214,7 @@ impl Drop for PinDir {
 fn loading_again_keeps_the_pinned_control_record() {
     require_root();
     let pins = PinDir::new("control");
-    let suspended = CONFIG.replace(
-        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"",
-        "name = \"mac-dev\"\nmac = \"02:00:00:00:00:01\"\npolicy = \"students\"\nsuspended = true",
-    );
-    assert_ne!(suspended, CONFIG);
+    let suspended = mac_dev_suspended();
     // Applied once: generation 1 is active, so a zeroed record would differ.
     let mut first =
         TestRunner::pinned(&config(&suspended), LinkType::Ethernet, &pins.0).expect("first load");
