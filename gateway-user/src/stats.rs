@@ -273,8 +273,9 @@ fn frames_of(t: &DeviceTraffic) -> Counter {
 }
 
 /// Zeroes a device slot before it is given to another device, and adds what it had counted to
-/// the retired traffic (see `reason_counters`). Frames the kernel counts to the slot between the
-/// read and the zeroing (a removed device's last, within microseconds) are lost.
+/// the retired traffic (see `reason_counters`). Nothing counts into the slot meanwhile:
+/// `apply::assign_slots` reuses only slots released by an earlier apply, whose generations (and
+/// the grace period after the flip) are over, so no frame is attributed to it any more.
 pub fn retire_slot(maps: &mut Maps, slot: u32) -> anyhow::Result<()> {
     let t = sum(&maps.device_traffic.get(&slot, 0)?);
     maps.device_traffic

@@ -25,6 +25,23 @@ pub const OUTPUT_HEADROOM: usize = 512;
 /// BPF_PROG_TEST_RUN rejects XDP input shorter than an Ethernet header.
 pub const MIN_FRAME: usize = 14;
 
+/// Loads the filter for `link`, sized for `config` (domain table, TLS flows), on the maps pinned
+/// in `map_pins` or on private ones; nothing is written into it.
+pub fn load_filter(
+    config: &Config,
+    link: LinkType,
+    trace: bool,
+    map_pins: Option<std::path::PathBuf>,
+) -> anyhow::Result<Filter> {
+    Filter::load(&LoadOptions {
+        link,
+        map_pins,
+        trace,
+        domain_buckets: apply::domain_buckets(config.max_domains),
+        tls_flows: config.max_tls_flows,
+    })
+}
+
 /// The outcome of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunResult {
@@ -71,13 +88,7 @@ impl TestRunner {
         trace: bool,
         map_pins: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
-        let mut filter = Filter::load(&LoadOptions {
-            link,
-            map_pins,
-            trace,
-            domain_buckets: apply::domain_buckets(config.max_domains),
-            tls_flows: config.max_tls_flows,
-        })?;
+        let mut filter = load_filter(config, link, trace, map_pins)?;
         let maps = filter.take_maps()?;
         let trace = if trace {
             Some(filter.take_trace()?)

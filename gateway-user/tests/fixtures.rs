@@ -1214,10 +1214,10 @@ impl Drop for PinDir {
 fn loading_again_keeps_the_pinned_control_record() {
     require_root();
     let pins = PinDir::new("control");
-    let suspended = mac_dev_suspended();
+    let suspended = config(&mac_dev_suspended());
     // Applied once: generation 1 is active, so a zeroed record would differ.
     let mut first =
-        TestRunner::pinned(&config(&suspended), LinkType::Ethernet, &pins.0).expect("first load");
+        TestRunner::pinned(&suspended, LinkType::Ethernet, &pins.0).expect("first load");
     let frame = frames::sized(eth(MAC_DEV), v4(77), UDP, 64);
     let judged = |r: &mut TestRunner| {
         let out = r.run(&frame).expect("run");
@@ -1228,13 +1228,12 @@ fn loading_again_keeps_the_pinned_control_record() {
     assert_ne!(control.active, 0, "the test needs generation 1 active");
 
     // The daemon's restart: load on the same pins, before it applies anything.
-    let second = gateway_user::kernel::Filter::load(&gateway_user::kernel::LoadOptions {
-        link: LinkType::Ethernet,
-        map_pins: Some(pins.0.clone()),
-        trace: true,
-        domain_buckets: gateway_user::apply::domain_buckets(config(&suspended).max_domains),
-        tls_flows: config(&suspended).max_tls_flows,
-    })
+    let second = gateway_user::testrun::load_filter(
+        &suspended,
+        LinkType::Ethernet,
+        true,
+        Some(pins.0.clone()),
+    )
     .expect("second load");
     assert_eq!(
         first.maps.control().expect("control"),

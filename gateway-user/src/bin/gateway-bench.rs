@@ -53,9 +53,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if args.verdicts_only {
-        let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
+        let (dns, tls) = verdicts(&args)?;
         print!("{}", gateway_user::bench::render_dns(&dns));
-        let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
         print!("{}", gateway_user::bench::render_tls(&tls));
         return Ok(());
     }
@@ -67,8 +66,7 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
-    let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
+    let (dns, tls) = verdicts(&args)?;
     let config = args
         .dns_sizes
         .iter()
@@ -103,6 +101,18 @@ fn main() -> anyhow::Result<()> {
         print!("{}", gateway_user::bench::render_history(&history));
     }
     Ok(())
+}
+
+/// The DNS and TLS verdict benchmarks at `--dns-sizes`.
+fn verdicts(
+    args: &Args,
+) -> anyhow::Result<(
+    Vec<gateway_user::bench::DnsRow>,
+    Vec<gateway_user::bench::TlsRow>,
+)> {
+    let dns = gateway_user::bench::dns(&args.dns_sizes, 11, args.repeat / 4)?;
+    let tls = gateway_user::bench::tls(&args.dns_sizes, 11, args.repeat / 4)?;
+    Ok((dns, tls))
 }
 
 /// The configuration benchmark at `n` domains, run by a child process of this binary.
