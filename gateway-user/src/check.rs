@@ -65,11 +65,17 @@ fn map_memory(config: &Config) -> anyhow::Result<Vec<MapRow>> {
         .map_err(|e| anyhow!("parsing the filter object: {e}"))?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let mut rows = Vec::new();
-    for (name, def) in &object.maps {
-        if name.starts_with('.') {
+    for (section, def) in &object.maps {
+        // The loader names a global's map after its data section: the control record is
+        // listed under its pin name; the read-only load-time settings (a few bytes) are not.
+        let name = if section == names::CONTROL_SECTION {
+            names::CONTROL
+        } else if section.starts_with('.') {
             continue;
-        }
-        let entries = u64::from(match name.as_str() {
+        } else {
+            section.as_str()
+        };
+        let entries = u64::from(match name {
             names::DOMAINS => 2 * domain_buckets(config.max_domains),
             names::FLOWS => config.max_tls_flows.max(1),
             _ => def.max_entries(),
@@ -89,7 +95,7 @@ fn map_memory(config: &Config) -> anyhow::Result<Vec<MapRow>> {
             _ => per_entry * entries,
         };
         rows.push(MapRow {
-            name: name.clone(),
+            name: name.to_string(),
             bytes,
         });
     }
@@ -264,4 +270,29 @@ pub fn render_devices(rows: &[DeviceRow]) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every map the filter pins is in the kernel-memory listing, the control record (a global
+    /// in its own data section) included, under its pin name.
+    #[test]
+    fn memory_listing_covers_every_pinned_map() {
+        let config = Config::embedded().expect("the embedded configuration parses");
+        let rows = map_memory(&config).expect("the filter object parses");
+        for pin in names::PINNED {
+            let row = rows.iter().find(|r| r.name == *pin);
+            assert!(
+                row.is_some_and(|r| r.bytes > 0),
+                "{pin} missing or empty in {rows:?}"
+            );
+        }
+        let control = rows.iter().find(|r| r.name == names::CONTROL);
+        assert_eq!(
+            control.map(|r| r.bytes),
+            Some(std::mem::size_of::<gateway_common::maps::Control>() as u64)
+        );
+    }
 }
