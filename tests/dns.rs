@@ -201,5 +201,19 @@ policy = "staff"
     );
     assert_eq!(count("sensor", "block", "explicit"), 2);
     assert_eq!(count("sensor", "allow", "default"), 2);
+    // The categories are named as the daemon's configuration numbers them: per tool three
+    // names under ads.example and dns.google, and tcp.ads.example over TCP.
+    let by_category = |name: &str| -> u64 {
+        decisions
+            .iter()
+            .filter(|d| d["device"] == "laptop" && d["category_name"] == name)
+            .filter_map(|d| d["count"].as_u64())
+            .sum()
+    };
+    assert_eq!(
+        (by_category("ads"), by_category("dns-bypass")),
+        (7, 2),
+        "{decisions:?}"
+    );
     Ok(())
 }

@@ -59,7 +59,8 @@ pub fn runtime_file(bpffs: &Path, ext: &str) -> PathBuf {
     Path::new(RUNTIME_DIR).join(format!("{name}.{ext}"))
 }
 
-/// What the daemon says about its reloads (`<runtime>.status`, JSON).
+/// What the daemon says about its reloads and the configuration in force (`<runtime>.status`,
+/// JSON).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReloadStatus {
     /// Reloads applied.
@@ -72,6 +73,10 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
     /// Schedule switches applied.
     pub schedule_switches: u64,
+    /// The categories of the configuration in force, in the order that numbers them in the
+    /// kernel's counters (`gateway stats` names them with it).
+    #[serde(default)]
+    pub categories: Vec<String>,
 }
 
 impl ReloadStatus {
@@ -119,6 +124,11 @@ struct State {
     shared: Option<Arc<api::Shared>>,
     pseudonym: Option<Pseudonym>,
     recorder_stats: Option<Arc<history::RecorderStats>>,
+}
+
+/// The names of `config`'s categories, in the order that numbers them in the kernel.
+fn category_names(config: &Config) -> Vec<String> {
+    config.categories.iter().map(|c| c.name.clone()).collect()
 }
 
 /// What decides the kernel state of each device at `now`: its policy in force and suspension.
@@ -178,6 +188,7 @@ impl State {
         let a = apply::apply_at(&mut running.maps, &effective, now).context("writing the maps")?;
         tracing::debug!(generation = a.generation, changes = a.changes, "applied");
         running.applied = a;
+        self.status.categories = category_names(&effective);
         self.applied = signature(&effective, now);
         self.applied_config = effective;
         self.statuses = statuses;
@@ -243,13 +254,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(RUNTIME_DIR)
         .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
+    let categories = category_names(&effective);
     let mut state = State {
         mtimes: mtimes(&config.files),
         applied: signature(&effective, now),
         applied_config: effective,
         statuses,
         lifecycle,
-        status: ReloadStatus::default(),
+        status: ReloadStatus {
+            categories,
+            ..ReloadStatus::default()
+        },
         status_path: runtime_file(&running.pins.root, "status"),
         names: Arc::default(),
         keep: Arc::new(RwLock::new(config.history.clone())),

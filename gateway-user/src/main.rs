@@ -445,7 +445,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     bpffs.display()
                 )
             })?;
-            let snap = stats::snapshot(&maps)?;
+            let mut snap = stats::snapshot(&maps)?;
+            // The category names of the configuration the daemon runs (or ran last) with.
+            let status = daemon::ReloadStatus::read(&daemon::runtime_file(&bpffs, "status"));
+            snap.name_categories(&status.categories);
             if json {
                 println!("{}", serde_json::to_string_pretty(&snap)?);
             } else {

@@ -81,7 +81,10 @@ pub struct DecisionRow {
     pub proto: &'static str,
     pub action: &'static str,
     pub reason: &'static str,
+    /// The category's number in the kernel's counters, and its name when the daemon said
+    /// which categories its configuration numbers (see `Snapshot::name_categories`).
     pub category: Option<u8>,
+    pub category_name: Option<String>,
     pub count: u64,
 }
 
@@ -119,6 +122,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Names the decisions' categories: `names[i]` is category `i` of the configuration in
+    /// force (what the daemon writes in its status file). A number without a name stays
+    /// unnamed.
+    pub fn name_categories(&mut self, names: &[String]) {
+        for d in &mut self.decisions {
+            d.category_name = d.category.and_then(|c| names.get(usize::from(c)).cloned());
+        }
+    }
+
     /// The device row called `name`.
     pub fn device(&self, name: &str) -> Option<&DeviceRow> {
         self.devices.iter().find(|d| d.device == name)
@@ -375,6 +387,7 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
             action: action.label(),
             reason: reason.label(),
             category: (k.category != NO_CATEGORY).then_some(k.category),
+            category_name: None,
             count,
         });
     }
@@ -489,16 +502,18 @@ pub fn render(s: &Snapshot) -> String {
     if !s.decisions.is_empty() {
         let _ = writeln!(
             o,
-            "\n{:<24} {:<10} {:<8} {:<16} {:>8} {:>12}",
+            "\n{:<24} {:<10} {:<8} {:<16} {:<16} {:>12}",
             "DEVICE", "PROTO", "ACTION", "REASON", "CATEGORY", "COUNT"
         );
         for d in &s.decisions {
-            let category = d
-                .category
-                .map_or_else(|| "-".to_string(), |c| c.to_string());
+            let category = match (&d.category_name, d.category) {
+                (Some(name), _) => name.clone(),
+                (None, Some(c)) => format!("category-{c}"),
+                (None, None) => "-".to_string(),
+            };
             let _ = writeln!(
                 o,
-                "{:<24} {:<10} {:<8} {:<16} {:>8} {:>12}",
+                "{:<24} {:<10} {:<8} {:<16} {:<16} {:>12}",
                 d.device, d.proto, d.action, d.reason, category, d.count
             );
         }
@@ -513,4 +528,46 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(o, "\n{}", lost.join("  "));
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(category: Option<u8>) -> DecisionRow {
+        DecisionRow {
+            device: "laptop".into(),
+            proto: "dns",
+            action: "block",
+            reason: "category",
+            category,
+            category_name: None,
+            count: 3,
+        }
+    }
+
+    /// Categories are named by their number in the configuration in force; a number the
+    /// list does not cover, and a decision without a category, are shown as such.
+    #[test]
+    fn decisions_show_category_names() {
+        let mut s = Snapshot {
+            decisions: vec![decision(Some(1)), decision(Some(7)), decision(None)],
+            ..Snapshot::default()
+        };
+        s.name_categories(&["ads".to_string(), "dns-bypass".to_string()]);
+        let named: Vec<Option<&str>> = s
+            .decisions
+            .iter()
+            .map(|d| d.category_name.as_deref())
+            .collect();
+        assert_eq!(named, [Some("dns-bypass"), None, None]);
+        let text = render(&s);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| l.starts_with("laptop"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let categories: Vec<&str> = rows.iter().map(|r| r[4]).collect();
+        assert_eq!(categories, ["dns-bypass", "category-7", "-"]);
+    }
 }
