@@ -215,5 +215,61 @@ policy = "staff"
         (7, 2),
         "{decisions:?}"
     );
+
+    // A reload that lists a new category first: "ads" keeps its number in the counters, so
+    // the counts made before keep their name and the new ones add to them.
+    let reordered = body.replacen(
+        "[[category]]\nname = \"ads\"",
+        "[[category]]\nname = \"games\"\ndomains = [\"play.example\"]\n\n[[category]]\nname = \"ads\"",
+        1,
+    );
+    let reordered = reordered.replacen(
+        "block_categories = [\"ads\", \"dns-bypass\"]",
+        "block_categories = [\"games\", \"ads\", \"dns-bypass\"]",
+        1,
+    );
+    assert_ne!(reordered, body);
+    pins.rewrite("", &reordered)?;
+    gateway_testbed::check("gateway reload", pins.gateway("reload", &[])?)?;
+    for name in ["more.ads.example", "play.example"] {
+        let r = dig(&laptop.ns, "dig", up, name, "A")?;
+        assert_eq!(r.status, "NXDOMAIN", "{name} after the reload: {r:?}");
+    }
+    let named = |pins: &Pins| -> anyhow::Result<Vec<(String, u64)>> {
+        let stats = pins.stats()?;
+        let mut v: Vec<(String, u64)> = ["ads", "dns-bypass", "games"]
+            .iter()
+            .map(|c| {
+                let n = stats["decisions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| d["device"] == "laptop" && d["category_name"] == *c)
+                    .filter_map(|d| d["count"].as_u64())
+                    .sum();
+                (c.to_string(), n)
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let want: Vec<(String, u64)> = vec![
+        ("ads".into(), 8),
+        ("dns-bypass".into(), 2),
+        ("games".into(), 1),
+    ];
+    assert_eq!(named(&pins)?, want, "after the reload");
+
+    // And a restart on the pinned counters.
+    drop(daemon);
+    let _daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    assert_eq!(named(&pins)?, want, "after a restart");
+    let r = dig(&laptop.ns, "dig", up, "ads.example", "A")?;
+    assert_eq!(r.status, "NXDOMAIN", "ads.example after the restart: {r:?}");
+    assert_eq!(
+        named(&pins)?[0],
+        ("ads".to_string(), 9),
+        "counted after the restart"
+    );
     Ok(())
 }

@@ -778,6 +778,81 @@ impl Config {
     pub fn policy_id(&self, name: &str) -> Option<usize> {
         self.policies.iter().position(|p| p.name == name)
     }
+
+    /// Numbers the categories as `previous` (the names in force, by number) did, so that the
+    /// kernel's decision counters, which keep a category's number, keep its name across a
+    /// reload or a restart: a category keeps its number; a new one takes the next number after
+    /// all of them; a number whose category is gone keeps that name, with no domains (no
+    /// policy refers to it), for the counts made under it. Policies' category bits follow.
+    /// Returns `false`, leaving the file's numbering, when that would take more than
+    /// `MAX_CATEGORIES` numbers.
+    pub fn keep_category_numbers(&mut self, previous: &[String]) -> bool {
+        let distinct: BTreeSet<&String> = previous.iter().collect();
+        if distinct.len() != previous.len() || previous.iter().any(String::is_empty) {
+            // Not a numbering this daemon wrote: nothing to keep.
+            return true;
+        }
+        let files = self.categories.len();
+        let mut from_file: Vec<Option<Category>> = std::mem::take(&mut self.categories)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let file_index = |name: &str, cats: &[Option<Category>]| {
+            cats.iter()
+                .position(|c| c.as_ref().is_some_and(|c| c.name == name))
+        };
+        // (category, its index in the file, if it is in the file)
+        let mut numbered: Vec<(Category, Option<usize>)> = Vec::new();
+        for name in previous {
+            match file_index(name, &from_file) {
+                Some(i) => {
+                    if let Some(c) = from_file.get_mut(i).and_then(Option::take) {
+                        numbered.push((c, Some(i)));
+                    }
+                }
+                None => numbered.push((
+                    Category {
+                        name: name.clone(),
+                        sources: Vec::new(),
+                        lists: Vec::new(),
+                    },
+                    None,
+                )),
+            }
+        }
+        for (i, c) in from_file.iter_mut().enumerate() {
+            if let Some(c) = c.take() {
+                numbered.push((c, Some(i)));
+            }
+        }
+        if numbered.len() > MAX_CATEGORIES {
+            // Back to the file's order: every category of the file is in `numbered`.
+            let mut dense: Vec<(usize, Category)> = numbered
+                .into_iter()
+                .filter_map(|(c, i)| Some((i?, c)))
+                .collect();
+            dense.sort_by_key(|(i, _)| *i);
+            self.categories = dense.into_iter().map(|(_, c)| c).collect();
+            return false;
+        }
+        // File index -> number.
+        let mut number = vec![0usize; files];
+        for (n, (_, i)) in numbered.iter().enumerate() {
+            if let Some(slot) = i.and_then(|i| number.get_mut(i)) {
+                *slot = n;
+            }
+        }
+        for p in &mut self.policies {
+            let bits = p.block_categories;
+            p.block_categories = number
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits & (1u64 << (i & 63)) != 0)
+                .fold(0, |acc, (_, n)| acc | 1u64 << (n & 63));
+        }
+        self.categories = numbered.into_iter().map(|(c, _)| c).collect();
+        true
+    }
 }
 
 /// An inventory in TOML: `[[device]]` tables, as in gateway.toml.
@@ -1845,6 +1920,88 @@ mod tests {
             Ok(_) => panic!("accepted: {text}"),
             Err(e) => e.0[0].to_string(),
         }
+    }
+
+    fn numbering_config(categories: &[&str], p1: &[&str], p2: &[&str]) -> Config {
+        let mut text = String::new();
+        for c in categories {
+            text += &format!("[[category]]\nname = \"{c}\"\ndomains = [\"{c}.example\"]\n\n");
+        }
+        let list = |v: &[&str]| {
+            v.iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        text += &format!(
+            "[[policy]]\nname = \"p1\"\nblock_categories = [{}]\n\n[[policy]]\nname = \"p2\"\nblock_categories = [{}]\n",
+            list(p1),
+            list(p2)
+        );
+        parse(&text).expect("valid")
+    }
+
+    fn category_names(c: &Config) -> Vec<&str> {
+        c.categories.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    /// The names policy `name` blocks, from its bits.
+    fn blocked(c: &Config, name: &str) -> Vec<String> {
+        let p = &c.policies[c.policy_id(name).expect("policy")];
+        c.categories
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| p.block_categories & (1 << i) != 0)
+            .map(|(_, c)| c.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn categories_keep_their_numbers() {
+        // No numbering before: the file's.
+        let mut c = numbering_config(&["a", "b", "c"], &["b", "c"], &["a"]);
+        let file = c.clone();
+        assert!(c.keep_category_numbers(&[]));
+        assert_eq!(c, file);
+        assert_eq!(category_names(&c), ["a", "b", "c", "dns-bypass"]);
+
+        // c and a stay, b is gone, d is new and listed first.
+        let mut c = numbering_config(&["d", "c", "a"], &["c", "d"], &["a"]);
+        let previous: Vec<String> = ["a", "b", "c", "dns-bypass"].map(String::from).into();
+        assert!(c.keep_category_numbers(&previous));
+        assert_eq!(category_names(&c), ["a", "b", "c", "dns-bypass", "d"]);
+        assert!(
+            c.categories[1].sources.is_empty(),
+            "b keeps its number, empty"
+        );
+        assert_eq!(c.categories[2].sources[0].block.len(), 1);
+        assert!(c.categories[2].sources[0].block.contains("c.example"));
+        assert!(c.categories[4].sources[0].block.contains("d.example"));
+        assert_eq!(blocked(&c, "p1"), ["c", "d"]);
+        assert_eq!(blocked(&c, "p2"), ["a"]);
+        assert_eq!(c.policies[0].block_categories, 0b10100);
+
+        // b comes back: its old number.
+        let mut again = numbering_config(&["b", "d"], &["b"], &[]);
+        let previous: Vec<String> = c.categories.iter().map(|c| c.name.clone()).collect();
+        assert!(again.keep_category_numbers(&previous));
+        assert_eq!(category_names(&again), ["a", "b", "c", "dns-bypass", "d"]);
+        assert!(again.categories[0].sources.is_empty());
+        assert!(!again.categories[1].sources.is_empty());
+        assert_eq!(blocked(&again, "p1"), ["b"]);
+
+        // A numbering that is not one (a name twice): the file's.
+        let mut c = numbering_config(&["a", "b"], &["b"], &[]);
+        let file = c.clone();
+        assert!(c.keep_category_numbers(&["b".into(), "b".into()]));
+        assert_eq!(c, file);
+
+        // More than 64 numbers with the gone ones: the file's, and said so.
+        let mut c = numbering_config(&["x", "y"], &["y"], &["x"]);
+        let file = c.clone();
+        let gone: Vec<String> = (0..63).map(|i| format!("gone-{i}")).collect();
+        assert!(!c.keep_category_numbers(&gone));
+        assert_eq!(c, file);
     }
 
     #[test]

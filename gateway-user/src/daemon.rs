@@ -126,6 +126,15 @@ struct State {
     recorder_stats: Option<Arc<history::RecorderStats>>,
 }
 
+/// `Config::keep_category_numbers`, saying when it could not.
+fn keep_category_numbers(config: &mut Config, previous: &[String]) {
+    if !config.keep_category_numbers(previous) {
+        tracing::warn!(
+            "with the numbers of removed categories kept, more than 64 categories: numbered from the configuration's order; decision counts made before are shown under the category that now has their number"
+        );
+    }
+}
+
 /// The names of `config`'s categories, in the order that numbers them in the kernel.
 fn category_names(config: &Config) -> Vec<String> {
     config.categories.iter().map(|c| c.name.clone()).collect()
@@ -242,7 +251,10 @@ fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 
 /// Runs the daemon until SIGTERM/SIGINT, or until the filter is detached from outside.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let config = Config::resolve(opts.config.as_deref())?;
+    let mut config = Config::resolve(opts.config.as_deref())?;
+    // Counters pinned by an earlier daemon keep its category numbers.
+    let previous = ReloadStatus::read(&runtime_file(&config.bpffs, "status")).categories;
+    keep_category_numbers(&mut config, &previous);
     let ifaces = interfaces(&opts, &config);
     let (pseudonym, store, lifecycle) = open_state(&config);
     // The lifecycle is laid over the file before the first apply: a device suspended through
@@ -548,7 +560,8 @@ fn reload(opts: &RunOptions, running: &mut Running, state: &mut State, trigger: 
 }
 
 fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> anyhow::Result<()> {
-    let config = Config::resolve(opts.config.as_deref())?;
+    let mut config = Config::resolve(opts.config.as_deref())?;
+    keep_category_numbers(&mut config, &state.status.categories);
     let wanted = interfaces(opts, &config);
     let current: Vec<&str> = running
         .attachments
