@@ -1075,12 +1075,40 @@ mod tests {
             &dir,
             "[[category]]\nname = \"fun\"\ndomains = [\"play.example\"]\n[[policy]]\nname = \"students\"\nblock_categories = [\"fun\"]\n",
         );
-        let (fewer_rules, changed) = again.update(&fewer);
+        let (fewer_rules, changed) = again.clone().update(&fewer);
         let changed = changed.expect("a few domains changed");
         assert_eq!(
             meaning(&fewer_rules),
             meaning(&DomainRules::compile(&fewer, &HashMap::new()))
         );
+        assert!(changed.iter().any(|(d, id)| d == "a.example" && *id != 0));
+        // The same, with the numbers kept as the daemon keeps them: "ads" stays as an empty
+        // category, so the names are the same and the update is in place; the result is what
+        // compiling the renumbered configuration anew gives, "fun" keeps its bit, and ads'
+        // domains lose their rules.
+        let previous: Vec<String> = renamed.categories.iter().map(|c| c.name.clone()).collect();
+        let mut kept = fewer.clone();
+        assert!(kept.keep_category_numbers(&previous));
+        assert_eq!(kept.categories.len(), previous.len());
+        let (kept_rules, changed) = match again.update_in_place(&kept) {
+            Ok(done) => done,
+            Err(_) => panic!("a dropped category with its number kept was compiled anew"),
+        };
+        assert_eq!(
+            meaning(&kept_rules),
+            meaning(&DomainRules::compile(&kept, &HashMap::new()))
+        );
+        let fun = previous.iter().position(|n| n == "fun").expect("fun");
+        let play = kept_rules
+            .domains
+            .get("play.example")
+            .expect("play.example");
+        assert_eq!(
+            kept_rules.rulesets[*play as usize].categories,
+            1 << fun,
+            "fun keeps its number"
+        );
+        assert!(!kept_rules.domains.contains_key("a.example"));
         assert!(changed.iter().any(|(d, id)| d == "a.example" && *id != 0));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
