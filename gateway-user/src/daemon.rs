@@ -252,8 +252,17 @@ fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 /// Runs the daemon until SIGTERM/SIGINT, or until the filter is detached from outside.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut config = Config::resolve(opts.config.as_deref())?;
-    // Counters pinned by an earlier daemon keep its category numbers.
-    let previous = ReloadStatus::read(&runtime_file(&config.bpffs, "status")).categories;
+    // Counters pinned by an earlier daemon keep its category numbers (none pinned: nothing
+    // to keep, whatever an old status file says).
+    let pinned = attach::Pins::new(&config.bpffs)
+        .maps()
+        .join(gateway_common::maps::names::DECISIONS)
+        .exists();
+    let previous = if pinned {
+        ReloadStatus::read(&runtime_file(&config.bpffs, "status")).categories
+    } else {
+        Vec::new()
+    };
     keep_category_numbers(&mut config, &previous);
     let ifaces = interfaces(&opts, &config);
     let (pseudonym, store, lifecycle) = open_state(&config);
