@@ -2004,6 +2004,64 @@ mod tests {
         assert_eq!(c, file);
     }
 
+    proptest::proptest! {
+        /// Over any sequence of configurations: every category of the file is numbered once,
+        /// with its domains; policies block the same categories by name; a category that stays
+        /// keeps its number; a number whose category is gone keeps its name, empty.
+        #[test]
+        fn category_numbers_hold_over_reloads(
+            steps in proptest::collection::vec(
+                (proptest::sample::subsequence((0..10).collect::<Vec<u8>>(), 0..=10),
+                 proptest::collection::vec(proptest::bool::ANY, 10),
+                 proptest::bool::ANY),
+                1..12,
+            )
+        ) {
+            let mut in_force: Vec<String> = Vec::new();
+            for (chosen, blocks, reverse) in steps {
+                let mut names: Vec<String> = chosen.iter().map(|i| format!("c{i}")).collect();
+                if reverse {
+                    names.reverse();
+                }
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let blocked_in_file: Vec<&str> = refs
+                    .iter()
+                    .zip(&blocks)
+                    .filter(|(_, b)| **b)
+                    .map(|(n, _)| *n)
+                    .collect();
+                let mut c = numbering_config(&refs, &blocked_in_file, &[]);
+                proptest::prop_assert!(c.keep_category_numbers(&in_force));
+                for n in refs.iter().chain(std::iter::once(&DNS_BYPASS_CATEGORY)) {
+                    let at: Vec<usize> = c
+                        .categories
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| x.name == *n)
+                        .map(|(i, _)| i)
+                        .collect();
+                    proptest::prop_assert_eq!(at.len(), 1, "{} in {:?}", n, category_names(&c));
+                    proptest::prop_assert!(!c.categories[at[0]].sources.is_empty());
+                    if let Some(before) = in_force.iter().position(|x| x == n) {
+                        proptest::prop_assert_eq!(before, at[0], "{} moved", n);
+                    }
+                }
+                for (i, x) in c.categories.iter().enumerate() {
+                    if !refs.contains(&x.name.as_str()) && x.name != DNS_BYPASS_CATEGORY {
+                        proptest::prop_assert!(x.sources.is_empty());
+                        proptest::prop_assert_eq!(in_force.get(i), Some(&x.name));
+                    }
+                }
+                let mut want: Vec<String> = blocked_in_file.iter().map(|n| n.to_string()).collect();
+                want.sort();
+                let mut got = blocked(&c, "p1");
+                got.sort();
+                proptest::prop_assert_eq!(got, want);
+                in_force = c.categories.iter().map(|x| x.name.clone()).collect();
+            }
+        }
+    }
+
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded().expect("valid");
