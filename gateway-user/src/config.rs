@@ -784,13 +784,18 @@ impl Config {
     /// reload or a restart: a category keeps its number; a new one takes the next number after
     /// all of them; a number whose category is gone keeps that name, with no domains (no
     /// policy refers to it), for the counts made under it. Policies' category bits follow.
-    /// Returns `false`, leaving the file's numbering, when that would take more than
-    /// `MAX_CATEGORIES` numbers.
-    pub fn keep_category_numbers(&mut self, previous: &[String]) -> bool {
+    /// Only when the numbers would pass `MAX_CATEGORIES` does a new category take a gone one's
+    /// number: those are returned, (gone, new), for the counts made under the gone one are
+    /// now shown under the new one.
+    pub fn keep_category_numbers(&mut self, previous: &[String]) -> Vec<(String, String)> {
+        let mut reused = Vec::new();
         let distinct: BTreeSet<&String> = previous.iter().collect();
-        if distinct.len() != previous.len() || previous.iter().any(String::is_empty) {
+        if distinct.len() != previous.len()
+            || previous.iter().any(String::is_empty)
+            || previous.len() > MAX_CATEGORIES
+        {
             // Not a numbering this daemon wrote: nothing to keep.
-            return true;
+            return reused;
         }
         let files = self.categories.len();
         let mut from_file: Vec<Option<Category>> = std::mem::take(&mut self.categories)
@@ -821,19 +826,19 @@ impl Config {
             }
         }
         for (i, c) in from_file.iter_mut().enumerate() {
-            if let Some(c) = c.take() {
-                numbered.push((c, Some(i)));
+            let Some(c) = c.take() else { continue };
+            // A gone category's number, only when there is no other (the file itself has at
+            // most MAX_CATEGORIES categories, so one is found).
+            let gone = (numbered.len() >= MAX_CATEGORIES)
+                .then(|| numbered.iter().position(|(_, i)| i.is_none()))
+                .flatten();
+            match gone.and_then(|k| numbered.get_mut(k)) {
+                Some(entry) => {
+                    reused.push((entry.0.name.clone(), c.name.clone()));
+                    *entry = (c, Some(i));
+                }
+                None => numbered.push((c, Some(i))),
             }
-        }
-        if numbered.len() > MAX_CATEGORIES {
-            // Back to the file's order: every category of the file is in `numbered`.
-            let mut dense: Vec<(usize, Category)> = numbered
-                .into_iter()
-                .filter_map(|(c, i)| Some((i?, c)))
-                .collect();
-            dense.sort_by_key(|(i, _)| *i);
-            self.categories = dense.into_iter().map(|(_, c)| c).collect();
-            return false;
         }
         // File index -> number.
         let mut number = vec![0usize; files];
@@ -851,7 +856,7 @@ impl Config {
                 .fold(0, |acc, (_, n)| acc | 1u64 << (n & 63));
         }
         self.categories = numbered.into_iter().map(|(c, _)| c).collect();
-        true
+        reused
     }
 }
 
@@ -1961,14 +1966,14 @@ mod tests {
         // No numbering before: the file's.
         let mut c = numbering_config(&["a", "b", "c"], &["b", "c"], &["a"]);
         let file = c.clone();
-        assert!(c.keep_category_numbers(&[]));
+        assert!(c.keep_category_numbers(&[]).is_empty());
         assert_eq!(c, file);
         assert_eq!(category_names(&c), ["a", "b", "c", "dns-bypass"]);
 
         // c and a stay, b is gone, d is new and listed first.
         let mut c = numbering_config(&["d", "c", "a"], &["c", "d"], &["a"]);
         let previous: Vec<String> = ["a", "b", "c", "dns-bypass"].map(String::from).into();
-        assert!(c.keep_category_numbers(&previous));
+        assert!(c.keep_category_numbers(&previous).is_empty());
         assert_eq!(category_names(&c), ["a", "b", "c", "dns-bypass", "d"]);
         assert!(
             c.categories[1].sources.is_empty(),
@@ -1984,7 +1989,7 @@ mod tests {
         // b comes back: its old number.
         let mut again = numbering_config(&["b", "d"], &["b"], &[]);
         let previous: Vec<String> = c.categories.iter().map(|c| c.name.clone()).collect();
-        assert!(again.keep_category_numbers(&previous));
+        assert!(again.keep_category_numbers(&previous).is_empty());
         assert_eq!(category_names(&again), ["a", "b", "c", "dns-bypass", "d"]);
         assert!(again.categories[0].sources.is_empty());
         assert!(!again.categories[1].sources.is_empty());
@@ -1993,23 +1998,37 @@ mod tests {
         // A numbering that is not one (a name twice): the file's.
         let mut c = numbering_config(&["a", "b"], &["b"], &[]);
         let file = c.clone();
-        assert!(c.keep_category_numbers(&["b".into(), "b".into()]));
+        assert!(
+            c.keep_category_numbers(&["b".into(), "b".into()])
+                .is_empty()
+        );
         assert_eq!(c, file);
 
-        // More than 64 numbers with the gone ones: the file's, and said so.
-        let mut c = numbering_config(&["x", "y"], &["y"], &["x"]);
-        let file = c.clone();
+        // More than 64 numbers with the gone ones: x takes the last free number, y and
+        // dns-bypass the first gone ones', and say so; nothing else moves.
+        let mut c = numbering_config(&["x", "y"], &["y"], &["x", "y"]);
         let gone: Vec<String> = (0..63).map(|i| format!("gone-{i}")).collect();
-        assert!(!c.keep_category_numbers(&gone));
-        assert_eq!(c, file);
+        let reused = c.keep_category_numbers(&gone);
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(reused, [pair("gone-0", "y"), pair("gone-1", "dns-bypass")]);
+        assert_eq!(c.categories.len(), MAX_CATEGORIES);
+        let names = category_names(&c);
+        assert_eq!(names[..3], ["y", "dns-bypass", "gone-2"]);
+        assert_eq!(names[62..], ["gone-62", "x"]);
+        assert_eq!(c.policies[0].block_categories, 1);
+        assert_eq!(c.policies[1].block_categories, 1 | 1 << 63);
+        assert_eq!(blocked(&c, "p2"), ["y", "x"]);
     }
 
     proptest::proptest! {
         /// Over any sequence of configurations: every category of the file is numbered once,
         /// with its domains; policies block the same categories by name; a category that stays
-        /// keeps its number; a number whose category is gone keeps its name, empty.
+        /// keeps its number; a number whose category is gone keeps its name, empty, unless
+        /// the numbers run out (from `old` gone categories at the start), when a new category
+        /// takes it and says so.
         #[test]
         fn category_numbers_hold_over_reloads(
+            old in 0..=MAX_CATEGORIES,
             steps in proptest::collection::vec(
                 (proptest::sample::subsequence((0..10).collect::<Vec<u8>>(), 0..=10),
                  proptest::collection::vec(proptest::bool::ANY, 10),
@@ -2017,7 +2036,7 @@ mod tests {
                 1..12,
             )
         ) {
-            let mut in_force: Vec<String> = Vec::new();
+            let mut in_force: Vec<String> = (0..old).map(|k| format!("old-{k}")).collect();
             for (chosen, blocks, reverse) in steps {
                 let mut names: Vec<String> = chosen.iter().map(|i| format!("c{i}")).collect();
                 if reverse {
@@ -2031,7 +2050,17 @@ mod tests {
                     .map(|(n, _)| *n)
                     .collect();
                 let mut c = numbering_config(&refs, &blocked_in_file, &[]);
-                proptest::prop_assert!(c.keep_category_numbers(&in_force));
+                let reused = c.keep_category_numbers(&in_force);
+                proptest::prop_assert!(c.categories.len() <= MAX_CATEGORIES);
+                for (gone, new) in &reused {
+                    let at = c.categories.iter().position(|x| &x.name == new);
+                    proptest::prop_assert_eq!(at.and_then(|i| in_force.get(i)), Some(gone));
+                    proptest::prop_assert!(!refs.contains(&gone.as_str()));
+                    proptest::prop_assert!(!in_force.contains(new));
+                }
+                if in_force.len() + refs.len() < MAX_CATEGORIES {
+                    proptest::prop_assert!(reused.is_empty());
+                }
                 for n in refs.iter().chain(std::iter::once(&DNS_BYPASS_CATEGORY)) {
                     let at: Vec<usize> = c
                         .categories

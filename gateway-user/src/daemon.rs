@@ -126,11 +126,14 @@ struct State {
     recorder_stats: Option<Arc<history::RecorderStats>>,
 }
 
-/// `Config::keep_category_numbers`, saying when it could not.
+/// `Config::keep_category_numbers`, saying which removed category's number was given to a
+/// new one.
 fn keep_category_numbers(config: &mut Config, previous: &[String]) {
-    if !config.keep_category_numbers(previous) {
+    for (gone, new) in config.keep_category_numbers(previous) {
         tracing::warn!(
-            "with the numbers of removed categories kept, more than 64 categories: numbered from the configuration's order; decision counts made before are shown under the category that now has their number"
+            removed = gone.as_str(),
+            category = new.as_str(),
+            "64 category numbers in use: a new category takes a removed one's number; the decision counts of the removed one are now shown under the new one"
         );
     }
 }
