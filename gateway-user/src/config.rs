@@ -797,54 +797,35 @@ impl Config {
             // Not a numbering this daemon wrote: nothing to keep.
             return reused;
         }
-        let files = self.categories.len();
-        let mut from_file: Vec<Option<Category>> = std::mem::take(&mut self.categories)
-            .into_iter()
-            .map(Some)
+        // Number -> the category's index in the file (`None`: gone, named in `previous`).
+        let mut slots: Vec<Option<usize>> = previous
+            .iter()
+            .map(|name| self.categories.iter().position(|c| &c.name == name))
             .collect();
-        let file_index = |name: &str, cats: &[Option<Category>]| {
-            cats.iter()
-                .position(|c| c.as_ref().is_some_and(|c| c.name == name))
-        };
-        // (category, its index in the file, if it is in the file)
-        let mut numbered: Vec<(Category, Option<usize>)> = Vec::new();
-        for name in previous {
-            match file_index(name, &from_file) {
-                Some(i) => {
-                    if let Some(c) = from_file.get_mut(i).and_then(Option::take) {
-                        numbered.push((c, Some(i)));
-                    }
-                }
-                None => numbered.push((
-                    Category {
-                        name: name.clone(),
-                        sources: Vec::new(),
-                        lists: Vec::new(),
-                    },
-                    None,
-                )),
+        for (i, c) in self.categories.iter().enumerate() {
+            if slots.contains(&Some(i)) {
+                continue;
             }
-        }
-        for (i, c) in from_file.iter_mut().enumerate() {
-            let Some(c) = c.take() else { continue };
             // A gone category's number, only when there is no other (the file itself has at
             // most MAX_CATEGORIES categories, so one is found).
-            let gone = (numbered.len() >= MAX_CATEGORIES)
-                .then(|| numbered.iter().position(|(_, i)| i.is_none()))
-                .flatten();
-            match gone.and_then(|k| numbered.get_mut(k)) {
-                Some(entry) => {
-                    reused.push((entry.0.name.clone(), c.name.clone()));
-                    *entry = (c, Some(i));
+            let gone = if slots.len() >= MAX_CATEGORIES {
+                slots.iter().position(Option::is_none)
+            } else {
+                None
+            };
+            match gone {
+                Some(n) => {
+                    reused.push((previous.get(n).cloned().unwrap_or_default(), c.name.clone()));
+                    slots[n] = Some(i);
                 }
-                None => numbered.push((c, Some(i))),
+                None => slots.push(Some(i)),
             }
         }
-        // File index -> number.
-        let mut number = vec![0usize; files];
-        for (n, (_, i)) in numbered.iter().enumerate() {
-            if let Some(slot) = i.and_then(|i| number.get_mut(i)) {
-                *slot = n;
+        // File index -> number; policies' bits follow.
+        let mut number = vec![0usize; self.categories.len()];
+        for (n, slot) in slots.iter().enumerate() {
+            if let Some(to) = slot.and_then(|i| number.get_mut(i)) {
+                *to = n;
             }
         }
         for p in &mut self.policies {
@@ -855,7 +836,22 @@ impl Config {
                 .filter(|(i, _)| bits & (1u64 << (i & 63)) != 0)
                 .fold(0, |acc, (_, n)| acc | 1u64 << (n & 63));
         }
-        self.categories = numbered.into_iter().map(|(c, _)| c).collect();
+        let mut file: Vec<Option<Category>> = std::mem::take(&mut self.categories)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.categories = slots
+            .iter()
+            .enumerate()
+            .map(|(n, slot)| {
+                slot.and_then(|i| file.get_mut(i)?.take())
+                    .unwrap_or_else(|| Category {
+                        name: previous.get(n).cloned().unwrap_or_default(),
+                        sources: Vec::new(),
+                        lists: Vec::new(),
+                    })
+            })
+            .collect();
         reused
     }
 }
