@@ -230,19 +230,36 @@ policy = "staff"
         "after the reload"
     );
 
-    // And a restart on the pinned counters.
+    // Without the daemon (kill -9), the pinned filter answers and counts as before: the
+    // programs it tail-calls stay in their pinned array.
     drop(daemon);
+    for (tool, name) in [("dig", "ads.example"), ("kdig", "dns.google")] {
+        let r = dig(&laptop.ns, tool, up, name, "A")?;
+        assert_eq!(r.status, "NXDOMAIN", "{name} without the daemon: {r:?}");
+    }
+    let r = dig(&laptop.ns, "dig", up, "allowed.example", "A")?;
+    assert_eq!(
+        r.status, "NOERROR",
+        "allowed.example without the daemon: {r:?}"
+    );
+    assert_eq!(
+        laptop_by_category(&pins.stats()?),
+        [9, 3, 1],
+        "counted without the daemon"
+    );
+
+    // And a restart on the pinned counters.
     let _daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     assert_eq!(
         laptop_by_category(&pins.stats()?),
-        [8, 2, 1],
+        [9, 3, 1],
         "after a restart"
     );
     let r = dig(&laptop.ns, "dig", up, "ads.example", "A")?;
     assert_eq!(r.status, "NXDOMAIN", "ads.example after the restart: {r:?}");
     assert_eq!(
         laptop_by_category(&pins.stats()?),
-        [9, 2, 1],
+        [10, 3, 1],
         "counted after the restart"
     );
     Ok(())

@@ -159,7 +159,7 @@ policy = "staff"
         laptop.gw_if, sensor.gw_if, laptop.mac, sensor.ip
     );
     let pins = Pins::with_config("", &body)?;
-    let _daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     let _upstream = HttpsUpstream::start(&bed.up, &[443, 853])?;
     // The server is up once the allowed name completes from the staff device.
     eventually("the upstream listening", || {
@@ -244,5 +244,21 @@ policy = "staff"
         "853/tcp open for the sensor"
     );
     assert!(decisions(&pins, "laptop", "port", "block", "blocked_port") >= 1);
+
+    // Without the daemon (kill -9), the pinned filter judges ClientHellos as before: the
+    // programs it tail-calls stay in their pinned array.
+    drop(daemon);
+    for (tool, client) in [("curl", curl as Client), ("chromium", chromium)] {
+        assert_eq!(
+            client(&laptop.ns, "blocked.test")?,
+            Handshake::Reset,
+            "{tool}: blocked name without the daemon"
+        );
+        assert_eq!(
+            client(&laptop.ns, "allowed.test")?,
+            Handshake::Completed,
+            "{tool}: allowed name without the daemon"
+        );
+    }
     Ok(())
 }

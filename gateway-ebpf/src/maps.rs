@@ -139,7 +139,8 @@ pub fn emit(fill: impl FnOnce(&mut gateway_common::maps::DecisionEvent)) {
 }
 
 /// Programs the filter tail-calls: `[PROG_DNS]` the DNS program. Filled by the daemon for each
-/// loaded instance (not pinned). A tail-called program is verified on its own.
+/// loaded instance and pinned beside its program (the kernel empties an array nothing in user
+/// space refers to). A tail-called program is verified on its own.
 #[map]
 pub static PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 

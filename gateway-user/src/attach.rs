@@ -3,13 +3,18 @@
 //!
 //! Layout under the bpffs directory:
 //! ```text
-//! maps/<NAME>        every shared map (counters, identities, policies)
-//! programs/<link>    the filter loaded for each link type in use
-//! links/<interface>  the XDP link of each interface
+//! maps/<NAME>              every shared map (counters, identities, policies)
+//! programs/<link>          the filter loaded for each link type in use
+//! programs/<link>-progs    its program array: the DNS and TLS programs it tail-calls
+//! links/<interface>        the XDP link of each interface
 //! ```
 //! Links are bpf_links: they stay attached as long as their pin exists, whatever happens to the
 //! daemon. A new daemon replaces the program inside an existing link atomically
-//! (`bpf_link_update`), so there is no moment without a filter.
+//! (`bpf_link_update`), so there is no moment without a filter. The program arrays are pinned
+//! because the kernel empties one when nothing refers to it from user space: unpinned, the
+//! filter would stop judging DNS and TLS when the daemon exits. A new daemon pins its arrays
+//! beside the running ones (`-progs-new`; bpffs refuses dots in names) before it attaches, and renames them over the old
+//! ones after, so neither filter is ever without its array.
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +66,14 @@ impl Pins {
     }
     pub fn program(&self, link: LinkType) -> PathBuf {
         self.programs().join(link.label())
+    }
+    /// The program array of `program(link)`.
+    pub fn tail_calls(&self, link: LinkType) -> PathBuf {
+        self.programs().join(format!("{}-progs", link.label()))
+    }
+    /// Where a starting daemon pins its program array until its filter is attached.
+    fn tail_calls_staged(&self, link: LinkType) -> PathBuf {
+        self.programs().join(format!("{}-progs-new", link.label()))
     }
     /// Interfaces that have a pinned link.
     pub fn linked_interfaces(&self) -> Vec<String> {
@@ -168,6 +181,15 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
 
     let applied = apply::apply(&mut maps, config)?;
 
+    // Pinned before attaching: from the moment a link runs this filter, its array outlives us.
+    for (link, filter) in &filters {
+        let staged = pins.tail_calls_staged(*link);
+        if staged.exists() {
+            std::fs::remove_file(&staged)
+                .with_context(|| format!("removing stale pin {}", staged.display()))?;
+        }
+        filter.pin_tail_calls(&staged)?;
+    }
     let mut attachments = Vec::new();
     for (iface, link) in &wanted {
         let filter = filters.get_mut(link).context("filter for link type")?;
@@ -184,6 +206,11 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
             .program()?
             .pin(&path)
             .with_context(|| format!("pinning program {}", path.display()))?;
+        // Replaces the previous filter's array, which no attached program uses any more.
+        let (staged, tail_calls) = (pins.tail_calls_staged(*link), pins.tail_calls(*link));
+        std::fs::rename(&staged, &tail_calls).with_context(|| {
+            format!("renaming {} to {}", staged.display(), tail_calls.display())
+        })?;
     }
     record_interfaces(&mut maps, &attachments)?;
 

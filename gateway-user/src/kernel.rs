@@ -121,6 +121,19 @@ impl Filter {
         })
     }
 
+    /// Pins this instance's program array (its DNS and TLS programs) at `path`.
+    ///
+    /// The kernel empties a program array when no file descriptor or pin refers to it any
+    /// more: without a pin, the daemon's exit would leave the attached filter with nothing to
+    /// tail-call, passing DNS queries and ClientHellos unjudged until the next start.
+    pub fn pin_tail_calls(&self, path: &Path) -> anyhow::Result<()> {
+        self.ebpf
+            .map(PROGS_MAP)
+            .ok_or_else(|| anyhow!("the object has no map {PROGS_MAP}"))?
+            .pin(path)
+            .with_context(|| format!("pinning the program array at {}", path.display()))
+    }
+
     /// The loaded XDP program.
     pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
         Ok(self
