@@ -2,8 +2,9 @@
 //! settings; the daemon's `/metrics` (scraped with curl in its namespace) equals what was sent,
 //! passes `promtool check metrics`, and has every metric the Grafana dashboard queries; the
 //! history has one row per logged decision and none for `log = none`; `forget` and `export`
-//! work per device; with `pseudonymize = true` no device identifier is anywhere in the
-//! database files.
+//! work per device; decisions made while no daemon ran are stored after a restart, under the
+//! policy they were decided under though the new configuration renumbers the policies; with
+//! `pseudonymize = true` no device identifier is anywhere in the database files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +13,10 @@ use gateway_testbed::{Bed, Daemon, Dnsmasq, Netns, Pins, check, dig, eventually}
 
 const IMEI: &str = "356938035643809";
 
-fn body(bed: &Bed, history: &str) -> String {
+/// A policy listed before the others: it takes their numbers.
+const GUESTS_FIRST: &str = "[[policy]]\nname = \"guests\"\n";
+
+fn body(bed: &Bed, history: &str, first_policy: &str) -> String {
     let (tablet, sensor) = (&bed.devices[0], &bed.devices[1]);
     format!(
         r#"
@@ -32,6 +36,7 @@ name = "{}"
 name = "ads"
 domains = ["ads.example"]
 
+{first_policy}
 [[policy]]
 name = "students"
 block_categories = ["ads"]
@@ -145,7 +150,7 @@ fn dashboard_metrics() -> anyhow::Result<BTreeSet<String>> {
 fn metrics_and_history_match_what_was_sent() -> anyhow::Result<()> {
     let bed = Bed::new(2)?;
     let (tablet, sensor) = (&bed.devices[0], &bed.devices[1]);
-    let pins = Pins::with_config("", &body(&bed, ""))?;
+    let pins = Pins::with_config("", &body(&bed, "", ""))?;
     let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     let _upstream = Dnsmasq::start(
         &bed.up,
@@ -337,9 +342,39 @@ fn metrics_and_history_match_what_was_sent() -> anyhow::Result<()> {
     assert_eq!(v["deleted"], 5, "{v}");
     assert!(log(&pins, &["--device", "tablet"])?.is_empty());
 
+    // Decisions made while no daemon runs wait in the pinned ring. A daemon started on a
+    // configuration that lists a policy before the tablet's names them by the policy they
+    // were decided under, not by the one that has its number now.
+    drop(daemon);
+    for name in ["ads.example", "www.ads.example"] {
+        assert_eq!(
+            dig(&tablet.ns, "dig", up, name, "A")?.status,
+            "NXDOMAIN",
+            "{name}"
+        );
+    }
+    pins.rewrite("", &body(&bed, "", GUESTS_FIRST))?;
+    let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
+    let mut rows = Vec::new();
+    eventually("the decisions made while no daemon ran", || {
+        rows = log(&pins, &["--device", "tablet"]).unwrap_or_default();
+        rows.len() >= 2
+    })
+    .map_err(|e| anyhow!("{e}\n{}", daemon.log_text()))?;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["policy"] == "students" && r["action"] == "block"),
+        "{rows:?}"
+    );
+    check(
+        "gateway forget",
+        pins.gateway("forget", &["tablet", "--json"])?,
+    )?;
+
     // Pseudonymised: the rows are found by the device name, but no identifier of the device is
     // in the files.
-    pins.rewrite("", &body(&bed, "pseudonymize = true"))?;
+    pins.rewrite("", &body(&bed, "pseudonymize = true", GUESTS_FIRST))?;
     let out = check("gateway reload", pins.gateway("reload", &[])?)?;
     assert!(out.contains("reload"), "{out}");
     for name in ["ads.example", "allowed.example"] {

@@ -716,6 +716,10 @@ pub struct Applied {
     pub slots: HashMap<String, u32>,
     /// Map entries written or deleted, both generations together.
     pub changes: usize,
+    /// `bpf_ktime_get_boot_ns` just before the generation became active: the kernel's events
+    /// from then on were decided under this configuration (bar a frame being judged at that
+    /// very moment), those before under the previous one.
+    pub active_from_boot_ns: u64,
 }
 
 /// Writes `config` into `maps` and makes it active, with the policies in force now.
@@ -746,6 +750,7 @@ pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyho
     desired.settings.table_seed = images.seed;
     let mut changes = write_generation(maps, next, &desired, &images)
         .with_context(|| format!("writing generation {next}"))?;
+    let active_from_boot_ns = crate::sys::boot_ns();
     maps.activate(next)
         .context("activating the new generation")?;
     crate::sys::wait_for_running_programs(GRACE);
@@ -766,6 +771,7 @@ pub fn apply_at(maps: &mut Maps, config: &Config, now: jiff::Timestamp) -> anyho
         generation: next,
         slots,
         changes,
+        active_from_boot_ns,
     })
 }
 

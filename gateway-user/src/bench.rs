@@ -679,7 +679,7 @@ pub struct HistoryRow {
 /// Measures history ingest, ring loss at 20,000 logged decisions per second, and a `/metrics`
 /// scrape of 1,000 devices.
 pub fn history() -> anyhow::Result<HistoryRow> {
-    use crate::history::{Names, Recorder, Row, Store};
+    use crate::history::{Names, Naming, Recorder, Row, Store};
     use std::sync::{Arc, RwLock};
 
     let dir = std::env::temp_dir().join(format!("gw-bench-history-{}", std::process::id()));
@@ -712,7 +712,11 @@ pub fn history() -> anyhow::Result<HistoryRow> {
     // recorder drains the ring into a history as the daemon does.
     let config = dns_config(1_000)?;
     let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, false)?;
-    let names = Names::of(&config, &runner.applied.slots, None);
+    let mut names = Naming::default();
+    names.set(
+        runner.applied.active_from_boot_ns,
+        Names::of(&config, &runner.applied.slots, None),
+    );
     let keep = crate::config::History {
         enabled: true,
         retention_days: 30,

@@ -21,7 +21,7 @@ use crate::{
     attach::{self, Running},
     config::{self, Config, Interface, LinkSetting},
     control::{CheckoutView, EventView, Reply, Request, views},
-    history::{self, Names, Pseudonym, Recorder, Store},
+    history::{self, Names, Naming, Pseudonym, Recorder, Store},
     kernel::Maps,
     lifecycle::{self, ControlError},
     metrics,
@@ -77,6 +77,10 @@ pub struct ReloadStatus {
     /// kernel's counters (`gateway stats` names them with it).
     #[serde(default)]
     pub categories: Vec<String>,
+    /// The policies of the configuration in force, in the order that numbers them in the
+    /// kernel: a restarted daemon names the decisions made before its start with them.
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 impl ReloadStatus {
@@ -117,8 +121,9 @@ struct State {
     mtimes: Vec<Option<SystemTime>>,
     status: ReloadStatus,
     status_path: PathBuf,
-    /// What the history recorder and the HTTP handlers read; replaced by `publish`.
-    names: Arc<RwLock<Names>>,
+    /// What the history recorder names events with; `publish` adds the configuration in
+    /// force.
+    names: Arc<RwLock<Naming>>,
     /// `[history]` of the configuration in force (what the recorder keeps, and how long).
     keep: Arc<RwLock<config::History>>,
     shared: Option<Arc<api::Shared>>,
@@ -141,6 +146,11 @@ fn keep_category_numbers(config: &mut Config, previous: &[String]) {
 /// The names of `config`'s categories, in the order that numbers them in the kernel.
 fn category_names(config: &Config) -> Vec<String> {
     config.categories.iter().map(|c| c.name.clone()).collect()
+}
+
+/// The names of `config`'s policies, in the order that numbers them in the kernel.
+fn policy_names(config: &Config) -> Vec<String> {
+    config.policies.iter().map(|p| p.name.clone()).collect()
 }
 
 /// What decides the kernel state of each device at `now`: its policy in force and suspension.
@@ -174,7 +184,10 @@ impl State {
     fn publish(&self, running: &Running) {
         let config = &self.applied_config;
         let names = Names::of(config, &running.applied.slots, self.pseudonym.as_ref());
-        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+        self.names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(running.applied.active_from_boot_ns, names);
         *self.keep.write().unwrap_or_else(|e| e.into_inner()) = config.history.clone();
         if let Some(shared) = &self.shared {
             let info = metrics::Info {
@@ -201,6 +214,7 @@ impl State {
         tracing::debug!(generation = a.generation, changes = a.changes, "applied");
         running.applied = a;
         self.status.categories = category_names(&effective);
+        self.status.policies = policy_names(&effective);
         self.applied = signature(&effective, now);
         self.applied_config = effective;
         self.statuses = statuses;
@@ -262,11 +276,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .join(gateway_common::maps::names::DECISIONS)
         .exists();
     let previous = if pinned {
-        ReloadStatus::read(&runtime_file(&config.bpffs, "status")).categories
+        ReloadStatus::read(&runtime_file(&config.bpffs, "status"))
     } else {
-        Vec::new()
+        ReloadStatus::default()
     };
-    keep_category_numbers(&mut config, &previous);
+    keep_category_numbers(&mut config, &previous.categories);
     let ifaces = interfaces(&opts, &config);
     let (pseudonym, store, lifecycle) = open_state(&config);
     // The lifecycle is laid over the file before the first apply: a device suspended through
@@ -279,6 +293,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
     let categories = category_names(&effective);
+    let policies = policy_names(&effective);
+    // Events the filter logged before this start (while no daemon ran, say) wait in the pinned
+    // ring: they are named with the configuration they were decided under.
+    let mut naming = Naming::default();
+    if !previous.policies.is_empty() {
+        naming.set(
+            0,
+            Names {
+                policies: previous.policies,
+                categories: previous.categories,
+                ..Names::of(&effective, &running.applied.slots, None)
+            },
+        );
+    }
     let mut state = State {
         mtimes: mtimes(&config.files),
         applied: signature(&effective, now),
@@ -287,10 +315,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         lifecycle,
         status: ReloadStatus {
             categories,
+            policies,
             ..ReloadStatus::default()
         },
         status_path: runtime_file(&running.pins.root, "status"),
-        names: Arc::default(),
+        names: Arc::new(RwLock::new(naming)),
         keep: Arc::new(RwLock::new(config.history.clone())),
         shared: None,
         pseudonym,
@@ -298,6 +327,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config,
     };
     state.status.write(&state.status_path);
+    // The recorder names what it drains from the start (`publish` runs again once the HTTP
+    // handlers are up).
+    state.publish(&running);
     // The recorder owns the event ring; the HTTP handlers get map handles of their own.
     let recorder = match running.maps.take_events() {
         Ok(ring) => {

@@ -342,8 +342,8 @@ impl Store {
     }
 }
 
-/// What the recorder needs to turn an event into a row: names for the ids the kernel reports.
-/// The daemon replaces it on every reload.
+/// What the recorder needs to turn an event into a row: names for the ids the kernel reports,
+/// in one configuration. The daemon adds one to the `Naming` on every reload.
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     pub slots: std::collections::HashMap<u32, String>,
@@ -375,8 +375,13 @@ impl Names {
 
     /// The row for `ev`, decided at `time_ms`.
     pub fn row(&self, ev: &DecisionEvent, time_ms: i64) -> Row {
+        self.row_as(ev, time_ms, self.pseudonym.as_ref())
+    }
+
+    /// The row for `ev`, device names pseudonymised with `pseudonym`.
+    fn row_as(&self, ev: &DecisionEvent, time_ms: i64, pseudonym: Option<&Pseudonym>) -> Row {
         let device = match self.slots.get(&ev.slot) {
-            Some(name) => match &self.pseudonym {
+            Some(name) => match pseudonym {
                 Some(p) => p.of(name),
                 None => name.clone(),
             },
@@ -412,21 +417,52 @@ impl Names {
     }
 }
 
-/// The wall-clock time, in Unix milliseconds, of a `bpf_ktime_get_boot_ns` reading.
-pub fn wall_ms(boot_ns: u64) -> i64 {
-    let now_boot = boot_ns_now();
-    let now_ms = jiff::Timestamp::now().as_millisecond();
-    now_ms - (now_boot.saturating_sub(boot_ns) / 1_000_000) as i64
+/// The names of the configurations the kernel decided under lately, each from the moment its
+/// generation became active: an event is named by the configuration it was decided under, not
+/// the one in force when the recorder drains it (a reload that inserts or reorders policies
+/// changes what a policy number means; events wait in the ring up to `POLL_MS`, and as long as
+/// the daemon is down).
+#[derive(Debug, Default)]
+pub struct Naming {
+    /// (`bpf_ktime_get_boot_ns` from which the names apply, the names), oldest first.
+    eras: std::collections::VecDeque<(u64, Names)>,
 }
 
-fn boot_ns_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+impl Naming {
+    /// Configurations kept: events older than the oldest kept are named by it.
+    const KEEP: usize = 8;
+
+    /// `names` apply to events decided from `from_boot_ns` on; names set earlier with the same
+    /// start are replaced (a republish of the same generation).
+    pub fn set(&mut self, from_boot_ns: u64, names: Names) {
+        let at = self.eras.partition_point(|(from, _)| *from < from_boot_ns);
+        match self.eras.get_mut(at) {
+            Some(era) if era.0 == from_boot_ns => era.1 = names,
+            _ => self.eras.insert(at, (from_boot_ns, names)),
+        }
+        while self.eras.len() > Self::KEEP {
+            self.eras.pop_front();
+        }
+    }
+
+    /// The row for `ev`, decided at `time_ms`: named by the configuration in force at the
+    /// event's time, and pseudonymised as the newest configuration says (a reload that turns
+    /// `pseudonymize` on leaves no name in the history, even of decisions made before it).
+    pub fn row(&self, ev: &DecisionEvent, time_ms: i64) -> Row {
+        let Some((_, newest)) = self.eras.back() else {
+            return Names::default().row(ev, time_ms);
+        };
+        let at = self.eras.partition_point(|(from, _)| *from <= ev.boot_ns);
+        let (_, era) = &self.eras[at.saturating_sub(1)];
+        era.row_as(ev, time_ms, newest.pseudonym.as_ref())
+    }
+}
+
+/// The wall-clock time, in Unix milliseconds, of a `bpf_ktime_get_boot_ns` reading.
+pub fn wall_ms(boot_ns: u64) -> i64 {
+    let now_boot = crate::sys::boot_ns();
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    now_ms - (now_boot.saturating_sub(boot_ns) / 1_000_000) as i64
 }
 
 /// What the recorder has done, for `/metrics`.
@@ -464,7 +500,7 @@ impl Recorder {
     pub fn start(
         mut ring: aya::maps::RingBuf<aya::maps::MapData>,
         store: Option<Store>,
-        names: Arc<RwLock<Names>>,
+        names: Arc<RwLock<Naming>>,
         keep: Arc<RwLock<History>>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
@@ -921,5 +957,115 @@ mod tests {
         assert!(format!("{e}").contains("expected 0600"), "{e}");
         std::fs::remove_dir_all(&d).expect("cleanup");
         std::fs::remove_dir_all(&other).expect("cleanup");
+    }
+
+    fn names(policies: &[&str], categories: &[&str], slot_7: &str) -> Names {
+        Names {
+            slots: std::collections::HashMap::from([(7, slot_7.to_string())]),
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            categories: categories.iter().map(|c| c.to_string()).collect(),
+            pseudonym: None,
+        }
+    }
+
+    fn event(boot_ns: u64, policy: u32, category: u8) -> DecisionEvent {
+        // SAFETY: DecisionEvent is plain old data; all zeros is a valid value.
+        let mut ev: DecisionEvent = unsafe { std::mem::zeroed() };
+        ev.boot_ns = boot_ns;
+        ev.slot = 7;
+        ev.policy = policy;
+        ev.category = category;
+        ev
+    }
+
+    /// (device, policy, category) of `ev` as `n` names it.
+    fn named(n: &Naming, ev: &DecisionEvent) -> (String, String, Option<String>) {
+        let r = n.row(ev, 0);
+        (r.device, r.policy, r.category)
+    }
+
+    #[test]
+    fn events_are_named_by_the_configuration_they_were_decided_under() {
+        let mut n = Naming::default();
+        // Nothing set yet: numbers.
+        assert_eq!(
+            named(&n, &event(5, 1, 0)),
+            (
+                "slot-7".into(),
+                "policy-1".into(),
+                Some("category-0".into())
+            )
+        );
+        n.set(100, names(&["students", "staff"], &["ads"], "tablet"));
+        // A reload inserts a policy first and moves the device's slot to another device.
+        n.set(
+            200,
+            names(
+                &["guests", "students", "staff"],
+                &["ads", "games"],
+                "laptop",
+            ),
+        );
+        let t = |s: &str| s.to_string();
+        // Before the first configuration: the oldest kept names it.
+        assert_eq!(
+            named(&n, &event(50, 0, 0)),
+            (t("tablet"), t("students"), Some(t("ads")))
+        );
+        assert_eq!(
+            named(&n, &event(199, 0, 0)),
+            (t("tablet"), t("students"), Some(t("ads")))
+        );
+        // From the flip on, the new one.
+        assert_eq!(
+            named(&n, &event(200, 0, 1)),
+            (t("laptop"), t("guests"), Some(t("games")))
+        );
+        assert_eq!(
+            named(&n, &event(10_000, 1, NO_CATEGORY)),
+            (t("laptop"), t("students"), None)
+        );
+        // The same generation published again replaces its names, and keeps the earlier ones.
+        n.set(
+            200,
+            names(&["guests", "pupils", "staff"], &["ads"], "laptop"),
+        );
+        assert_eq!(named(&n, &event(300, 1, 0)).1, "pupils");
+        assert_eq!(named(&n, &event(150, 1, 0)).1, "staff");
+        // Set out of order (a restart's predecessor, from 0): placed by its start.
+        n.set(0, names(&["old"], &[], "sensor"));
+        assert_eq!(named(&n, &event(99, 0, 0)).1, "old");
+        assert_eq!(named(&n, &event(100, 0, 0)).1, "students");
+        // Only the last KEEP configurations are kept.
+        for k in 0..Naming::KEEP as u64 {
+            n.set(1_000 + k, names(&[&format!("p{k}")], &[], "x"));
+        }
+        assert_eq!(n.eras.len(), Naming::KEEP);
+        assert_eq!(named(&n, &event(150, 0, 0)).1, "p0");
+        assert_eq!(
+            named(&n, &event(2_000, 0, 0)).1,
+            format!("p{}", Naming::KEEP - 1)
+        );
+    }
+
+    #[test]
+    fn the_newest_configuration_decides_pseudonyms() {
+        let d = dir("naming-pseudonym");
+        std::fs::create_dir_all(&d).expect("dir");
+        let p = Pseudonym::load_or_create(&d).expect("key");
+        let mut n = Naming::default();
+        n.set(100, names(&["students"], &[], "tablet"));
+        let later = Names {
+            pseudonym: Some(p.clone()),
+            ..names(&["students"], &[], "tablet")
+        };
+        n.set(200, later);
+        // Decided before `pseudonymize = true`, drained after it: no name stored.
+        assert_eq!(named(&n, &event(150, 0, 0)).0, p.of("tablet"));
+        assert_eq!(named(&n, &event(250, 0, 0)).0, p.of("tablet"));
+        // And turned off again: names.
+        n.set(300, names(&["students"], &[], "tablet"));
+        assert_eq!(named(&n, &event(250, 0, 0)).0, "tablet");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

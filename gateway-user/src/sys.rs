@@ -182,6 +182,17 @@ pub fn detect_link(name: &str) -> anyhow::Result<LinkType> {
     }
 }
 
+/// Now on the clock of `bpf_ktime_get_boot_ns` (`CLOCK_BOOTTIME`), in nanoseconds.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Waits until every XDP program run that started before the call has finished.
 ///
 /// XDP programs run inside RCU read-side critical sections (NAPI polls with bottom halves off;

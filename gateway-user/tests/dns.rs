@@ -15,6 +15,7 @@ use gateway_common::{
 use gateway_user::{
     config::Config,
     frames::{self, L2, L3, L4},
+    history::{Names, Naming},
     testrun::{RunResult, TestRunner},
 };
 use hickory_proto::{
@@ -916,6 +917,70 @@ policy = "private"
             assert_eq!(events[0].name(), "blocked.example");
         }
     }
+}
+
+/// Events are stamped on the clock the daemon reads when it flips generations: an event decided
+/// before a reload that inserts a policy, drained after it, is named by the policy it was
+/// decided under (the history's `Naming`), not by the one now at its number.
+#[test]
+fn events_drained_after_a_reload_keep_their_policy() {
+    let text = |first: &str| {
+        format!(
+            "{first}[[category]]\nname = \"ads\"\ndomains = [\"ads.example\"]\n\n[[policy]]\nname = \"students\"\nblock_categories = [\"ads\"]\n\n[[device]]\nname = \"a\"\nmac = \"02:00:00:00:01:01\"\npolicy = \"students\"\n"
+        )
+    };
+    let before = Config::parse(&text(""), std::path::Path::new("a.toml")).expect("config");
+    let after = Config::parse(
+        &text("[[policy]]\nname = \"guests\"\n\n"),
+        std::path::Path::new("b.toml"),
+    )
+    .expect("config");
+    assert_eq!(after.policies[0].name, "guests");
+    let mut r = TestRunner::new(&before, LinkType::Ethernet).expect("load");
+    r.maps.drain_events();
+    let mut naming = Naming::default();
+    naming.set(
+        r.applied.active_from_boot_ns,
+        Names::of(&before, &r.applied.slots, None),
+    );
+    let frame = dns_frame(
+        L2::Ethernet {
+            src: mac(1),
+            dst: GW_MAC,
+        },
+        V4,
+        &query(1, "ads.example", RecordType::A, false),
+    );
+    assert_eq!(r.run(&frame).expect("run").verdict, Verdict::Tx);
+    let flip_earliest = gateway_user::sys::boot_ns();
+    r.reconfigure(&after).expect("reload");
+    let flip = r.applied.active_from_boot_ns;
+    naming.set(flip, Names::of(&after, &r.applied.slots, None));
+    assert_eq!(r.run(&frame).expect("run").verdict, Verdict::Tx);
+    let events = r.maps.drain_events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        flip_earliest <= flip,
+        "the flip's stamp precedes the reload"
+    );
+    assert!(
+        events[0].boot_ns < flip && flip <= events[1].boot_ns,
+        "events at {} and {}, flip at {flip}",
+        events[0].boot_ns,
+        events[1].boot_ns
+    );
+    // Number 0 was `students` and is now `guests`.
+    assert_eq!((events[0].policy, events[1].policy), (0, 1));
+    for ev in &events {
+        let row = naming.row(ev, 0);
+        assert_eq!(
+            (row.device.as_str(), row.policy.as_str()),
+            ("a", "students")
+        );
+    }
+    // Named by the configuration in force when drained, the first would be a guest's.
+    let now = Names::of(&after, &r.applied.slots, None);
+    assert_eq!(now.row(&events[0], 0).policy, "guests");
 }
 
 /// A decision key no decision has (an invalid reason: the snapshot does not show it).
