@@ -13,8 +13,8 @@
 //! (`bpf_link_update`), so there is no moment without a filter. The program arrays are pinned
 //! because the kernel empties one when nothing refers to it from user space: unpinned, the
 //! filter would stop judging DNS and TLS when the daemon exits. A new daemon pins its arrays
-//! beside the running ones (`-progs-new`; bpffs refuses dots in names) before it attaches, and renames them over the old
-//! ones after, so neither filter is ever without its array.
+//! beside the running ones (`-progs-new`; bpffs refuses dots in names) before it attaches, and
+//! renames them over the old ones after, so neither filter is ever without its array.
 
 use std::{
     collections::BTreeMap,
