@@ -13,8 +13,9 @@
 //! (`bpf_link_update`), so there is no moment without a filter. The program arrays are pinned
 //! because the kernel empties one when nothing refers to it from user space: unpinned, the
 //! filter would stop judging DNS and TLS when the daemon exits. A new daemon pins its arrays
-//! beside the running ones (`-progs-new`; bpffs refuses dots in names) before it attaches, and
-//! renames them over the old ones after, so neither filter is ever without its array.
+//! beside the running ones (`<link>-progs-<boot ns>`; bpffs refuses dots in names) before it
+//! attaches, and renames them over the old ones after, so neither filter is ever without its
+//! array; what a start that failed half-way left is removed once a later start has attached.
 
 use std::{
     collections::BTreeMap,
@@ -71,9 +72,24 @@ impl Pins {
     pub fn tail_calls(&self, link: LinkType) -> PathBuf {
         self.programs().join(format!("{}-progs", link.label()))
     }
-    /// Where a starting daemon pins its program array until its filter is attached.
-    fn tail_calls_staged(&self, link: LinkType) -> PathBuf {
-        self.programs().join(format!("{}-progs-new", link.label()))
+    /// Where a daemon starting at `stamp` (boot-clock ns) pins its program array until its
+    /// filter is attached: a name of its own, since a link may still run the filter of a start
+    /// that failed after attaching.
+    fn tail_calls_staged(&self, link: LinkType, stamp: u64) -> PathBuf {
+        self.programs()
+            .join(format!("{}-progs-{stamp}", link.label()))
+    }
+    /// Program arrays of `link` pinned by starts that failed before renaming theirs.
+    fn tail_calls_left_over(&self, link: LinkType) -> Vec<PathBuf> {
+        let prefix = format!("{}-progs-", link.label());
+        std::fs::read_dir(self.programs())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
     /// Interfaces that have a pinned link.
     pub fn linked_interfaces(&self) -> Vec<String> {
@@ -182,13 +198,9 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
     let applied = apply::apply(&mut maps, config)?;
 
     // Pinned before attaching: from the moment a link runs this filter, its array outlives us.
+    let stamp = sys::boot_ns();
     for (link, filter) in &filters {
-        let staged = pins.tail_calls_staged(*link);
-        if staged.exists() {
-            std::fs::remove_file(&staged)
-                .with_context(|| format!("removing stale pin {}", staged.display()))?;
-        }
-        filter.pin_tail_calls(&staged)?;
+        filter.pin_tail_calls(&pins.tail_calls_staged(*link, stamp))?;
     }
     let mut attachments = Vec::new();
     for (iface, link) in &wanted {
@@ -206,11 +218,16 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
             .program()?
             .pin(&path)
             .with_context(|| format!("pinning program {}", path.display()))?;
-        // Replaces the previous filter's array, which no attached program uses any more.
-        let (staged, tail_calls) = (pins.tail_calls_staged(*link), pins.tail_calls(*link));
+        // Replaces the previous filter's array, which no attached program uses any more, and
+        // drops any that failed starts left.
+        let (staged, tail_calls) = (pins.tail_calls_staged(*link, stamp), pins.tail_calls(*link));
         std::fs::rename(&staged, &tail_calls).with_context(|| {
             format!("renaming {} to {}", staged.display(), tail_calls.display())
         })?;
+        for left in pins.tail_calls_left_over(*link) {
+            std::fs::remove_file(&left).with_context(|| format!("removing {}", left.display()))?;
+            tracing::info!(pin = %left.display(), "removed the program array of an earlier failed start");
+        }
     }
     record_interfaces(&mut maps, &attachments)?;
 
