@@ -378,6 +378,15 @@ impl Names {
         self.row_as(ev, time_ms, self.pseudonym.as_ref())
     }
 
+    /// Whether `self` and `other` name every event alike (a daemon has one pseudonym key, so
+    /// whether it is used is what matters).
+    fn same_as(&self, other: &Names) -> bool {
+        self.slots == other.slots
+            && self.policies == other.policies
+            && self.categories == other.categories
+            && self.pseudonym.is_some() == other.pseudonym.is_some()
+    }
+
     /// The row for `ev`, device names pseudonymised with `pseudonym`.
     fn row_as(&self, ev: &DecisionEvent, time_ms: i64, pseudonym: Option<&Pseudonym>) -> Row {
         let device = match self.slots.get(&ev.slot) {
@@ -433,8 +442,16 @@ impl Naming {
     const KEEP: usize = 8;
 
     /// `names` apply to events decided from `from_boot_ns` on; names set earlier with the same
-    /// start are replaced (a republish of the same generation).
+    /// start are replaced (a republish of the same generation). Names equal to the newest
+    /// (an API change or a schedule switch: same devices, policies and categories) add nothing,
+    /// so that they do not push out older configurations.
     pub fn set(&mut self, from_boot_ns: u64, names: Names) {
+        if let Some((from, newest)) = self.eras.back()
+            && *from < from_boot_ns
+            && newest.same_as(&names)
+        {
+            return;
+        }
         let at = self.eras.partition_point(|(from, _)| *from < from_boot_ns);
         match self.eras.get_mut(at) {
             Some(era) if era.0 == from_boot_ns => era.1 = names,
@@ -1036,6 +1053,15 @@ mod tests {
         n.set(0, names(&["old"], &[], "sensor"));
         assert_eq!(named(&n, &event(99, 0, 0)).1, "old");
         assert_eq!(named(&n, &event(100, 0, 0)).1, "students");
+        // The same names again (an API change) add nothing: 100 and 200 stay as they were.
+        for k in 0..2 * Naming::KEEP as u64 {
+            n.set(
+                300 + k,
+                names(&["guests", "pupils", "staff"], &["ads"], "laptop"),
+            );
+        }
+        assert_eq!(n.eras.len(), 3);
+        assert_eq!(named(&n, &event(150, 1, 0)).1, "staff");
         // Only the last KEEP configurations are kept.
         for k in 0..Naming::KEEP as u64 {
             n.set(1_000 + k, names(&[&format!("p{k}")], &[], "x"));
