@@ -3,7 +3,8 @@
 //! passes `promtool check metrics`, and has every metric the Grafana dashboard queries; the
 //! history has one row per logged decision and none for `log = none`; `forget` and `export`
 //! work per device; decisions made while no daemon ran are stored after a restart, under the
-//! policy they were decided under though the new configuration renumbers the policies; with
+//! device and policy they were decided for though the new configuration renumbers the policies
+//! and drops the device; with
 //! `pseudonymize = true` no device identifier is anywhere in the database files.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -343,8 +344,9 @@ fn metrics_and_history_match_what_was_sent() -> anyhow::Result<()> {
     assert!(log(&pins, &["--device", "tablet"])?.is_empty());
 
     // Decisions made while no daemon runs wait in the pinned ring. A daemon started on a
-    // configuration that lists a policy before the tablet's names them by the policy they
-    // were decided under, not by the one that has its number now.
+    // configuration that lists a policy before the tablet's, and no longer lists the tablet,
+    // names them by the device and the policy they were decided for, not by what has their
+    // numbers now.
     drop(daemon);
     for name in ["ads.example", "www.ads.example"] {
         assert_eq!(
@@ -353,7 +355,16 @@ fn metrics_and_history_match_what_was_sent() -> anyhow::Result<()> {
             "{name}"
         );
     }
-    pins.rewrite("", &body(&bed, "", GUESTS_FIRST))?;
+    let full = body(&bed, "", GUESTS_FIRST);
+    let without_tablet = full.replace(
+        &format!(
+            "[[device]]\nname = \"tablet\"\nmac = \"{}\"\npolicy = \"students\"\nimei = \"{IMEI}\"\n",
+            tablet.mac
+        ),
+        "",
+    );
+    assert_ne!(without_tablet, full);
+    pins.rewrite("", &without_tablet)?;
     let daemon = Daemon::start(&bed.gw, &pins, &["d1", "d2"])?;
     let mut rows = Vec::new();
     eventually("the decisions made while no daemon ran", || {

@@ -123,6 +123,9 @@ pub struct Running {
     pub filters: BTreeMap<LinkType, Filter>,
     pub attachments: Vec<Attachment>,
     pub applied: Applied,
+    /// The device slots the pinned maps recorded before this start applied its configuration
+    /// (slot -> name; empty for new maps): the filter's decisions before the start carry them.
+    pub previous_slots: BTreeMap<u32, String>,
 }
 
 /// The link type an interface is parsed as.
@@ -195,6 +198,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
         tracing::info!(dir = %pins.maps().display(), "adopted the pinned maps; counters continue");
     }
 
+    let previous_slots = apply::slot_names(&maps)?;
     let applied = apply::apply(&mut maps, config)?;
 
     // Pinned before attaching: from the moment a link runs this filter, its array outlives us.
@@ -243,6 +247,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
         filters,
         attachments,
         applied,
+        previous_slots,
     })
 }
 

@@ -295,15 +295,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let categories = category_names(&effective);
     let policies = policy_names(&effective);
     // Events the filter logged before this start (while no daemon ran, say) wait in the pinned
-    // ring: they are named with the configuration they were decided under.
+    // ring: they are named with the configuration they were decided under, devices that this
+    // one removed included.
     let mut naming = Naming::default();
     if !previous.policies.is_empty() {
         naming.set(
             0,
             Names {
+                slots: running.previous_slots.clone().into_iter().collect(),
                 policies: previous.policies,
                 categories: previous.categories,
-                ..Names::of(&effective, &running.applied.slots, None)
+                pseudonym: None,
             },
         );
     }
