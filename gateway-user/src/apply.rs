@@ -1092,7 +1092,7 @@ mod tests {
         // category, so the names are the same and the update is in place; the result is what
         // compiling the renumbered configuration anew gives, "fun" keeps its bit, and ads'
         // domains lose their rules.
-        let previous: Vec<String> = renamed.categories.iter().map(|c| c.name.clone()).collect();
+        let previous = renamed.category_names();
         let mut kept = fewer.clone();
         assert!(kept.keep_category_numbers(&previous).is_empty());
         assert_eq!(kept.categories.len(), previous.len());

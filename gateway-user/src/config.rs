@@ -779,6 +779,16 @@ impl Config {
         self.policies.iter().position(|p| p.name == name)
     }
 
+    /// The categories' names, in the order that numbers them in the kernel.
+    pub fn category_names(&self) -> Vec<String> {
+        self.categories.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The policies' names, in the order that numbers them in the kernel.
+    pub fn policy_names(&self) -> Vec<String> {
+        self.policies.iter().map(|p| p.name.clone()).collect()
+    }
+
     /// Numbers the categories as `previous` (the names in force, by number) did, so that the
     /// kernel's decision counters, which keep a category's number, keep its name across a
     /// reload or a restart: a category keeps its number; a new one takes the next number after
@@ -1984,7 +1994,7 @@ mod tests {
 
         // b comes back: its old number.
         let mut again = numbering_config(&["b", "d"], &["b"], &[]);
-        let previous: Vec<String> = c.categories.iter().map(|c| c.name.clone()).collect();
+        let previous = c.category_names();
         assert!(again.keep_category_numbers(&previous).is_empty());
         assert_eq!(category_names(&again), ["a", "b", "c", "dns-bypass", "d"]);
         assert!(again.categories[0].sources.is_empty());

@@ -84,6 +84,12 @@ pub struct ReloadStatus {
 }
 
 impl ReloadStatus {
+    /// Records how `config` (the configuration in force) numbers its categories and policies.
+    fn in_force(&mut self, config: &Config) {
+        self.categories = config.category_names();
+        self.policies = config.policy_names();
+    }
+
     /// Reads the status file (an absent or unreadable one is the zero status).
     pub fn read(path: &Path) -> Self {
         std::fs::read_to_string(path)
@@ -141,16 +147,6 @@ fn keep_category_numbers(config: &mut Config, previous: &[String]) {
             "64 category numbers in use: a new category takes a removed one's number; the decision counts of the removed one are now shown under the new one"
         );
     }
-}
-
-/// The names of `config`'s categories, in the order that numbers them in the kernel.
-fn category_names(config: &Config) -> Vec<String> {
-    config.categories.iter().map(|c| c.name.clone()).collect()
-}
-
-/// The names of `config`'s policies, in the order that numbers them in the kernel.
-fn policy_names(config: &Config) -> Vec<String> {
-    config.policies.iter().map(|p| p.name.clone()).collect()
 }
 
 /// What decides the kernel state of each device at `now`: its policy in force and suspension.
@@ -213,8 +209,7 @@ impl State {
         let a = apply::apply_at(&mut running.maps, &effective, now).context("writing the maps")?;
         tracing::debug!(generation = a.generation, changes = a.changes, "applied");
         running.applied = a;
-        self.status.categories = category_names(&effective);
-        self.status.policies = policy_names(&effective);
+        self.status.in_force(&effective);
         self.applied = signature(&effective, now);
         self.applied_config = effective;
         self.statuses = statuses;
@@ -292,8 +287,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(RUNTIME_DIR)
         .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
         .with_context(|| format!("writing {}", pid_path.display()))?;
-    let categories = category_names(&effective);
-    let policies = policy_names(&effective);
+    let mut status = ReloadStatus::default();
+    status.in_force(&effective);
     // Events the filter logged before this start (while no daemon ran, say) wait in the pinned
     // ring: they are named with the configuration they were decided under, devices that this
     // one removed included.
@@ -315,11 +310,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         applied_config: effective,
         statuses,
         lifecycle,
-        status: ReloadStatus {
-            categories,
-            policies,
-            ..ReloadStatus::default()
-        },
+        status,
         status_path: runtime_file(&running.pins.root, "status"),
         names: Arc::new(RwLock::new(naming)),
         keep: Arc::new(RwLock::new(config.history.clone())),

@@ -363,8 +363,8 @@ impl Names {
     ) -> Self {
         Self {
             slots: slots.iter().map(|(n, s)| (*s, n.clone())).collect(),
-            policies: config.policies.iter().map(|p| p.name.clone()).collect(),
-            categories: config.categories.iter().map(|c| c.name.clone()).collect(),
+            policies: config.policy_names(),
+            categories: config.category_names(),
             pseudonym: config
                 .history
                 .pseudonymize

@@ -126,7 +126,7 @@ impl TestRunner {
             .iter()
             .map(|(n, s)| (*s, n.clone()))
             .collect();
-        self.policy_names = config.policies.iter().map(|p| p.name.clone()).collect();
+        self.policy_names = config.policy_names();
         Ok(())
     }
 
