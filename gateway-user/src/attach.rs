@@ -198,7 +198,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
         tracing::info!(dir = %pins.maps().display(), "adopted the pinned maps; counters continue");
     }
 
-    let previous_slots = apply::slot_names(&maps)?;
+    let previous_slots = crate::stats::device_slots(&maps)?;
     let applied = apply::apply(&mut maps, config)?;
 
     // Pinned before attaching: from the moment a link runs this filter, its array outlives us.

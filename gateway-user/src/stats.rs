@@ -284,6 +284,21 @@ fn frames_of(t: &DeviceTraffic) -> Counter {
     }
 }
 
+/// The device slots the maps record (slot -> name): one batched read where the kernel has
+/// batch operations, else a lookup per slot.
+pub fn device_slots(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
+    Ok(
+        match batch_read::<u32, DeviceName>(maps.device_names.map(), None)? {
+            Some(all) => all
+                .into_iter()
+                .filter(|(slot, _)| *slot != 0)
+                .filter_map(|(slot, n)| Some((slot, n.as_str()?.to_string())))
+                .collect(),
+            None => slot_names(maps)?,
+        },
+    )
+}
+
 /// Zeroes a device slot before it is given to another device, and adds what it had counted to
 /// the retired traffic (see `reason_counters`). Nothing counts into the slot meanwhile:
 /// `apply::assign_slots` reuses only slots released by an earlier apply, whose generations (and
@@ -339,14 +354,7 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
         }
     }
 
-    let mut names = match batch_read::<u32, DeviceName>(maps.device_names.map(), None)? {
-        Some(all) => all
-            .into_iter()
-            .filter(|(slot, _)| *slot != 0)
-            .filter_map(|(slot, n)| Some((slot, n.as_str()?.to_string())))
-            .collect(),
-        None => slot_names(maps)?,
-    };
+    let mut names = device_slots(maps)?;
     names.insert(UNKNOWN_SLOT, UNKNOWN_DEVICE.to_string());
     let traffic: Option<HashMap<u32, DeviceTraffic>> =
         batch_read::<u32, DeviceTraffic>(maps.device_traffic.map(), Some(Summable::add))?
