@@ -6,8 +6,8 @@
 //! accounting reads for an empty XDP program in the same run (its clock reads and the call),
 //! plus the daemon's process CPU time (draining decision events into the history); for dnsmasq
 //! and unbound their process CPU time (the scheduler's per-thread nanoseconds). Work common to
-//! all (veths, the client's stack) is not counted. All servers run back to back in each of `ROUNDS` rounds; the table
-//! shows medians, and each round's ratio to the gateway.
+//! all (veths, the client's stack) is not counted. All servers run back to back in each of
+//! `ROUNDS` rounds; the table shows medians, and each round's ratio to the gateway.
 
 use std::{
     collections::BTreeSet,
