@@ -1,3 +1,5 @@
+//! `labelled_enum!`: enums whose discriminants index kernel counters, declared with their labels.
+
 /// Declares a `#[repr(u32)]` enum whose discriminants index kernel counters, together with its
 /// metric label, a checked conversion from `u32`, and the list of all values. Counter indices and
 /// labels therefore come from one definition.

@@ -23,6 +23,8 @@ pub const MAX_DEVICES: u32 = 16_384;
 pub const DEVICE_SLOTS: u32 = MAX_DEVICES + 1;
 /// The slot that counts traffic of devices that are in no inventory.
 pub const UNKNOWN_SLOT: u32 = 0;
+/// The name `gateway stats`, `/metrics` and the history show for `UNKNOWN_SLOT`.
+pub const UNKNOWN_DEVICE: &str = "(unknown)";
 /// Policies per generation.
 pub const MAX_POLICIES: u32 = 64;
 /// Buckets of the MAC table per generation (4 slots each; kept at most half full).

@@ -8,6 +8,7 @@
 // Inline asm (the verifier-shaped bounds check in `packet_bytes`) is unstable on the BPF target.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+mod answer;
 mod device;
 mod dns;
 mod maps;

@@ -352,7 +352,7 @@ pub fn judge(
     let verdict = if policy.flags & POLICY_TLS_DROP != 0 {
         Verdict::Drop
     } else {
-        dns::reset(ctx, f)
+        crate::answer::reset(ctx, f)
     };
     TlsOutcome {
         verdict,

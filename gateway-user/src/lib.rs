@@ -1,43 +1,29 @@
 //! The gateway daemon and CLI, as a library: the `gateway` binary, the benchmarks and the
 //! integration tests all use it.
 //!
-//! One module per concern: `config` (gateway.toml) -> `apply` (maps, generations) ->
-//! `kernel` (objects, maps) -> `attach` (interfaces, pins); `stats` reads counters; `capture`,
-//! `testrun` and `replay` run captures through the real program; `bench` measures it.
+//! One folder per concern, and imports go one way only, down this list (a test in `xtask`,
+//! `cargo xtask test`'s layout check, fails on an import against it):
+//!
+//! - `cli`: the verbs (arguments, dispatch, tables, JSON).
+//! - `daemon`: `gateway run`, the composition root: the run loop, reloads, schedules and
+//!   lifecycle following, publishing state.
+//! - `control` (the HTTP API, its requests, the lifecycle store) and, beside it, `offline`
+//!   (replay, test runs, captures, frame building, `check`), which only `cli`, the benchmarks
+//!   and the tests import.
+//! - `observe`: metrics, the status file, counter snapshots, the decision history.
+//! - `kernel`: loading, attaching and pinning, writing maps (apply), reading them (counters).
+//! - `config`: the model, parsing with locations, validation, inventories, schedules, lists,
+//!   and the compilation into map contents.
+//! - the leaves: `errors` (`BadInput`, `ConfigErrors`, `is_bad_input`) and `secret`.
 
-pub mod api;
-pub mod apply;
-pub mod attach;
-pub mod batch;
-pub mod bench;
-pub mod capture;
-pub mod check;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod frames;
-pub mod history;
+mod errors;
 pub mod kernel;
-pub mod lifecycle;
-pub mod lists;
-pub mod metrics;
-pub mod mmap;
-pub mod notify;
-pub mod replay;
+pub mod observe;
+pub mod offline;
 pub mod secret;
-pub mod sni;
-pub mod stats;
-pub mod sys;
-pub mod testrun;
 
-/// An error caused by what the user gave us (exit code 2), as opposed to a runtime failure
-/// (exit code 1).
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
-
-/// Whether `err` was caused by bad input anywhere in its chain.
-pub fn is_bad_input(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|e| e.is::<BadInput>() || e.is::<config::ConfigErrors>())
-}
+pub use errors::{BadInput, ConfigError, ConfigErrors, is_bad_input};

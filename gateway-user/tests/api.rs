@@ -11,12 +11,13 @@ use axum::{
 };
 use gateway_common::enums::LinkType;
 use gateway_user::{
-    api::{self, Shared},
     config::Config,
-    control::Request,
-    lifecycle::ControlError,
-    metrics,
-    testrun::TestRunner,
+    control::{
+        ControlError, Request,
+        http::{self as api, Shared},
+    },
+    observe::metrics,
+    offline::testrun::TestRunner,
 };
 use proptest::prelude::*;
 use tower::ServiceExt as _;

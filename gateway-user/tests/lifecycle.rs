@@ -5,9 +5,14 @@
 use gateway_common::enums::{LinkType, Reason, Verdict};
 use gateway_user::{
     config::Config,
-    frames::{self, L2, L3, L4},
-    lifecycle::{self, ControlError, Store},
-    testrun::TestRunner,
+    control::{
+        ControlError,
+        lifecycle::{self, Store},
+    },
+    offline::{
+        frames::{self, L2, L3, L4},
+        testrun::TestRunner,
+    },
 };
 
 const CONFIG: &str = r#"

@@ -4,7 +4,10 @@
 
 use std::{path::PathBuf, process::Command};
 
-use gateway_user::{capture, config::Config, replay};
+use gateway_user::{
+    config::Config,
+    offline::{capture, replay},
+};
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pcaps")

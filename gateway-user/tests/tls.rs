@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use gateway_user::{
+use gateway_user::offline::{
     capture,
     sni::{Follower, Outcome},
 };
@@ -52,7 +52,8 @@ fn every_client_hello_yields_the_name_tshark_reports() {
         let mut names = Vec::new();
         let mut started = std::collections::HashMap::new();
         for f in &frames {
-            if let Some((key, _, payload)) = gateway_user::sni::tcp_segment(&f.data, f.link)
+            if let Some((key, _, payload)) =
+                gateway_user::offline::sni::tcp_segment(&f.data, f.link)
                 && !payload.is_empty()
             {
                 started.entry(key).or_insert(f.number);
@@ -89,11 +90,13 @@ mod kernel {
         tls::{Hello, HelloWalk, NameBuf, walk_segment},
     };
     use gateway_user::{
-        capture,
         config::Config,
-        frames::{self, L2, L3, L4, TcpFlags},
-        sni::tcp_segment,
-        testrun::{RunResult, TestRunner},
+        offline::{
+            capture,
+            frames::{self, L2, L3, L4, TcpFlags},
+            sni::tcp_segment,
+            testrun::{RunResult, TestRunner},
+        },
     };
 
     const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -493,7 +496,7 @@ mod properties {
     //! never panic and always end; an intact one split anywhere gives the same name.
 
     use gateway_common::tls::{Hello, HelloWalk, NameBuf, walk_segment};
-    use gateway_user::frames::client_hello;
+    use gateway_user::offline::frames::client_hello;
     use proptest::prelude::*;
 
     /// Walks `data` cut at `cuts` (sorted, deduplicated), as consecutive segments.

@@ -5,6 +5,7 @@
 
 mod bench_dns;
 mod demo;
+mod layout;
 mod setup;
 
 use std::{
@@ -59,6 +60,9 @@ enum Cmd {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// The layout check (also the first step of `test`): module docs, file sizes, and the
+    /// daemon crate's import graph between folders, which it prints.
+    Layout,
     /// The benchmarks (release build), printed as tables with ratios to the baselines.
     Bench {
         /// Extra arguments for the benchmark binary (e.g. --json).
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test(filter.as_deref())
         }
+        Cmd::Layout => layout::run(&root(), true),
         Cmd::Bench { args } => {
             setup::run()?;
             bench(&args)
@@ -166,6 +171,7 @@ fn run(ifaces: &[String], config: Option<&Path>, detach_on_exit: bool) -> anyhow
 }
 
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
+    layout::run(&root(), false)?;
     step("cargo", &["fmt", "--all", "--", "--check"])?;
     // The default members (everything but the eBPF crate) on the host...
     step(
@@ -220,8 +226,6 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "--release",
         "--quiet",
         "--package",
-        "gateway-user",
-        "--bin",
         "gateway-bench",
         "--",
     ];

@@ -1,0 +1,213 @@
+//! `gateway run`: the composition root. It attaches the filter, starts the recorder and the
+//! HTTP listener, then keeps the configuration current until told to stop.
+//!
+//! Stopping the daemon (SIGTERM, SIGINT, a crash, SIGKILL) leaves the filter attached and
+//! enforcing the last configuration; `gateway detach` removes it. The configuration is reloaded
+//! on SIGHUP (`gateway reload` sends it) and when one of its files changes; one that fails
+//! validation is rejected and the running one stays. Schedules switch policies at their window
+//! boundaries (checked every second) by applying a new generation.
+
+mod notify;
+mod reload;
+mod state;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use self::{
+    notify::notify,
+    reload::{interfaces, keep_category_numbers, mtimes, reload},
+    state::{State, control, follow, lay_over, open_state, signature},
+};
+use crate::{
+    config::Config,
+    control::http,
+    kernel::{Maps, attach},
+    observe::{
+        history::{Names, Naming, Recorder},
+        metrics,
+        status::{RUNTIME_DIR, ReloadStatus, runtime_file},
+    },
+};
+
+/// What `run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    /// Interfaces from the command line; they replace the configuration's.
+    pub interfaces: Vec<String>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, or until the filter is detached from outside.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let mut config = Config::resolve(opts.config.as_deref())?;
+    // Counters pinned by an earlier daemon keep its category numbers (none pinned: nothing
+    // to keep, whatever an old status file says).
+    let pinned = attach::Pins::new(&config.bpffs)
+        .maps()
+        .join(gateway_common::maps::names::DECISIONS)
+        .exists();
+    let previous = if pinned {
+        ReloadStatus::read(&runtime_file(&config.bpffs, "status"))
+    } else {
+        ReloadStatus::default()
+    };
+    keep_category_numbers(&mut config, &previous.categories);
+    let ifaces = interfaces(&opts, &config);
+    let (pseudonym, store, lifecycle) = open_state(&config);
+    // The lifecycle is laid over the file before the first apply: a device suspended through
+    // the API stays suspended across a restart, without a moment unsuspended.
+    let now = jiff::Timestamp::now();
+    let (effective, statuses) = lay_over(&config, lifecycle.as_ref(), now)?;
+    let mut running = attach::start(&effective, &ifaces)?;
+    let pid_path = runtime_file(&running.pins.root, "pid");
+    std::fs::create_dir_all(RUNTIME_DIR)
+        .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
+        .with_context(|| format!("writing {}", pid_path.display()))?;
+    let mut status = ReloadStatus::default();
+    status.in_force(&effective);
+    // Events the filter logged before this start (while no daemon ran, say) wait in the pinned
+    // ring: they are named with the configuration they were decided under, devices that this
+    // one removed included.
+    let mut naming = Naming::default();
+    if !previous.policies.is_empty() {
+        naming.set(
+            0,
+            Names {
+                slots: running.previous_slots.clone().into_iter().collect(),
+                policies: previous.policies,
+                categories: previous.categories,
+                pseudonym: None,
+            },
+        );
+    }
+    let mut state = State {
+        mtimes: mtimes(&config.files),
+        applied: signature(&effective, now),
+        applied_config: effective,
+        statuses,
+        lifecycle,
+        status,
+        status_path: runtime_file(&running.pins.root, "status"),
+        names: Arc::new(RwLock::new(naming)),
+        keep: Arc::new(RwLock::new(config.history.clone())),
+        shared: None,
+        pseudonym,
+        recorder_stats: None,
+        config,
+    };
+    state.status.write(&state.status_path);
+    // The recorder names what it drains from the start (`publish` runs again once the HTTP
+    // handlers are up).
+    state.publish(&running);
+    // The recorder owns the event ring; the HTTP handlers get map handles of their own.
+    let recorder = match running.maps.take_events() {
+        Ok(ring) => {
+            let r = Recorder::start(ring, store, state.names.clone(), state.keep.clone());
+            state.recorder_stats = Some(r.stats.clone());
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot open the event ring: no decision history");
+            None
+        }
+    };
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<http::Command>(64);
+    let token = match crate::control::token::load_or_create_token(&state.config.api.token_file) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "no API token: /api/v1/ refuses every request");
+            None
+        }
+    };
+    match Maps::from_pins(&running.pins.maps()) {
+        Ok(m) => {
+            let shared = Arc::new(http::Shared {
+                maps: Mutex::new(m),
+                info: RwLock::new(metrics::Info {
+                    config: Arc::new(state.applied_config.clone()),
+                    status: state.status.clone(),
+                    domains: 0,
+                    recorder: state.recorder_stats.clone(),
+                    pseudonym: state.pseudonym.clone(),
+                }),
+                token,
+                commands: commands_tx,
+            });
+            let listen = state.config.api.listen;
+            tokio::spawn({
+                let shared = shared.clone();
+                async move {
+                    if let Err(e) = http::serve(listen, shared).await {
+                        tracing::error!(error = %format!("{e:#}"), "HTTP listener failed: no /metrics and no API (the filter runs on)");
+                    }
+                }
+            });
+            state.shared = Some(shared);
+        }
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot open the maps for /metrics"),
+    }
+    state.publish(&running);
+    let config = &state.config;
+    for a in &running.attachments {
+        tracing::info!(iface = %a.iface, mode = a.mode.label(), link = a.link.label(), adopted = a.adopted, "filtering");
+    }
+    tracing::info!(
+        config = %config.source.display(),
+        devices = config.devices.len(),
+        policies = config.policies.len(),
+        pins = %running.pins.root.display(),
+        "gateway running"
+    );
+
+    notify(&format!(
+        "READY=1\nSTATUS=filtering on {} interface(s)",
+        running.attachments.len()
+    ));
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&opts, &mut running, &mut state, "signal"),
+            Some((req, reply)) = commands.recv() => {
+                let answer = control(&mut running, &mut state, req, jiff::Timestamp::now());
+                let _ = reply.send(answer);
+            }
+            _ = tick.tick() => {
+                if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
+                    tracing::info!("the filter was detached (gateway detach); exiting");
+                    let _ = std::fs::remove_file(&pid_path);
+                    if let Some(r) = recorder {
+                        r.stop();
+                    }
+                    return Ok(());
+                }
+                let now = mtimes(&state.config.files);
+                if now != state.mtimes {
+                    // Recorded first: a rejected file is not retried until it changes again.
+                    state.mtimes = now;
+                    reload(&opts, &mut running, &mut state, "watch");
+                }
+                follow(&mut running, &mut state, jiff::Timestamp::now());
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&pid_path);
+    notify("STOPPING=1");
+    if let Some(r) = recorder {
+        r.stop();
+    }
+    tracing::info!("exiting; the filter stays attached and enforcing (gateway detach removes it)");
+    Ok(())
+}

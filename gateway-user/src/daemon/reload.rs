@@ -1,0 +1,104 @@
+//! Reloads: the configuration read again, validated and applied as a difference, the running
+//! one kept when the new one is rejected.
+
+use std::{path::PathBuf, time::SystemTime};
+
+use super::{RunOptions, notify::notify, state::State};
+use crate::{
+    config::{Config, Interface, LinkSetting},
+    kernel::attach::Running,
+};
+
+pub(super) fn interfaces(opts: &RunOptions, config: &Config) -> Vec<Interface> {
+    if opts.interfaces.is_empty() {
+        config.interfaces.clone()
+    } else {
+        opts.interfaces
+            .iter()
+            .map(|n| Interface {
+                name: n.clone(),
+                link: LinkSetting::Auto,
+            })
+            .collect()
+    }
+}
+
+/// `Config::keep_category_numbers`, saying which removed category's number was given to a
+/// new one.
+pub(super) fn keep_category_numbers(config: &mut Config, previous: &[String]) {
+    for (gone, new) in config.keep_category_numbers(previous) {
+        tracing::warn!(
+            removed = gone.as_str(),
+            category = new.as_str(),
+            "64 category numbers in use: a new category takes a removed one's number; the decision counts of the removed one are now shown under the new one"
+        );
+    }
+}
+
+pub(super) fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Re-reads the configuration and applies it; keeps the running one if the new one is bad.
+/// The outcome is logged and counted in the status file `gateway reload` reads.
+pub(super) fn reload(opts: &RunOptions, running: &mut Running, state: &mut State, trigger: &str) {
+    notify("RELOADING=1");
+    let result = try_reload(opts, running, state);
+    state.status.last_trigger = Some(trigger.to_string());
+    match result {
+        Ok(()) => {
+            state.status.reloads += 1;
+            state.status.last_ok = Some(true);
+            state.status.last_error = None;
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::error!(trigger, error = %e, "reload rejected; the running configuration stays");
+            state.status.failed += 1;
+            state.status.last_ok = Some(false);
+            state.status.last_error = Some(e);
+        }
+    }
+    state.status.write(&state.status_path);
+    state.publish(running);
+    notify("READY=1");
+}
+
+fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> anyhow::Result<()> {
+    let mut config = Config::resolve(opts.config.as_deref())?;
+    keep_category_numbers(&mut config, &state.status.categories);
+    let wanted = interfaces(opts, &config);
+    let current: Vec<&str> = running
+        .attachments
+        .iter()
+        .map(|a| a.iface.as_str())
+        .collect();
+    if wanted.iter().map(|i| i.name.as_str()).collect::<Vec<_>>() != current {
+        tracing::warn!(
+            "interface changes take effect at the next start; applying policies and devices now"
+        );
+    }
+    if config.bpffs != running.pins.root {
+        tracing::warn!("bpffs changes take effect at the next start");
+    }
+    if config.api.listen != state.config.api.listen
+        || config.state_dir != state.config.state_dir
+        || config.api.token_file != state.config.api.token_file
+    {
+        tracing::warn!(
+            "[api] listen and token_file and [gateway] state_dir changes take effect at the next start"
+        );
+    }
+    let files = mtimes(&config.files);
+    state.apply(running, config, jiff::Timestamp::now())?;
+    state.mtimes = files;
+    tracing::info!(
+        generation = running.applied.generation,
+        changes = running.applied.changes,
+        "reloaded"
+    );
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The decision history: the kernel's decision events, stored in SQLite (WAL) under the state
+//! directory, kept by age and by count, queried by `gateway log`, erased per device by
+//! `gateway forget` and exported by `gateway export`.
+//!
+//! The daemon drains the event ring on a thread of its own (`Recorder`) and writes each drain in
+//! one transaction. With `pseudonymize = true` the device column holds a keyed hash of the device
+//! name (`Pseudonym`, key in the state directory, mode 0600) instead of the name; no address,
+//! MAC or other identifier is ever stored.
+
+mod pseudonym;
+mod query;
+mod recorder;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+
+pub use pseudonym::Pseudonym;
+pub use query::{Filter, Query, device_keys, parse_time, render};
+pub use recorder::{Names, Naming, Recorder, RecorderStats, wall_ms};
+pub use store::Store;
+
+pub const DATABASE: &str = "history.sqlite";
+/// The pseudonymisation key in the state directory.
+pub const KEY_FILE: &str = "pseudonym.key";
+
+/// One stored decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// The device name, or its pseudonym.
+    pub device: String,
+    pub policy: String,
+    pub protocol: String,
+    /// The DNS query name or the TLS server name.
+    pub name: String,
+    pub qtype: u16,
+    pub action: String,
+    pub reason: String,
+    pub category: Option<String>,
+}

@@ -1,0 +1,488 @@
+//! `/metrics`: the kernel counters (summed in `stats`) and the daemon's state, in the Prometheus
+//! text exposition (OpenMetrics) format, every name prefixed `gateway_`.
+//!
+//! Device labels follow `[api] device_labels`: the device's pseudonym by default (aggregates
+//! carry no device names unless the operator says so), its name, or no per-device series.
+
+use std::collections::HashMap;
+
+use gateway_common::{
+    enums::Reason,
+    maps::{DEVICE_SLOTS, MAX_DECISION_KEYS, UNKNOWN_DEVICE},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::{
+    history::{Pseudonym, RecorderStats},
+    stats::Snapshot,
+    status::ReloadStatus,
+};
+use crate::config::{Config, DeviceLabels};
+
+/// What the daemon knows beyond the kernel counters.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub config: std::sync::Arc<Config>,
+    pub status: ReloadStatus,
+    /// Domains in the active domain table.
+    pub domains: usize,
+    pub recorder: Option<std::sync::Arc<RecorderStats>>,
+    /// For `device_labels = "pseudonym"`.
+    pub pseudonym: Option<Pseudonym>,
+}
+
+/// Reasons that mean a frame or a query could not be parsed.
+pub const PARSE_FAILURES: &[Reason] = &[
+    Reason::TruncatedL2,
+    Reason::VlanLimit,
+    Reason::TruncatedL3,
+    Reason::BadL3,
+    Reason::Ipv6ExtLimit,
+    Reason::TruncatedL4,
+    Reason::DnsNotQuery,
+    Reason::DnsQdcount,
+    Reason::DnsTruncated,
+    Reason::DnsCompression,
+    Reason::DnsLabelTooLong,
+    Reason::DnsNameTooLong,
+    Reason::DnsEmptyName,
+    Reason::DnsBadChar,
+    Reason::TlsUnparsed,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrameLabels {
+    verdict: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    device: String,
+    policy: String,
+    protocol: String,
+    action: String,
+    reason: String,
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    device: String,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    interface: String,
+    mode: String,
+    link: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+fn counter<
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<L, Counter> {
+    let f = Family::<L, Counter>::default();
+    r.register(name, help, f.clone());
+    f
+}
+
+fn gauge<
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<L, Gauge> {
+    let f = Family::<L, Gauge>::default();
+    r.register(name, help, f.clone());
+    f
+}
+
+fn plain_counter(r: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    r.register(name, help, c);
+}
+
+fn plain_gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    r.register(name, help, g);
+}
+
+/// The metrics for `s` and `info` as exposition text.
+pub fn render(s: &Snapshot, info: &Info, now: jiff::Timestamp) -> anyhow::Result<String> {
+    let config = &info.config;
+    let mut r = Registry::default();
+
+    // Devices: their label and the policy in force now.
+    let effective = config.effective_policies(now);
+    let policy_name = |id: usize| {
+        config
+            .policies
+            .get(id)
+            .map_or_else(|| format!("policy-{id}"), |p| p.name.clone())
+    };
+    let mut device_policy: HashMap<&str, String> = config
+        .devices
+        .iter()
+        .zip(&effective)
+        .map(|(d, p)| (d.name.as_str(), policy_name(*p)))
+        .collect();
+    device_policy.insert(UNKNOWN_DEVICE, policy_name(config.unknown_policy));
+    let label = |device: &str| -> String {
+        match config.api.device_labels {
+            DeviceLabels::Name => device.to_string(),
+            DeviceLabels::None => String::new(),
+            DeviceLabels::Pseudonym if device == UNKNOWN_DEVICE => device.to_string(),
+            DeviceLabels::Pseudonym => info
+                .pseudonym
+                .as_ref()
+                .map_or_else(String::new, |p| p.of(device)),
+        }
+    };
+    let policy_of = |device: &str| device_policy.get(device).cloned().unwrap_or_default();
+
+    let frames: Family<FrameLabels, Counter> = counter(
+        &mut r,
+        "gateway_frames",
+        "Frames the XDP program judged, by verdict and reason",
+    );
+    let bytes: Family<FrameLabels, Counter> = counter(
+        &mut r,
+        "gateway_frame_bytes",
+        "Bytes of the frames the XDP program judged, by verdict and reason",
+    );
+    let parse: Family<ReasonLabel, Counter> = counter(
+        &mut r,
+        "gateway_parse_failures",
+        "Frames and queries that could not be parsed, by reason (passed unjudged unless on_parse_error = block)",
+    );
+    // Every parse-failure reason has a series from the start (rate() needs the zero).
+    for reason in PARSE_FAILURES {
+        parse
+            .get_or_create(&ReasonLabel {
+                reason: reason.label().to_string(),
+            })
+            .inc_by(0);
+    }
+    let mut fragments = 0;
+    for row in &s.reasons {
+        let l = FrameLabels {
+            verdict: row.verdict.to_string(),
+            reason: row.reason.to_string(),
+        };
+        frames.get_or_create(&l).inc_by(row.packets);
+        bytes.get_or_create(&l).inc_by(row.bytes);
+        if PARSE_FAILURES.iter().any(|p| p.label() == row.reason) {
+            parse
+                .get_or_create(&ReasonLabel {
+                    reason: row.reason.to_string(),
+                })
+                .inc_by(row.packets);
+        }
+        if row.reason == Reason::Fragment.label() {
+            fragments += row.packets;
+        }
+    }
+    plain_counter(
+        &mut r,
+        "gateway_frames_seen",
+        "Frames the XDP program saw",
+        s.totals.packets,
+    );
+    plain_counter(
+        &mut r,
+        "gateway_frames_passed",
+        "Frames passed to the network stack",
+        s.totals.passed,
+    );
+    plain_counter(
+        &mut r,
+        "gateway_frames_dropped",
+        "Frames dropped (blocked, suspended)",
+        s.totals.dropped,
+    );
+    plain_counter(
+        &mut r,
+        "gateway_frames_answered",
+        "Frames answered from the kernel (DNS answers, TCP resets)",
+        s.totals.transmitted,
+    );
+    plain_counter(
+        &mut r,
+        "gateway_fragments",
+        "Non-first IP fragments (passed: they carry no ports)",
+        fragments,
+    );
+
+    let decisions: Family<DecisionLabels, Counter> = counter(
+        &mut r,
+        "gateway_decisions",
+        "Decisions on names, ports and devices, by device, policy in force, protocol, action, reason and category",
+    );
+    for d in &s.decisions {
+        let category = d
+            .category
+            .and_then(|c| config.categories.get(usize::from(c)))
+            .map_or_else(String::new, |c| c.name.clone());
+        decisions
+            .get_or_create(&DecisionLabels {
+                device: label(&d.device),
+                policy: policy_of(&d.device),
+                protocol: d.proto.to_string(),
+                action: d.action.to_string(),
+                reason: d.reason.to_string(),
+                category,
+            })
+            .inc_by(d.count);
+    }
+
+    if config.api.device_labels != DeviceLabels::None {
+        let dev_frames: Family<DeviceLabel, Counter> =
+            counter(&mut r, "gateway_device_frames", "Frames from each device");
+        let dev_bytes: Family<DeviceLabel, Counter> =
+            counter(&mut r, "gateway_device_bytes", "Bytes from each device");
+        let dev_dropped: Family<DeviceLabel, Counter> = counter(
+            &mut r,
+            "gateway_device_dropped_frames",
+            "Frames from each device that were dropped",
+        );
+        for d in &s.devices {
+            let l = DeviceLabel {
+                device: label(&d.device),
+                policy: policy_of(&d.device),
+            };
+            dev_frames.get_or_create(&l).inc_by(d.packets);
+            dev_bytes.get_or_create(&l).inc_by(d.bytes);
+            dev_dropped.get_or_create(&l).inc_by(d.dropped_packets);
+        }
+    }
+    let per_policy: Family<PolicyLabel, Gauge> = gauge(
+        &mut r,
+        "gateway_devices",
+        "Configured devices by the policy in force now",
+    );
+    for p in &config.policies {
+        // Every policy has a series, 0 when no device is in it.
+        per_policy
+            .get_or_create(&PolicyLabel {
+                policy: p.name.clone(),
+            })
+            .set(0);
+    }
+    for p in &effective {
+        per_policy
+            .get_or_create(&PolicyLabel {
+                policy: policy_name(*p),
+            })
+            .inc();
+    }
+
+    let global = |k: &str| s.global.get(k).copied().unwrap_or(0);
+    plain_counter(
+        &mut r,
+        "gateway_events_lost",
+        "Decision events lost because the event ring was full",
+        global("ring_lost"),
+    );
+    plain_counter(
+        &mut r,
+        "gateway_decision_map_full",
+        "Decisions that could not be counted per device because the decision map was full",
+        global("decision_map_full"),
+    );
+    plain_counter(
+        &mut r,
+        "gateway_tls_flows_evicted",
+        "TLS flow states evicted from the flow table before their walk ended",
+        global("flows_evicted"),
+    );
+    plain_counter(
+        &mut r,
+        "gateway_tls_flow_names_lost",
+        "ClientHellos whose partial server name was evicted",
+        global("flow_name_lost"),
+    );
+
+    let entries: Family<MapLabel, Gauge> = gauge(
+        &mut r,
+        "gateway_map_entries",
+        "Entries in use in the kernel tables",
+    );
+    let capacity: Family<MapLabel, Gauge> = gauge(
+        &mut r,
+        "gateway_map_capacity",
+        "Capacity of the kernel tables",
+    );
+    let slots_used = s
+        .devices
+        .iter()
+        .filter(|d| d.device != UNKNOWN_DEVICE)
+        .count();
+    for (map, used, cap) in [
+        (
+            "domains",
+            info.domains as u64,
+            u64::from(config.max_domains),
+        ),
+        ("tls_flows", s.tls_flows, u64::from(config.max_tls_flows)),
+        (
+            "decisions",
+            s.decision_keys as u64,
+            u64::from(MAX_DECISION_KEYS),
+        ),
+        ("devices", slots_used as u64, u64::from(DEVICE_SLOTS - 1)),
+    ] {
+        let l = MapLabel { map: map.into() };
+        entries.get_or_create(&l).set(used as i64);
+        capacity.get_or_create(&l).set(cap as i64);
+    }
+
+    plain_counter(
+        &mut r,
+        "gateway_reloads",
+        "Configuration reloads applied",
+        info.status.reloads,
+    );
+    plain_counter(
+        &mut r,
+        "gateway_reloads_failed",
+        "Configuration reloads rejected (invalid) or failed (the running configuration stayed)",
+        info.status.failed,
+    );
+    plain_counter(
+        &mut r,
+        "gateway_schedule_switches",
+        "Policy switches at schedule window boundaries",
+        info.status.schedule_switches,
+    );
+    plain_gauge(
+        &mut r,
+        "gateway_generation",
+        "The configuration generation in force (0 or 1)",
+        i64::from(s.generation),
+    );
+    let attached: Family<InterfaceLabels, Gauge> = gauge(
+        &mut r,
+        "gateway_interface_attached",
+        "Interfaces the filter is attached to, with the XDP mode and link type",
+    );
+    for i in &s.interfaces {
+        attached
+            .get_or_create(&InterfaceLabels {
+                interface: i.name.clone(),
+                mode: i.mode.to_string(),
+                link: i.link.to_string(),
+            })
+            .set(1);
+    }
+
+    let rec = info.recorder.as_deref();
+    let load = |f: fn(&RecorderStats) -> &std::sync::atomic::AtomicU64| {
+        rec.map_or(0, |s| f(s).load(std::sync::atomic::Ordering::Relaxed))
+    };
+    plain_counter(
+        &mut r,
+        "gateway_history_events",
+        "Decision events read from the kernel ring",
+        load(|s| &s.events),
+    );
+    plain_counter(
+        &mut r,
+        "gateway_history_rows_written",
+        "Decisions stored in the history",
+        load(|s| &s.rows_written),
+    );
+    plain_counter(
+        &mut r,
+        "gateway_history_rows_deleted",
+        "History rows deleted by retention (age or count)",
+        load(|s| &s.rows_deleted),
+    );
+    plain_counter(
+        &mut r,
+        "gateway_history_write_errors",
+        "Batches of decisions the history could not store",
+        load(|s| &s.write_errors),
+    );
+    plain_gauge(
+        &mut r,
+        "gateway_history_rows",
+        "Rows in the history at the last retention pass",
+        load(|s| &s.rows) as i64,
+    );
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r)
+        .map_err(|e| anyhow::anyhow!("encoding the metrics: {e}"))?;
+    Ok(out)
+}
+
+/// The OpenMetrics text `render` gives, in the Prometheus text format (0.0.4) that scrapers
+/// without OpenMetrics and `promtool check metrics` read: a counter family is named with its
+/// `_total` suffix in `HELP` and `TYPE`, and the `# EOF` and `# UNIT` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 16);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_in_the_prometheus_format() {
+        let om = "# HELP gateway_reloads Reloads applied.\n# TYPE gateway_reloads counter\ngateway_reloads_total 3\n# HELP gateway_generation The generation.\n# TYPE gateway_generation gauge\ngateway_generation 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP gateway_reloads_total Reloads applied.\n# TYPE gateway_reloads_total counter\ngateway_reloads_total 3\n# HELP gateway_generation The generation.\n# TYPE gateway_generation gauge\ngateway_generation 1\n"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! `gateway check`: the configuration validated and compiled as `run` would, without touching
+//! the kernel, and a summary of what it holds and what it will take.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use anyhow::anyhow;
+use gateway_common::maps::names;
+use serde::Serialize;
+
+use crate::{
+    config::{Config, Desired, domain_buckets},
+    kernel::FILTER_OBJECT,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryRow {
+    pub name: String,
+    /// Distinct domains the category blocks.
+    pub domains: usize,
+    /// Distinct `@@` exceptions.
+    pub exceptions: usize,
+    /// List files read.
+    pub lists: usize,
+    /// Lines skipped in its lists (syntax that does not apply to DNS, or not a domain).
+    pub skipped: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRow {
+    pub name: String,
+    pub devices: usize,
+    pub allow: usize,
+    pub block: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MapRow {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// What `gateway check` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub config: String,
+    pub categories: Vec<CategoryRow>,
+    pub policies: Vec<PolicyRow>,
+    pub devices: usize,
+    /// Distinct domains in the domain table (every category and policy entry).
+    pub domains: usize,
+    /// The domain table's capacity (`max_domains`).
+    pub max_domains: u32,
+    /// Kernel memory of the filter's maps (both generations), bytes.
+    pub kernel_bytes: u64,
+    /// The largest maps.
+    pub maps: Vec<MapRow>,
+}
+
+/// Kernel memory the maps take with `config`: key and value of every entry the maps are sized
+/// for (both generations; per-CPU maps once per CPU; hash maps also pay ~64 bytes of kernel
+/// bookkeeping per entry).
+fn map_memory(config: &Config) -> anyhow::Result<Vec<MapRow>> {
+    let object = aya_obj::Object::parse(FILTER_OBJECT)
+        .map_err(|e| anyhow!("parsing the filter object: {e}"))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mut rows = Vec::new();
+    for (section, def) in &object.maps {
+        // The loader names a global's map after its data section: the control record is
+        // listed under its pin name; the read-only load-time settings (a few bytes) are not.
+        let name = if section == names::CONTROL_SECTION {
+            names::CONTROL
+        } else if section.starts_with('.') {
+            continue;
+        } else {
+            section.as_str()
+        };
+        let entries = u64::from(match name {
+            names::DOMAINS => 2 * domain_buckets(config.max_domains),
+            names::FLOWS => config.max_tls_flows.max(1),
+            _ => def.max_entries(),
+        });
+        let kind = def.map_type();
+        let per_entry = u64::from(def.key_size()) + u64::from(def.value_size());
+        // BPF_MAP_TYPE_* numbers: 2 array, 5 per-CPU hash, 6 per-CPU array, 1 hash, 9 LRU hash,
+        // 10 LRU per-CPU hash, 11 LPM trie, 27 ring buffer.
+        let bytes = match kind {
+            27 => entries,
+            2 => u64::from(def.value_size()) * entries,
+            6 => u64::from(def.value_size()) * entries * cpus,
+            5 | 10 => {
+                (u64::from(def.key_size()) + u64::from(def.value_size()) * cpus + 64) * entries
+            }
+            1 | 9 | 11 => (per_entry + 64) * entries,
+            _ => per_entry * entries,
+        };
+        rows.push(MapRow {
+            name: name.to_string(),
+            bytes,
+        });
+    }
+    rows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+    Ok(rows)
+}
+
+/// Compiles `config` as `run` would and summarises it.
+pub fn summary(config: &Config) -> anyhow::Result<Summary> {
+    // Slots as a first start would give them: devices in order.
+    let slots: HashMap<String, u32> = config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.clone(), i as u32 + 1))
+        .collect();
+    let desired = Desired::compile(config, &slots, jiff::Timestamp::now());
+    anyhow::ensure!(
+        desired.rules.domains.len() <= config.max_domains as usize,
+        "{} domains, more than max_domains = {}: raise [gateway] max_domains",
+        desired.rules.domains.len(),
+        config.max_domains
+    );
+    let mut per_policy = vec![0usize; config.policies.len()];
+    for d in &config.devices {
+        if let Some(n) = per_policy.get_mut(d.policy) {
+            *n += 1;
+        }
+    }
+    let maps = map_memory(config)?;
+    Ok(Summary {
+        config: config.source.display().to_string(),
+        categories: config
+            .categories
+            .iter()
+            .map(|c| (c, c.counts()))
+            .map(|(c, (domains, exceptions))| CategoryRow {
+                name: c.name.clone(),
+                domains,
+                exceptions,
+                lists: c.lists.len(),
+                skipped: c.lists.iter().map(|l| l.unsupported + l.invalid).sum(),
+            })
+            .collect(),
+        policies: config
+            .policies
+            .iter()
+            .zip(&per_policy)
+            .map(|(p, n)| PolicyRow {
+                name: p.name.clone(),
+                devices: *n,
+                allow: p.allow.len(),
+                block: p.block.len(),
+            })
+            .collect(),
+        devices: config.devices.len(),
+        domains: desired.rules.domains.len(),
+        max_domains: config.max_domains,
+        kernel_bytes: maps.iter().map(|m| m.bytes).sum(),
+        maps: maps.into_iter().take(6).collect(),
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The summary as text.
+pub fn render(s: &Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{}: valid", s.config);
+    let _ = writeln!(o, "\ncategories:");
+    for c in &s.categories {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>9} domains {:>7} exceptions  {} list(s), {} line(s) skipped",
+            c.name, c.domains, c.exceptions, c.lists, c.skipped
+        );
+    }
+    let _ = writeln!(o, "\npolicies:");
+    for p in &s.policies {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>7} devices {:>7} allow {:>7} block",
+            p.name, p.devices, p.allow, p.block
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{} devices; {} distinct domains (max_domains {})",
+        s.devices, s.domains, s.max_domains
+    );
+    let _ = writeln!(o, "kernel memory: {}", mib(s.kernel_bytes));
+    for m in &s.maps {
+        let _ = writeln!(o, "  {:<24} {}", m.name, mib(m.bytes));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every map the filter pins is in the kernel-memory listing, the control record (a global
+    /// in its own data section) included, under its pin name.
+    #[test]
+    fn memory_listing_covers_every_pinned_map() {
+        let config = Config::embedded().expect("the embedded configuration parses");
+        let rows = map_memory(&config).expect("the filter object parses");
+        for pin in names::PINNED {
+            let row = rows.iter().find(|r| r.name == *pin);
+            assert!(
+                row.is_some_and(|r| r.bytes > 0),
+                "{pin} missing or empty in {rows:?}"
+            );
+        }
+        let control = rows.iter().find(|r| r.name == names::CONTROL);
+        assert_eq!(
+            control.map(|r| r.bytes),
+            Some(std::mem::size_of::<gateway_common::maps::Control>() as u64)
+        );
+    }
+}

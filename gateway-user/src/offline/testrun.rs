@@ -1,0 +1,234 @@
+//! Running the real filter on frames with BPF_PROG_TEST_RUN: `replay`, the fixture tests and
+//! the benchmarks all go through here.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    maps::{Array, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
+use gateway_common::{
+    enums::{LinkType, Reason, Verdict},
+    maps::{Trace, UNKNOWN_DEVICE, UNKNOWN_SLOT},
+};
+
+use crate::{
+    config::{Config, domain_buckets},
+    kernel::{Applied, Applier, Filter, LoadOptions, Maps},
+};
+
+/// Room after the frame in the output buffer, for answers longer than their query.
+pub const OUTPUT_HEADROOM: usize = 512;
+/// BPF_PROG_TEST_RUN rejects XDP input shorter than an Ethernet header.
+pub const MIN_FRAME: usize = 14;
+
+/// Loads the filter for `link`, sized for `config` (domain table, TLS flows), on the maps pinned
+/// in `map_pins` or on private ones; nothing is written into it.
+pub fn load_filter(
+    config: &Config,
+    link: LinkType,
+    trace: bool,
+    map_pins: Option<std::path::PathBuf>,
+) -> anyhow::Result<Filter> {
+    Filter::load(&LoadOptions {
+        link,
+        map_pins,
+        trace,
+        domain_buckets: domain_buckets(config.max_domains),
+        tls_flows: config.max_tls_flows,
+    })
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub slot: u32,
+    pub policy: u32,
+    /// The action of a decision on a name (`None` for frames no rule judged).
+    pub action: Option<gateway_common::enums::Action>,
+    /// The frame as the program left it (an answer, for `Verdict::Tx`).
+    pub output: Vec<u8>,
+}
+
+/// A filter instance with private maps, loaded with a configuration.
+pub struct TestRunner {
+    pub filter: Filter,
+    pub maps: Maps,
+    /// `None` when loaded without tracing (as in production): `run` is then unavailable.
+    trace: Option<Array<MapData, Trace>>,
+    pub applied: Applied,
+    applier: Applier,
+    device_names: HashMap<u32, String>,
+    policy_names: Vec<String>,
+}
+
+impl TestRunner {
+    /// Loads the filter for `link` with private maps and writes `config` into them.
+    pub fn new(config: &Config, link: LinkType) -> anyhow::Result<Self> {
+        Self::with_trace(config, link, true)
+    }
+
+    /// As `new`; `trace = false` loads exactly the production program (for timing).
+    pub fn with_trace(config: &Config, link: LinkType, trace: bool) -> anyhow::Result<Self> {
+        Self::load(config, link, trace, None)
+    }
+
+    /// As `new`, sharing (or creating and pinning) the maps pinned in `dir`, as a daemon does.
+    pub fn pinned(config: &Config, link: LinkType, dir: &std::path::Path) -> anyhow::Result<Self> {
+        Self::load(config, link, true, Some(dir.to_path_buf()))
+    }
+
+    fn load(
+        config: &Config,
+        link: LinkType,
+        trace: bool,
+        map_pins: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut filter = load_filter(config, link, trace, map_pins)?;
+        let maps = filter.take_maps()?;
+        let trace = if trace {
+            Some(filter.take_trace()?)
+        } else {
+            None
+        };
+        let mut runner = Self {
+            filter,
+            maps,
+            trace,
+            applied: Applied::default(),
+            applier: Applier::default(),
+            device_names: HashMap::new(),
+            policy_names: Vec::new(),
+        };
+        runner.reconfigure(config)?;
+        Ok(runner)
+    }
+
+    /// Writes a new configuration (as a reload would).
+    pub fn reconfigure(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.reconfigure_at(config, jiff::Timestamp::now())
+    }
+
+    /// Map entries the last `reconfigure` wrote or deleted (both generations).
+    pub fn changes(&self) -> usize {
+        self.applied.changes
+    }
+
+    /// As `reconfigure`, with the policies in force at `now` (schedules).
+    pub fn reconfigure_at(&mut self, config: &Config, now: jiff::Timestamp) -> anyhow::Result<()> {
+        self.applied = self.applier.apply_at(&mut self.maps, config, now)?;
+        self.device_names = self
+            .applied
+            .slots
+            .iter()
+            .map(|(n, s)| (*s, n.clone()))
+            .collect();
+        self.policy_names = config.policy_names();
+        Ok(())
+    }
+
+    /// Runs the program once on `frame`.
+    pub fn run(&mut self, frame: &[u8]) -> anyhow::Result<RunResult> {
+        if frame.len() < MIN_FRAME {
+            bail!(
+                "frame of {} bytes: BPF_PROG_TEST_RUN needs at least {MIN_FRAME}",
+                frame.len()
+            );
+        }
+        let trace = self.trace.as_ref().context("loaded without tracing")?;
+        let before = trace.get(&0, 0)?.seq;
+        let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
+        let result = self
+            .filter
+            .program()?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(result.data_size_out as usize);
+        let verdict = verdict_of(result.return_value)?;
+        let t = self
+            .trace
+            .as_ref()
+            .context("loaded without tracing")?
+            .get(&0, 0)?;
+        if t.seq == before {
+            bail!("the program returned without recording its outcome");
+        }
+        let reason =
+            Reason::from_u32(t.reason).ok_or_else(|| anyhow!("unknown reason {}", t.reason))?;
+        if t.verdict != verdict as u32 {
+            bail!(
+                "recorded verdict {} but returned {}",
+                t.verdict,
+                verdict.label()
+            );
+        }
+        Ok(RunResult {
+            verdict,
+            reason,
+            slot: t.slot,
+            policy: t.policy,
+            action: gateway_common::enums::Action::from_u32(t.action),
+            output: out,
+        })
+    }
+
+    /// Average kernel-measured time per run over `repeat` runs of `frame`.
+    pub fn time(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        time_program(self.filter.program()?, frame, repeat)
+    }
+
+    /// The name of the device in `slot`.
+    pub fn device_name(&self, slot: u32) -> String {
+        if slot == UNKNOWN_SLOT {
+            return UNKNOWN_DEVICE.to_string();
+        }
+        self.device_names
+            .get(&slot)
+            .cloned()
+            .unwrap_or_else(|| format!("slot-{slot}"))
+    }
+
+    /// The name of policy `id`.
+    pub fn policy_name(&self, id: u32) -> String {
+        self.policy_names
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("policy-{id}"))
+    }
+}
+
+/// The XDP action as a verdict; `XDP_ABORTED` and unknown values are errors.
+pub fn verdict_of(action: u32) -> anyhow::Result<Verdict> {
+    match action {
+        1 => Ok(Verdict::Drop),
+        2 => Ok(Verdict::Pass),
+        3 => Ok(Verdict::Tx),
+        0 => bail!("the program returned XDP_ABORTED"),
+        other => bail!("the program returned unknown XDP action {other}"),
+    }
+}
+
+/// Average kernel-measured time per run of `prog` on `frame`.
+pub fn time_program(
+    prog: &mut aya::programs::Xdp,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<Duration> {
+    let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(r.duration)
+}

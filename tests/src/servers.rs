@@ -1,0 +1,236 @@
+//! Real servers and clients in the bed's namespaces: dnsmasq, dig, an HTTPS upstream (socat
+//! with openssl), curl.
+
+use std::{
+    fs,
+    io::Read as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::{Netns, check, output_text, unique};
+
+/// A dnsmasq in `ns` answering on `addr`:53, logging every query it receives.
+pub struct Dnsmasq {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Answers `A` queries for each `(name, address)` (and its subdomains); NXDOMAIN otherwise.
+    pub fn start(ns: &Netns, addr: &str, records: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("gwdnsmasq")));
+        let mut args = vec![
+            "--keep-in-foreground".to_string(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={addr}"),
+            "--log-queries".into(),
+            format!("--log-facility={}", log.display()),
+            "--user=root".into(),
+            "--pid-file=".into(),
+        ];
+        for (name, ip) in records {
+            args.push(format!("--address=/{name}/{ip}"));
+        }
+        let child = ns
+            .command("dnsmasq")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq")?;
+        let d = Self { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ns
+            .run("ss", &["-uln"])
+            .map(|o| o.contains(&format!("{addr}:53")))
+            .unwrap_or(false)
+        {
+            if Instant::now() > deadline {
+                bail!("dnsmasq did not start listening on {addr}:53");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    /// The names dnsmasq was asked for (its query log).
+    pub fn queries(&self) -> Vec<String> {
+        let mut s = String::new();
+        let _ = fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s.lines()
+            .filter_map(|l| l.split_once("query[").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_whitespace().nth(1).map(str::to_lowercase))
+            .collect()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+/// A DNS lookup's outcome: the status (NOERROR, NXDOMAIN, ...) and the answer addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub status: String,
+    pub answers: Vec<String>,
+}
+
+/// `dig` (or `kdig`) from `ns`: `server`, `name`, `qtype`.
+pub fn dig(
+    ns: &Netns,
+    tool: &str,
+    server: &str,
+    name: &str,
+    qtype: &str,
+) -> anyhow::Result<Lookup> {
+    // The two tools spell the same options differently; both print "status: X" in the header.
+    let (retry, timeout, header) = if tool == "kdig" {
+        ("+retry=0", "+timeout=2", "+header")
+    } else {
+        ("+tries=1", "+time=2", "+comments")
+    };
+    let out = ns.output(
+        tool,
+        &[
+            &format!("@{server}"),
+            name,
+            qtype,
+            retry,
+            timeout,
+            "+noall",
+            header,
+            "+answer",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split([',', ';']).next())
+        .map(|s| s.trim().to_string())
+        .ok_or_else(|| anyhow!("{tool} {name} {qtype}: no status in {text:?}"))?;
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter(|l| l.split_whitespace().count() >= 4)
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    Ok(Lookup { status, answers })
+}
+
+/// HTTPS servers in a namespace, with a fresh self-signed certificate: socat forks a TLS server
+/// per connection. A connection the gateway reset on the device's side stays half open on the
+/// server's (with part of a ClientHello, when the name was in its second segment) until it times
+/// out: it must not hold up the next client, as it would a one-connection-at-a-time server.
+/// Killed, and its files removed, on drop.
+pub struct HttpsUpstream {
+    servers: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl HttpsUpstream {
+    pub fn start(ns: &Netns, ports: &[u16]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("gwhttps"));
+        fs::create_dir_all(&dir)?;
+        let mut up = Self {
+            servers: Vec::new(),
+            dir,
+        };
+        let (cert, key, page) = (
+            up.dir.join("cert.pem"),
+            up.dir.join("key.pem"),
+            up.dir.join("page.http"),
+        );
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=upstream.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()?;
+        check("openssl req", out)?;
+        let body = "<html><body>upstream answered</body></html>\n";
+        fs::write(
+            &page,
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )?;
+        for port in ports {
+            let child = ns
+                .command("socat")
+                .arg(format!(
+                    "OPENSSL-LISTEN:{port},fork,reuseaddr,verify=0,cert={},key={}",
+                    cert.display(),
+                    key.display()
+                ))
+                // The response, then the connection held open for the client to read it and
+                // close first (closing at once races the client's request under load).
+                .arg(format!("SYSTEM:cat {}; sleep 5", page.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting socat")?;
+            up.servers.push(child);
+        }
+        Ok(up)
+    }
+}
+
+impl Drop for HttpsUpstream {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How a TLS client's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// The handshake completed (and the page came back, for HTTP clients).
+    Completed,
+    /// The connection was reset.
+    Reset,
+}
+
+/// `curl https://NAME/` from `ns`, with NAME resolved to `upstream`.
+pub fn curl_https(ns: &Netns, upstream: &str, name: &str) -> anyhow::Result<Handshake> {
+    let o = ns.output(
+        "curl",
+        &[
+            "-sSk",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("{name}:443:{upstream}"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://{name}/"),
+        ],
+    )?;
+    let t = output_text(&o);
+    match o.status.code() {
+        Some(0) if t.contains("200") => Ok(Handshake::Completed),
+        // 35: the TLS handshake failed; 56: receiving failed; with the reset as the cause.
+        Some(35 | 56) if t.contains("reset") => Ok(Handshake::Reset),
+        _ => bail!("curl {name}: {t}"),
+    }
+}
