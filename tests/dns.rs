@@ -296,3 +296,44 @@ fn laptop_by_category(stats: &serde_json::Value) -> [u64; 3] {
             .sum()
     })
 }
+
+/// `gateway run --trace-kernel`: the filter's debug traces reach the daemon's log, named —
+/// why a blocked query was answered and an allowed one passed.
+#[test]
+fn kernel_traces_reach_the_daemon_log() -> anyhow::Result<()> {
+    let bed = Bed::new(1)?;
+    let laptop = &bed.devices[0];
+    let body = format!(
+        "[[interface]]\nname = \"{}\"\n\n[[policy]]\nname = \"students\"\nblock = [\"games.example\"]\n\n[[device]]\nname = \"laptop\"\nmac = \"{}\"\npolicy = \"students\"\n",
+        laptop.gw_if, laptop.mac
+    );
+    let pins = Pins::with_config("", &body)?;
+    let daemon = Daemon::start_with(&bed.gw, &pins, &["d1"], "info", &["--trace-kernel"])?;
+    let _upstream = Dnsmasq::start(
+        &bed.up,
+        &bed.upstream_ip,
+        &[("allowed.example", "198.51.100.2")],
+    )?;
+    let up = bed.upstream_ip.as_str();
+    assert_eq!(
+        dig(&laptop.ns, "dig", up, "games.example", "A")?.status,
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        dig(&laptop.ns, "dig", up, "allowed.example", "A")?.status,
+        "NOERROR"
+    );
+    let traced = |want: &str| {
+        daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("gateway::kernel") && l.contains(want))
+    };
+    gateway_testbed::eventually("the blocked query's trace", || {
+        traced("verdict=tx reason=explicit device=laptop policy=students action=block")
+    })?;
+    gateway_testbed::eventually("the allowed query's trace", || {
+        traced("verdict=pass reason=default device=laptop policy=students action=allow")
+    })?;
+    Ok(())
+}

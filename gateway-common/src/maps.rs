@@ -127,6 +127,9 @@ pub mod globals {
     /// The control record (`Control`), a global the daemon writes; loading sets it to the
     /// pinned record's contents, so a reload writes back what is there.
     pub const CONTROL: &str = "CONTROL";
+    /// aya-log's level (`aya_log::Level` as a byte): 0 (the default the daemon loads with) turns
+    /// the filter's debug traces off, and the verifier then prunes them.
+    pub const KERNEL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 }
 
 /// `META[0]`: what wrote the pinned maps.

@@ -171,6 +171,17 @@ impl Daemon {
         ifaces: &[&str],
         rust_log: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(ns, pins, ifaces, rust_log, &[])
+    }
+
+    /// `start_logging`, with more arguments for `gateway run`.
+    pub fn start_with(
+        ns: &Netns,
+        pins: &Pins,
+        ifaces: &[&str],
+        rust_log: &str,
+        run_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", unique("gwdaemon")));
         let file = fs::File::create(&log)?;
         let socket_path = std::env::temp_dir().join(format!("{}.sock", unique("gwnotify")));
@@ -180,6 +191,7 @@ impl Daemon {
             .command(&pins.bin)
             .args(["run", "--config"])
             .arg(&pins.config)
+            .args(run_args)
             .env("RUST_LOG", rust_log)
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(file.try_clone()?)

@@ -29,6 +29,10 @@ pub enum Command {
         /// Interface to filter (repeatable); replaces the configuration's [[interface]] list.
         #[arg(long = "iface")]
         ifaces: Vec<String>,
+        /// Load the filter with its debug traces on: why each frame got its verdict, logged
+        /// under the target gateway::kernel. Costs CPU per frame; off, the verifier prunes them.
+        #[arg(long)]
+        trace_kernel: bool,
     },
     /// Validate a configuration (and its inventories and lists) without touching the kernel;
     /// print what it holds and the kernel memory it will take. Exit 2 if it is invalid.

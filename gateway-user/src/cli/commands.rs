@@ -56,7 +56,11 @@ fn percent(s: &str) -> String {
 
 pub fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, ifaces } => {
+        Command::Run {
+            config,
+            ifaces,
+            trace_kernel,
+        } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -65,6 +69,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             rt.block_on(daemon::run(RunOptions {
                 config,
                 interfaces: ifaces,
+                trace_kernel,
             }))
         }
         Command::Check { config, json } => {

@@ -31,7 +31,7 @@ use crate::{
     kernel::{Maps, attach},
     observe::{
         history::{Names, Naming, Recorder},
-        metrics,
+        kernel_log, metrics,
         status::{RUNTIME_DIR, ReloadStatus, runtime_file},
     },
 };
@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// Interfaces from the command line; they replace the configuration's.
     pub interfaces: Vec<String>,
+    /// Load the filter with its debug traces on and drain them into the log.
+    pub trace_kernel: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, or until the filter is detached from outside.
@@ -65,7 +67,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // the API stays suspended across a restart, without a moment unsuspended.
     let now = jiff::Timestamp::now();
     let (effective, statuses) = lay_over(&config, lifecycle.as_ref(), now)?;
-    let mut running = attach::start(&effective, &ifaces)?;
+    let mut running = attach::start(&effective, &ifaces, opts.trace_kernel)?;
     let pid_path = runtime_file(&running.pins.root, "pid");
     std::fs::create_dir_all(RUNTIME_DIR)
         .and_then(|()| std::fs::write(&pid_path, std::process::id().to_string()))
@@ -106,6 +108,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The recorder names what it drains from the start (`publish` runs again once the HTTP
     // handlers are up).
     state.publish(&running);
+    if opts.trace_kernel {
+        for (link, filter) in &mut running.filters {
+            if let Err(e) = kernel_log::start(&mut filter.ebpf, *link, state.names.clone()) {
+                tracing::error!(error = %format!("{e:#}"), "no kernel traces");
+            }
+        }
+    }
     // The recorder owns the event ring; the HTTP handlers get map handles of their own.
     let recorder = match running.maps.take_events() {
         Ok(ring) => {

@@ -138,7 +138,11 @@ pub fn link_type(iface: &Interface) -> anyhow::Result<LinkType> {
 /// Loads (or adopts) the pinned filter, writes `config` into it, and attaches it to
 /// `interfaces`. Interfaces that a previous run attached to but that are no longer listed are
 /// detached.
-pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Running> {
+pub fn start(
+    config: &Config,
+    interfaces: &[Interface],
+    kernel_log: bool,
+) -> anyhow::Result<Running> {
     if interfaces.is_empty() {
         bail!(
             "no interfaces to attach to: give --iface NAME or [[interface]] in the configuration"
@@ -168,6 +172,7 @@ pub fn start(config: &Config, interfaces: &[Interface]) -> anyhow::Result<Runnin
                 link: *link,
                 map_pins: Some(pins.maps()),
                 trace: false,
+                kernel_log,
                 domain_buckets,
                 tls_flows: config.max_tls_flows,
             };

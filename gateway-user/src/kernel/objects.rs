@@ -48,6 +48,9 @@ pub struct LoadOptions {
     pub domain_buckets: u32,
     /// Capacity of the TLS flow table (`[gateway] max_tls_flows`).
     pub tls_flows: u32,
+    /// The filter's debug traces on (aya-log, `gateway run --trace-kernel`); off, the verifier
+    /// prunes them.
+    pub kernel_log: bool,
 }
 
 /// A loaded filter program for one link type.
@@ -67,9 +70,15 @@ impl Filter {
             Some(dir) => pinned_control(dir)?.unwrap_or_default(),
             None => Control::default(),
         };
+        let log_level: u8 = if opts.kernel_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::LINK_TYPE, &link, true)
+            .override_global(globals::KERNEL_LOG_LEVEL, &log_level, true)
             .override_global(globals::TRACE_ENABLED, &trace, true)
             .override_global(globals::CONTROL, &control, true);
         let paths: Vec<(&str, PathBuf)> = match &opts.map_pins {

@@ -3,6 +3,7 @@
 //! `kernel`, `config` and the leaves.
 
 pub mod history;
+pub mod kernel_log;
 pub mod metrics;
 pub mod stats;
 pub mod status;

@@ -31,10 +31,22 @@ pub fn load_filter(
     trace: bool,
     map_pins: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Filter> {
+    load_filter_with(config, link, trace, false, map_pins)
+}
+
+/// As `load_filter`, with the filter's debug traces (aya-log) on or off.
+pub fn load_filter_with(
+    config: &Config,
+    link: LinkType,
+    trace: bool,
+    kernel_log: bool,
+    map_pins: Option<std::path::PathBuf>,
+) -> anyhow::Result<Filter> {
     Filter::load(&LoadOptions {
         link,
         map_pins,
         trace,
+        kernel_log,
         domain_buckets: domain_buckets(config.max_domains),
         tls_flows: config.max_tls_flows,
     })
@@ -73,21 +85,28 @@ impl TestRunner {
 
     /// As `new`; `trace = false` loads exactly the production program (for timing).
     pub fn with_trace(config: &Config, link: LinkType, trace: bool) -> anyhow::Result<Self> {
-        Self::load(config, link, trace, None)
+        Self::load(config, link, trace, false, None)
     }
 
     /// As `new`, sharing (or creating and pinning) the maps pinned in `dir`, as a daemon does.
     pub fn pinned(config: &Config, link: LinkType, dir: &std::path::Path) -> anyhow::Result<Self> {
-        Self::load(config, link, true, Some(dir.to_path_buf()))
+        Self::load(config, link, true, false, Some(dir.to_path_buf()))
+    }
+
+    /// As `new`, with the filter's debug traces (aya-log, `gateway run --trace-kernel`) on: its
+    /// log ring is left in `filter.ebpf` for a reader.
+    pub fn with_kernel_log(config: &Config, link: LinkType) -> anyhow::Result<Self> {
+        Self::load(config, link, true, true, None)
     }
 
     fn load(
         config: &Config,
         link: LinkType,
         trace: bool,
+        kernel_log: bool,
         map_pins: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
-        let mut filter = load_filter(config, link, trace, map_pins)?;
+        let mut filter = load_filter_with(config, link, trace, kernel_log, map_pins)?;
         let maps = filter.take_maps()?;
         let trace = if trace {
             Some(filter.take_trace()?)

@@ -137,6 +137,11 @@ impl Naming {
         }
     }
 
+    /// The names of the newest configuration, if any was set.
+    pub fn newest(&self) -> Option<&Names> {
+        self.eras.back().map(|(_, names)| names)
+    }
+
     /// The row for `ev`, decided at `time_ms`: named by the configuration in force at the
     /// event's time, and pseudonymised as the newest configuration says (a reload that turns
     /// `pseudonymize` on leaves no name in the history, even of decisions made before it).
