@@ -109,6 +109,32 @@ fn require_root() {
     );
 }
 
+/// Runs every case through `r`, checking its verdict, reason and action: the record each must
+/// have left (numbers, as the kernel writes them).
+fn run_cases(r: &mut TestRunner) -> Vec<String> {
+    cases()
+        .into_iter()
+        .map(|(what, f, verdict, reason, action)| {
+            let out = r.run(&f).expect("run");
+            assert_eq!(
+                (out.verdict, out.reason, out.action),
+                (verdict, reason, action),
+                "{what}"
+            );
+            let action = action.map_or(gateway_common::maps::TRACE_NO_ACTION, |a| a as u32);
+            format!(
+                "verdict={} reason={} slot={} policy={} action={action} bytes={}",
+                verdict as u32,
+                reason as u32,
+                out.slot,
+                out.policy,
+                // The frame as the program left it: an answer or a reset is counted at its size.
+                out.output.len()
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn every_frame_says_why_when_traces_are_on_and_nothing_when_off() {
     require_root();
@@ -117,27 +143,9 @@ fn every_frame_says_why_when_traces_are_on_and_nothing_when_off() {
     let seen = Collect::default();
     let mut logger = aya_log::EbpfLogger::init_with_logger(&mut on.filter.ebpf, seen.clone())
         .expect("the log ring");
-    for (what, f, verdict, reason, action) in cases() {
-        let r = on.run(&f).expect("run");
-        assert_eq!(
-            (r.verdict, r.reason, r.action),
-            (verdict, reason, action),
-            "{what}"
-        );
-        logger.flush();
-        let records = std::mem::take(&mut *seen.0.lock().expect("lock"));
-        let action = action.map_or(gateway_common::maps::TRACE_NO_ACTION, |a| a as u32);
-        let want = format!(
-            "verdict={} reason={} slot={} policy={} action={action} bytes={}",
-            verdict as u32,
-            reason as u32,
-            r.slot,
-            r.policy,
-            // The frame as the program left it: an answer or a reset is counted at its size.
-            r.output.len()
-        );
-        assert_eq!(records, [want], "{what}");
-    }
+    let want = run_cases(&mut on);
+    logger.flush();
+    assert_eq!(*seen.0.lock().expect("lock"), want);
 
     // Off (as the daemon loads it unless asked): the same frames, the same verdicts, no record,
     // and the records' code pruned by the verifier.
@@ -145,14 +153,7 @@ fn every_frame_says_why_when_traces_are_on_and_nothing_when_off() {
     let quiet = Collect::default();
     let mut logger = aya_log::EbpfLogger::init_with_logger(&mut off.filter.ebpf, quiet.clone())
         .expect("the log ring");
-    for (what, f, verdict, reason, action) in cases() {
-        let r = off.run(&f).expect("run");
-        assert_eq!(
-            (r.verdict, r.reason, r.action),
-            (verdict, reason, action),
-            "{what}"
-        );
-    }
+    run_cases(&mut off);
     logger.flush();
     assert!(quiet.0.lock().expect("lock").is_empty());
     let size = |r: &mut TestRunner| {

@@ -1,6 +1,7 @@
 //! The layout check (`cargo xtask test` runs it first; `cargo xtask layout` prints the import
 //! graph): every Rust file opens with a `//!` comment saying what it holds and stays under
-//! `MAX_LINES`, and the daemon crate's folders import one way only (`LAYERS`).
+//! `MAX_LINES`, the daemon crate's folders import one way only (`LAYERS`), and every relative
+//! link of the README and docs/ resolves (the file, and the heading of a `#fragment`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -322,9 +323,103 @@ pub fn files(root: &Path) -> anyhow::Result<Vec<Problem>> {
     Ok(problems)
 }
 
+/// The anchor GitHub gives a Markdown heading: lower case, spaces to dashes, punctuation
+/// other than dashes and underscores dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of the headings of a Markdown text (outside code blocks).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// Every relative link of `README.md` and `docs/*.md` under `root` resolves: the file exists,
+/// and a `#fragment` names one of its headings.
+pub fn links(root: &Path) -> anyhow::Result<Vec<Problem>> {
+    let mut pages = vec![root.join("README.md")];
+    if let Ok(entries) = std::fs::read_dir(root.join("docs")) {
+        let mut docs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .collect();
+        docs.sort();
+        pages.extend(docs);
+    }
+    let mut problems = Vec::new();
+    for page in pages.iter().filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(page)?;
+        let mut fenced = false;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            if fenced {
+                continue;
+            }
+            let mut rest = line;
+            while let Some(at) = rest.find("](") {
+                let tail = &rest[at + 2..];
+                let Some(end) = tail.find(')') else { break };
+                let target = &tail[..end];
+                rest = &tail[end..];
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (file, fragment) = match target.split_once('#') {
+                    Some((f, a)) => (f, Some(a)),
+                    None => (target, None),
+                };
+                let dest = if file.is_empty() {
+                    page.clone()
+                } else {
+                    page.parent().unwrap_or(root).join(file)
+                };
+                let problem = if !dest.exists() {
+                    Some(format!("link to {target}: no such file"))
+                } else if let Some(a) = fragment {
+                    let text = std::fs::read_to_string(&dest).unwrap_or_default();
+                    (!anchors(&text).contains(a))
+                        .then(|| format!("link to {target}: no heading #{a} there"))
+                } else {
+                    None
+                };
+                if let Some(what) = problem {
+                    problems.push(Problem {
+                        file: page.clone(),
+                        line: n + 1,
+                        what,
+                    });
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
 /// The whole check on the workspace at `root`.
 pub fn check(root: &Path) -> anyhow::Result<(Graph, Vec<Problem>)> {
     let mut problems = files(root)?;
+    problems.extend(links(root)?);
     let (graph, import_problems) = imports(&root.join(DAEMON_SRC))?;
     problems.extend(import_problems);
     Ok((graph, problems))
@@ -355,7 +450,7 @@ pub fn run(root: &Path, print_graph: bool) -> anyhow::Result<()> {
         anyhow::bail!("the layout check found {} problem(s)", problems.len());
     }
     eprintln!(
-        "layout: every file documented and under {MAX_LINES} lines; imports go down the layers"
+        "layout: every file documented and under {MAX_LINES} lines; imports go down the layers; every README and docs/ link resolves"
     );
     Ok(())
 }
@@ -462,6 +557,30 @@ mod tests {
             )],
         );
         assert_eq!(found(&dir), Vec::<String>::new());
+    }
+
+    #[test]
+    fn broken_links_fail() {
+        let dir = tree("links", &[("lib.rs", "//! Root.\n")]);
+        std::fs::create_dir_all(dir.join("docs")).expect("docs");
+        std::fs::write(
+            dir.join("README.md"),
+            "# Gateway\n[a](docs/a.md) [b](docs/a.md#the-part-two) [c](docs/gone.md) [d](#gateway) [e](https://x.invalid/y)\n```\n[f](docs/none.md)\n```\n",
+        )
+        .expect("readme");
+        std::fs::write(
+            dir.join("docs/a.md"),
+            "# A\n## The part (two)\n[back](../README.md#nowhere)\n",
+        )
+        .expect("a");
+        let problems = found(&dir);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("docs/gone.md: no such file"))
+        );
+        assert!(problems.iter().any(|p| p.contains("no heading #nowhere")));
     }
 
     #[test]

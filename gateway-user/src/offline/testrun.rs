@@ -23,32 +23,31 @@ pub const OUTPUT_HEADROOM: usize = 512;
 /// BPF_PROG_TEST_RUN rejects XDP input shorter than an Ethernet header.
 pub const MIN_FRAME: usize = 14;
 
-/// Loads the filter for `link`, sized for `config` (domain table, TLS flows), on the maps pinned
-/// in `map_pins` or on private ones; nothing is written into it.
+/// How the filter for `link` is loaded for `config` (its domain table and TLS flows sized as
+/// the daemon sizes them): with `TRACE`, private maps, no debug traces.
+pub fn load_options(config: &Config, link: LinkType) -> LoadOptions {
+    LoadOptions {
+        link,
+        map_pins: None,
+        trace: true,
+        kernel_log: false,
+        domain_buckets: domain_buckets(config.max_domains),
+        tls_flows: config.max_tls_flows,
+    }
+}
+
+/// Loads the filter for `link`, sized for `config`, on the maps pinned in `map_pins` or on
+/// private ones; nothing is written into it.
 pub fn load_filter(
     config: &Config,
     link: LinkType,
     trace: bool,
     map_pins: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Filter> {
-    load_filter_with(config, link, trace, false, map_pins)
-}
-
-/// As `load_filter`, with the filter's debug traces (aya-log) on or off.
-pub fn load_filter_with(
-    config: &Config,
-    link: LinkType,
-    trace: bool,
-    kernel_log: bool,
-    map_pins: Option<std::path::PathBuf>,
-) -> anyhow::Result<Filter> {
     Filter::load(&LoadOptions {
-        link,
-        map_pins,
         trace,
-        kernel_log,
-        domain_buckets: domain_buckets(config.max_domains),
-        tls_flows: config.max_tls_flows,
+        map_pins,
+        ..load_options(config, link)
     })
 }
 
@@ -85,30 +84,36 @@ impl TestRunner {
 
     /// As `new`; `trace = false` loads exactly the production program (for timing).
     pub fn with_trace(config: &Config, link: LinkType, trace: bool) -> anyhow::Result<Self> {
-        Self::load(config, link, trace, false, None)
+        let opts = LoadOptions {
+            trace,
+            ..load_options(config, link)
+        };
+        Self::load(config, &opts)
     }
 
     /// As `new`, sharing (or creating and pinning) the maps pinned in `dir`, as a daemon does.
     pub fn pinned(config: &Config, link: LinkType, dir: &std::path::Path) -> anyhow::Result<Self> {
-        Self::load(config, link, true, false, Some(dir.to_path_buf()))
+        let opts = LoadOptions {
+            map_pins: Some(dir.to_path_buf()),
+            ..load_options(config, link)
+        };
+        Self::load(config, &opts)
     }
 
     /// As `new`, with the filter's debug traces (aya-log, `gateway run --trace-kernel`) on: its
     /// log ring is left in `filter.ebpf` for a reader.
     pub fn with_kernel_log(config: &Config, link: LinkType) -> anyhow::Result<Self> {
-        Self::load(config, link, true, true, None)
+        let opts = LoadOptions {
+            kernel_log: true,
+            ..load_options(config, link)
+        };
+        Self::load(config, &opts)
     }
 
-    fn load(
-        config: &Config,
-        link: LinkType,
-        trace: bool,
-        kernel_log: bool,
-        map_pins: Option<std::path::PathBuf>,
-    ) -> anyhow::Result<Self> {
-        let mut filter = load_filter_with(config, link, trace, kernel_log, map_pins)?;
+    fn load(config: &Config, opts: &LoadOptions) -> anyhow::Result<Self> {
+        let mut filter = Filter::load(opts)?;
         let maps = filter.take_maps()?;
-        let trace = if trace {
+        let trace = if opts.trace {
             Some(filter.take_trace()?)
         } else {
             None
