@@ -122,8 +122,10 @@ pub mod names {
 pub mod globals {
     /// `LinkType` of the attachment this instance serves.
     pub const LINK_TYPE: &str = "LINK_TYPE";
-    /// Non-zero: record the last verdict in `TRACE` (replay and fixtures only).
-    pub const TRACE_ENABLED: &str = "TRACE_ENABLED";
+    /// What the filter records of each outcome besides its counters: `TRACE_MAP` (the last
+    /// verdict in `TRACE`; replay and fixtures) and `TRACE_LOG` (a debug trace through aya-log;
+    /// `gateway run --trace-kernel`). 0 in production, so the fast path pays one test.
+    pub const TRACE_FLAGS: &str = "TRACE_FLAGS";
     /// The control record (`Control`), a global the daemon writes; loading sets it to the
     /// pinned record's contents, so a reload writes back what is there.
     pub const CONTROL: &str = "CONTROL";
@@ -549,7 +551,12 @@ impl DecisionEvent {
     }
 }
 
-/// `TRACE[0]`: the last frame's outcome, written only when `TRACE_ENABLED` is set.
+/// `TRACE_FLAGS` bit: record the last frame's outcome in `TRACE`.
+pub const TRACE_MAP: u32 = 1;
+/// `TRACE_FLAGS` bit: write a debug trace of every outcome (aya-log).
+pub const TRACE_LOG: u32 = 2;
+
+/// `TRACE[0]`: the last frame's outcome, written only when `TRACE_FLAGS` has `TRACE_MAP`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Trace {

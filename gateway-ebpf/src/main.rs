@@ -21,8 +21,8 @@ use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{
         DecisionKey, GenSettings, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR,
-        POLICY_QUIC_BLOCK, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_NO_ACTION, Trace,
-        UNKNOWN_SLOT, block_port_key, flow_slot, logs,
+        POLICY_QUIC_BLOCK, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_LOG, TRACE_MAP,
+        TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key, flow_slot, logs,
     },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4,
@@ -38,9 +38,10 @@ use crate::{device::Device, packet_bytes::PacketBytes};
 #[unsafe(no_mangle)]
 static LINK_TYPE: Global<u32> = Global::new(LinkType::Ethernet as u32);
 
-/// Non-zero: record every outcome in `TRACE` (replay and fixtures only).
+/// What is recorded of every outcome besides the counters (`TRACE_MAP`, `TRACE_LOG`); 0 in
+/// production. Set at load time: the verifier prunes what is off.
 #[unsafe(no_mangle)]
-static TRACE_ENABLED: Global<u32> = Global::new(0);
+static TRACE_FLAGS: Global<u32> = Global::new(0);
 
 /// What happens to a frame, and why.
 #[derive(Clone, Copy)]
@@ -470,21 +471,24 @@ fn finish(ctx: &XdpContext, out: &Outcome) -> u32 {
         maps::count_stats(stats_index(out.reason, out.verdict), bytes);
     }
     maps::count_device(out.slot, bytes, out.verdict != Verdict::Pass);
-    // Why the frame got its verdict (`gateway run --trace-kernel`). The daemon loads the filter
-    // with aya-log's level at 0 unless asked: the check reads a read-only global, so the
-    // verifier knows it fails and prunes the call.
-    if aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Debug) {
-        trace_outcome(ctx, out, bytes);
-    }
-    if TRACE_ENABLED.load() != 0 {
-        maps::trace(&Trace {
-            seq: 0,
-            verdict: out.verdict as u32,
-            reason: out.reason as u32,
-            slot: out.slot,
-            policy: out.policy,
-            action: out.action,
-        });
+    // Replay and fixtures read the outcome from `TRACE`; `gateway run --trace-kernel` logs why
+    // the frame got its verdict. One test of a read-only global when both are off (production):
+    // the verifier knows it fails and prunes the rest.
+    let flags = TRACE_FLAGS.load();
+    if flags != 0 {
+        if flags & TRACE_MAP != 0 {
+            maps::trace(&Trace {
+                seq: 0,
+                verdict: out.verdict as u32,
+                reason: out.reason as u32,
+                slot: out.slot,
+                policy: out.policy,
+                action: out.action,
+            });
+        }
+        if flags & TRACE_LOG != 0 {
+            trace_outcome(ctx, out, bytes);
+        }
     }
     match out.verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
@@ -493,9 +497,10 @@ fn finish(ctx: &XdpContext, out: &Outcome) -> u32 {
     }
 }
 
-/// Logs `out` (aya-log; the daemon names the numbers). A function of its own: inlined, its
-/// record's stack would add to the DNS program's frame, and with the `bpf_loop` callbacks' the
-/// combined stack would pass the verifier's 512 bytes ("combined stack size ... Too large").
+/// Logs `out` (aya-log, at debug level; the daemon names the numbers). A function of its own:
+/// inlined, its record's stack would add to the DNS program's frame, and with the `bpf_loop`
+/// callbacks' the combined stack would pass the verifier's 512 bytes ("combined stack size ...
+/// Too large").
 #[inline(never)]
 fn trace_outcome(ctx: &XdpContext, out: &Outcome, bytes: u64) {
     aya_log_ebpf::debug!(

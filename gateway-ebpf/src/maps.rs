@@ -282,7 +282,7 @@ static DEVICE_NAMES: Array<DeviceName> = Array::with_max_entries(DEVICE_SLOTS, 0
 #[map]
 static IFACES: Array<IfaceInfo> = Array::with_max_entries(MAX_IFACES, 0);
 
-/// `[0]`: the outcome of the last frame, written only when `TRACE_ENABLED` (replay, fixtures).
+/// `[0]`: the outcome of the last frame, written only when `TRACE_FLAGS` has `TRACE_MAP` (replay, fixtures).
 #[map]
 static TRACE: Array<Trace> = Array::with_max_entries(1, 0);
 

@@ -11,7 +11,7 @@ use aya::{
 };
 use gateway_common::{
     enums::LinkType,
-    maps::{Control, Meta, Trace, globals, names},
+    maps::{Control, Meta, TRACE_LOG, TRACE_MAP, Trace, globals, names},
 };
 
 use super::Maps;
@@ -63,7 +63,8 @@ impl Filter {
     /// Loads and verifies the filter.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
         let link = opts.link as u32;
-        let trace = u32::from(opts.trace);
+        let trace =
+            if opts.trace { TRACE_MAP } else { 0 } | if opts.kernel_log { TRACE_LOG } else { 0 };
         // Loading writes the control global's section into its map: with the pinned record's
         // own contents, a filter that is running goes on reading what it read.
         let control = match &opts.map_pins {
@@ -79,7 +80,7 @@ impl Filter {
         loader
             .override_global(globals::LINK_TYPE, &link, true)
             .override_global(globals::KERNEL_LOG_LEVEL, &log_level, true)
-            .override_global(globals::TRACE_ENABLED, &trace, true)
+            .override_global(globals::TRACE_FLAGS, &trace, true)
             .override_global(globals::CONTROL, &control, true);
         let paths: Vec<(&str, PathBuf)> = match &opts.map_pins {
             Some(dir) => names::PINNED.iter().map(|n| (*n, dir.join(n))).collect(),
