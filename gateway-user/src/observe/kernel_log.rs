@@ -10,11 +10,11 @@ use std::{
 use aya_log::EbpfLogger;
 use gateway_common::{
     enums::{Action, LinkType, Reason, Verdict},
-    maps::{TRACE_NO_ACTION, UNKNOWN_DEVICE, UNKNOWN_SLOT},
+    maps::TRACE_NO_ACTION,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::history::Naming;
+use super::history::{Names, Naming};
 
 /// Turns aya-log records into `tracing` events, naming verdicts, reasons, actions, devices
 /// and policies with the names the recorder has (device names pseudonymised as it does).
@@ -42,18 +42,12 @@ impl Bridge {
                     "reason" => Reason::from_u32(n).map(|r| r.label().to_string()),
                     "action" if n == TRACE_NO_ACTION => Some("-".to_string()),
                     "action" => Action::from_u32(n).map(|a| a.label().to_string()),
-                    "slot" if n == UNKNOWN_SLOT => {
-                        return format!("device={UNKNOWN_DEVICE}");
-                    }
                     "slot" => {
-                        let device = names.and_then(|m| {
-                            let name = m.slots.get(&n)?;
-                            Some(match &m.pseudonym {
-                                Some(p) => p.of(name),
-                                None => name.clone(),
-                            })
-                        });
-                        return format!("device={}", device.unwrap_or_else(|| format!("slot-{n}")));
+                        let device = match names {
+                            Some(m) => m.device(n, m.pseudonym.as_ref()),
+                            None => Names::default().device(n, None),
+                        };
+                        return format!("device={device}");
                     }
                     "policy" => names.and_then(|m| m.policies.get(n as usize).cloned()),
                     _ => None,
@@ -118,8 +112,9 @@ pub fn start(
 
 #[cfg(test)]
 mod tests {
+    use gateway_common::maps::UNKNOWN_DEVICE;
+
     use super::*;
-    use crate::observe::history::Names;
 
     #[test]
     fn records_are_named() {

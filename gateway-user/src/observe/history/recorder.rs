@@ -62,19 +62,24 @@ impl Names {
             && self.pseudonym.is_some() == other.pseudonym.is_some()
     }
 
-    /// The row for `ev`, device names pseudonymised with `pseudonym`.
-    fn row_as(&self, ev: &DecisionEvent, time_ms: i64, pseudonym: Option<&Pseudonym>) -> Row {
-        let device = match self.slots.get(&ev.slot) {
+    /// The name of the device in `slot`, pseudonymised with `pseudonym`; `(unknown)` for the
+    /// slot of devices in no inventory, `slot-N` for a slot these names do not know.
+    pub fn device(&self, slot: u32, pseudonym: Option<&Pseudonym>) -> String {
+        match self.slots.get(&slot) {
             Some(name) => match pseudonym {
                 Some(p) => p.of(name),
                 None => name.clone(),
             },
-            None if ev.slot == UNKNOWN_SLOT => UNKNOWN_DEVICE.to_string(),
-            None => format!("slot-{}", ev.slot),
-        };
+            None if slot == UNKNOWN_SLOT => UNKNOWN_DEVICE.to_string(),
+            None => format!("slot-{slot}"),
+        }
+    }
+
+    /// The row for `ev`, device names pseudonymised with `pseudonym`.
+    fn row_as(&self, ev: &DecisionEvent, time_ms: i64, pseudonym: Option<&Pseudonym>) -> Row {
         Row {
             time_ms,
-            device,
+            device: self.device(ev.slot, pseudonym),
             policy: self
                 .policies
                 .get(ev.policy as usize)
