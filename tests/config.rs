@@ -1,8 +1,8 @@
 //! Tier 3 for configuration: reloads with real queries. A configuration that fails validation
 //! is rejected by `gateway reload` (exit 2) and the running one keeps enforcing; an edited file
-//! is picked up by the daemon on its own; under a continuous stream of DNS queries and TLS
-//! handshakes, 50 reloads between two configurations lose none, and every answer is the old
-//! policy's or the new one's.
+//! is picked up by the daemon on its own, once it has stopped changing; a file cut short is
+//! rejected; under a continuous stream of DNS queries and TLS handshakes, 50 reloads between two
+//! configurations lose none, and every answer is the old policy's or the new one's.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -90,6 +90,15 @@ fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
     );
     assert_eq!(status("allowed.example")?, "NOERROR");
 
+    // A file cut short after its [gateway] section (an editor's truncation, a failed copy)
+    // parses, but names no interface: rejected too, the running configuration still enforces.
+    pins.rewrite("", "")?;
+    let out = pins.gateway("reload", &[])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no [[interface]]"), "{err}");
+    assert_eq!(status("flip.example")?, "NXDOMAIN", "still enforcing");
+
     // An edited file is reloaded by the daemon itself.
     pins.rewrite("", &config(&bed, false))?;
     eventually("the edited configuration in force", || {
@@ -99,20 +108,20 @@ fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
     // Reloads under load: one thread queries without pause while this one reloads.
     let stop = AtomicBool::new(false);
     let seen = std::thread::scope(
-        |scope| -> anyhow::Result<Vec<(String, anyhow::Result<String>)>> {
+        |scope| -> anyhow::Result<Vec<(String, &'static str, anyhow::Result<String>)>> {
             let load = scope.spawn(|| {
-                let mut seen: Vec<(String, anyhow::Result<String>)> = Vec::new();
+                let mut seen: Vec<(String, &'static str, anyhow::Result<String>)> = Vec::new();
                 let names = ["flip.example", "always.example", "allowed.example"];
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let name = names[i % names.len()];
                     // Every fourth round is TLS.
-                    let r = if (i / names.len()) % 4 == 3 {
-                        handshake(name)
+                    let (kind, r) = if (i / names.len()) % 4 == 3 {
+                        ("TLS handshake", handshake(name))
                     } else {
-                        status(name)
+                        ("DNS query", status(name))
                     };
-                    seen.push((name.to_string(), r));
+                    seen.push((name.to_string(), kind, r));
                     i += 1;
                 }
                 seen
@@ -138,18 +147,18 @@ fn reloads_keep_enforcing_and_lose_nothing() -> anyhow::Result<()> {
         seen.len()
     );
     let mut flips = (0, 0);
-    for (name, r) in &seen {
+    for (i, (name, kind, r)) in seen.iter().enumerate() {
         let s = match r {
             Ok(s) => s.as_str(),
-            Err(e) => panic!("{name}: lost or timed out during reloads: {e:#}"),
+            Err(e) => panic!("{kind} {i} for {name}: lost or timed out during reloads: {e:#}"),
         };
         match name.as_str() {
-            "always.example" => assert_eq!(s, "NXDOMAIN", "always blocked"),
-            "allowed.example" => assert_eq!(s, "NOERROR", "never blocked"),
+            "always.example" => assert_eq!(s, "NXDOMAIN", "{kind} {i}: always blocked"),
+            "allowed.example" => assert_eq!(s, "NOERROR", "{kind} {i}: never blocked"),
             _ => match s {
                 "NXDOMAIN" => flips.0 += 1,
                 "NOERROR" => flips.1 += 1,
-                other => panic!("flip.example: {other}"),
+                other => panic!("{kind} {i} for flip.example: {other}"),
             },
         }
     }

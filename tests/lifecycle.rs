@@ -1,5 +1,5 @@
 //! Tier 3 for the device lifecycle and the control API: `gateway suspend` stops a device's
-//! traffic (ping and DNS) within 100 ms and `resume` restores it; a suspension survives `kill -9`
+//! traffic (ping and DNS) before it returns and `resume` restores it likewise; a suspension survives `kill -9`
 //! of the daemon and a restart; the API refuses requests without the token and with malformed
 //! bodies, and says 404 and 409 where they apply; moves and checkouts from the command line.
 
@@ -115,8 +115,9 @@ fn suspend_resume_restart_and_the_api() -> anyhow::Result<()> {
         "NOERROR"
     );
 
-    // Suspend while the laptop pings every 10 ms: no reply later than 100 ms after the command
-    // was given.
+    // Suspend while the laptop pings every 10 ms: its pings got through until the command was
+    // given, and from the moment the command returns (the new generation is active before it
+    // answers) not one fresh ping does.
     let (replies, given) = ping_during(&laptop.ns, up, 2, || {
         let given = now_s();
         let out = check(
@@ -124,16 +125,15 @@ fn suspend_resume_restart_and_the_api() -> anyhow::Result<()> {
             pins.gateway_in(&bed.gw, "suspend", &["laptop", "--note", "lost on bus 17"])?,
         )?;
         anyhow::ensure!(out.contains("laptop") && out.contains("operator"), "{out}");
+        anyhow::ensure!(
+            bed.ping(0, 3)? == 0,
+            "a ping got through after gateway suspend returned"
+        );
         Ok(given)
     })?;
     anyhow::ensure!(
         replies.iter().any(|t| *t < given),
         "the ping never got through: {replies:?}"
-    );
-    let late: Vec<&f64> = replies.iter().filter(|t| **t > given + 0.1).collect();
-    anyhow::ensure!(
-        late.is_empty(),
-        "replies more than 100 ms after suspend: {late:?} (given at {given})"
     );
     assert!(
         dig(&laptop.ns, "dig", up, "allowed.example", "A").is_err(),
@@ -166,19 +166,12 @@ fn suspend_resume_restart_and_the_api() -> anyhow::Result<()> {
     check("gateway reload", pins.gateway("reload", &[])?)?;
     assert_eq!(bed.ping(0, 2)?, 0, "suspended after a reload");
 
-    // Resume: traffic again, within 100 ms.
-    let (replies, given) = ping_during(&laptop.ns, up, 2, || {
-        let given = now_s();
-        check(
-            "gateway resume",
-            pins.gateway_in(&bed.gw, "resume", &["laptop"])?,
-        )?;
-        Ok(given)
-    })?;
-    anyhow::ensure!(
-        replies.iter().any(|t| *t < given + 0.1),
-        "no reply within 100 ms of resume: {replies:?} (given at {given})"
-    );
+    // Resume: the first ping after the command returns gets through.
+    check(
+        "gateway resume",
+        pins.gateway_in(&bed.gw, "resume", &["laptop"])?,
+    )?;
+    assert_eq!(bed.ping(0, 1)?, 1, "the first ping after gateway resume");
     assert_eq!(
         dig(&laptop.ns, "dig", up, "allowed.example", "A")?.status,
         "NOERROR"

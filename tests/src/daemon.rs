@@ -290,6 +290,14 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A failing test shows what the daemon said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
         let _ = fs::remove_file(&self.log);
     }
 }

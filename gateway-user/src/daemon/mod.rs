@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
     notify::notify,
-    reload::{interfaces, keep_category_numbers, mtimes, reload},
+    reload::{SETTLE, interfaces, keep_category_numbers, reload, stamps},
     state::{State, control, follow, lay_over, open_state, signature},
 };
 use crate::{
@@ -90,7 +90,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         );
     }
     let mut state = State {
-        mtimes: mtimes(&config.files),
+        stamps: stamps(&config.files),
+        settling: None,
         applied: signature(&effective, now),
         applied_config: effective,
         statuses,
@@ -202,13 +203,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                     return Ok(());
                 }
-                let now = mtimes(&state.config.files);
-                if now != state.mtimes {
-                    // Recorded first: a rejected file is not retried until it changes again.
-                    state.mtimes = now;
-                    reload(&opts, &mut running, &mut state, "watch");
+                let now = stamps(&state.config.files);
+                if now != state.stamps && state.settling.as_ref().is_none_or(|(s, _)| *s != now) {
+                    state.settling = Some((now, tokio::time::Instant::now() + SETTLE));
                 }
                 follow(&mut running, &mut state, jiff::Timestamp::now());
+            }
+            _ = tokio::time::sleep_until(state.settling.as_ref().map_or_else(tokio::time::Instant::now, |(_, at)| *at)), if state.settling.is_some() => {
+                let now = stamps(&state.config.files);
+                match state.settling.take() {
+                    // Unchanged for SETTLE. Recorded first: a rejected file is not retried until
+                    // it changes again.
+                    Some((seen, _)) if seen == now => {
+                        state.stamps = now;
+                        reload(&opts, &mut running, &mut state, "watch");
+                    }
+                    // Still being written: wait for it to settle again.
+                    _ if now != state.stamps => {
+                        state.settling = Some((now, tokio::time::Instant::now() + SETTLE));
+                    }
+                    _ => {}
+                }
             }
         }
     }

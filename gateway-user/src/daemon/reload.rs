@@ -35,12 +35,25 @@ pub(super) fn keep_category_numbers(config: &mut Config, previous: &[String]) {
     }
 }
 
-pub(super) fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+/// What the watcher compares of a file: its modification time and size (`None`: unreadable).
+pub(super) type Stamp = Option<(SystemTime, u64)>;
+
+/// The stamps of `files`, in order.
+pub(super) fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
     files
         .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .map(|f| {
+            std::fs::metadata(f)
+                .and_then(|m| Ok((m.modified()?, m.len())))
+                .ok()
+        })
         .collect()
 }
+
+/// How long the configuration's files must stay as they are before the watcher reloads them:
+/// an editor or a script that truncates a file and then writes it is not caught between the
+/// two (the empty file would otherwise be read as a configuration with nothing in it).
+pub(super) const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Re-reads the configuration and applies it; keeps the running one if the new one is bad.
 /// The outcome is logged and counted in the status file `gateway reload` reads.
@@ -71,6 +84,13 @@ fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> an
     let mut config = Config::resolve(opts.config.as_deref())?;
     keep_category_numbers(&mut config, &state.status.categories);
     let wanted = interfaces(opts, &config);
+    // A running filter whose file now names no interface was most likely given an empty or cut
+    // short file: keep enforcing what is in force rather than drop every device.
+    anyhow::ensure!(
+        !wanted.is_empty(),
+        "{}: no [[interface]] (an empty or truncated file?); the running configuration stays",
+        config.source.display()
+    );
     let current: Vec<&str> = running
         .attachments
         .iter()
@@ -92,9 +112,9 @@ fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> an
             "[api] listen and token_file and [gateway] state_dir changes take effect at the next start"
         );
     }
-    let files = mtimes(&config.files);
+    let files = stamps(&config.files);
     state.apply(running, config, jiff::Timestamp::now())?;
-    state.mtimes = files;
+    state.stamps = files;
     tracing::info!(
         generation = running.applied.generation,
         changes = running.applied.changes,

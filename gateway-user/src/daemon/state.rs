@@ -5,10 +5,11 @@
 use std::{
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::SystemTime,
 };
 
 use anyhow::Context as _;
+
+use super::reload::Stamp;
 
 use crate::{
     config::{self, Config},
@@ -34,8 +35,11 @@ pub(super) struct State {
     /// last applied (a change, by a schedule window or a due date, applies a new generation).
     pub(super) applied: Vec<(usize, bool)>,
     pub(super) lifecycle: Option<lifecycle::Store>,
-    /// Modification times of `config.files` when it was read.
-    pub(super) mtimes: Vec<Option<SystemTime>>,
+    /// Stamps of `config.files` when it was read (or last rejected).
+    pub(super) stamps: Vec<Stamp>,
+    /// Stamps the watcher saw differ from `stamps`, and when: it reloads once they have stayed
+    /// the same for `SETTLE`.
+    pub(super) settling: Option<(Vec<Stamp>, tokio::time::Instant)>,
     pub(super) status: ReloadStatus,
     pub(super) status_path: PathBuf,
     /// What the history recorder names events with; `publish` adds the configuration in
