@@ -66,6 +66,26 @@ impl Bytes for [u8] {
     }
 }
 
+/// Hides `v` from the optimiser (not from the verifier, which follows a register move). Without
+/// it LLVM rewrites `p + 1 > end` as `p >= end`, a form from which the verifier learns no
+/// readable range, folds `x - (end - data)` into arithmetic on `data_end`, which the verifier
+/// forbids, and drops masks it has proven redundant but the verifier needs. On the host, the
+/// value as it is.
+#[inline(always)]
+pub fn opaque(mut v: usize) -> usize {
+    // SAFETY: a register move onto itself. (A real instruction: an empty asm body leaves two
+    // BTF line-info records at one offset, which the kernel rejects.)
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        v = core::hint::black_box(v);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::Bytes;

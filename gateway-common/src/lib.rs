@@ -4,6 +4,8 @@
 //! map key/value layouts, the enums that index counters, and the pure parsers. The kernel runs
 //! the parsers over the packet; the host runs the same code in tests, `check` and `replay`.
 #![no_std]
+// `bytes::opaque` is inline asm, unstable on the BPF target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[macro_use]
 mod macros;

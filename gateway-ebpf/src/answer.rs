@@ -17,7 +17,7 @@ use gateway_common::{
 use crate::{
     dns::{Frame, Scratch},
     maps,
-    packet_bytes::{PacketBytes, opaque},
+    packet_bytes::{PacketBytes, nonzero, opaque},
 };
 
 #[derive(Clone, Copy)]
@@ -353,27 +353,19 @@ fn send_back(
                 return Verdict::Drop;
             };
             sum_words(&a) + sum_words(&b) + sum_words(&addrs.to_le_bytes())
-        } else if unsafe {
-            bpf_xdp_load_bytes(
-                ctx.ctx,
-                l3_off as u32,
-                s.seg.as_mut_ptr().cast(),
-                hlen as u32,
-            )
-        } != 0
-        {
-            return Verdict::Drop;
         } else {
-            // SAFETY: `hlen` bytes of `s.seg` were just written; it is a multiple of 4.
-            let native = unsafe {
-                bpf_csum_diff(
-                    core::ptr::null_mut(),
-                    0,
-                    s.seg.as_mut_ptr().cast(),
-                    hlen as u32,
-                    0,
-                )
-            };
+            // 24..=60 here.
+            let n = nonzero(hlen as u32, 0x3f, &mut s.size);
+            // SAFETY: `n` (at most 64) bytes into the 512-byte buffer; the helper checks the
+            // packet.
+            if unsafe { bpf_xdp_load_bytes(ctx.ctx, l3_off as u32, s.seg.as_mut_ptr().cast(), n) }
+                != 0
+            {
+                return Verdict::Drop;
+            }
+            // SAFETY: `n` bytes of `s.seg` were just written; it is a multiple of 4.
+            let native =
+                unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, s.seg.as_mut_ptr().cast(), n, 0) };
             // The helper sums native-order words; `sum_words` big-endian ones.
             u64::from(u16::from_be(fold(native as u32 as u64)))
         };
@@ -444,9 +436,11 @@ fn segment_checksum(
     if seg_len == 0 || padded > 508 {
         return None;
     }
-    // SAFETY: `seg_len` (< 512) bytes into the 512-byte buffer; the helper checks the packet.
-    if unsafe { bpf_xdp_load_bytes(ctx.ctx, f.l4_off as u32, s.seg.as_mut_ptr().cast(), seg_len) }
-        != 0
+    // 1..=505 here; the padded length from it, for the same reason (`nonzero`).
+    let len = nonzero(seg_len, 0x1ff, &mut s.size);
+    let padded = (len + 3) & 0x3fc;
+    // SAFETY: `len` (at most 512) bytes into the 512-byte buffer; the helper checks the packet.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, f.l4_off as u32, s.seg.as_mut_ptr().cast(), len) } != 0
     {
         return None;
     }

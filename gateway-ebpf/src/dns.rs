@@ -69,6 +69,9 @@ pub struct Scratch {
     /// state and the callback never converges; map memory reads as unknown, so it does.
     pub walk: WalkCtx,
     pub matching: MatchCtx,
+    /// Where helper lengths pass through on their way to the call (`packet_bytes::nonzero`).
+    pub size: u32,
+    pub size_pad: u32,
 }
 
 /// The main program's findings, for the DNS program it tail-calls.
@@ -196,13 +199,23 @@ fn walk_label(s: &mut Scratch) -> bool {
     let base: *mut u8 = (s as *mut Scratch).cast();
     let wire = base.wrapping_add(core::mem::offset_of!(Scratch, wire));
     let text = base.wrapping_add(core::mem::offset_of!(Scratch, text));
+    // Verifier (6.1): the masks must reach the program. LLVM drops them where it has proven the
+    // offset small (`text + n <= 253` above), keeping the bound only on a register it then
+    // spills; 6.1 does not carry bounds to a spilled copy ("R2 max value is outside of the
+    // allowed memory range"). `opaque` keeps each mask.
     let step = s.walk.walk.label(
         seed,
         avail,
         // SAFETY: bytes i..i + 8 (i < 256) lie within `wire` and `wire_slack`.
-        |i| u64::from_le(unsafe { core::ptr::read_unaligned(wire.add(i & 0xff).cast::<u64>()) }),
+        |i| {
+            u64::from_le(unsafe {
+                core::ptr::read_unaligned(wire.add(opaque(i) & 0xff).cast::<u64>())
+            })
+        },
         // SAFETY: bytes i..i + 8 (i < 256) lie within `text` and `text_slack`.
-        |i, w| unsafe { core::ptr::write_unaligned(text.add(i & 0xff).cast::<u64>(), w.to_le()) },
+        |i, w| unsafe {
+            core::ptr::write_unaligned(text.add(opaque(i) & 0xff).cast::<u64>(), w.to_le())
+        },
     );
     match step {
         Label::Read(h) => {

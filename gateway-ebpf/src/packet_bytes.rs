@@ -3,6 +3,9 @@
 use aya_ebpf::programs::XdpContext;
 use gateway_common::bytes::Bytes;
 
+/// One definition for the kernel and the host parsers.
+pub use gateway_common::bytes::opaque;
+
 /// The frame between `data` and `data_end`.
 pub struct PacketBytes {
     start: usize,
@@ -59,20 +62,26 @@ impl Bytes for PacketBytes {
     }
 }
 
-/// Hides `v` from the optimiser. Without it LLVM rewrites `p + 1 > end` as `p >= end`, a form
-/// from which the verifier learns no readable range, and folds `x - (end - data)` into
-/// arithmetic on `data_end`, which the verifier forbids.
+/// `len`, known by the caller to lie in `1..=mask + 1` (`mask` one less than a power of two),
+/// as a helper's length: passed through `through` (map memory) and then `((len - 1) & mask) + 1`.
+///
+/// Verifier (6.1), two checks:
+/// - Helpers such as `bpf_xdp_load_bytes` take their length as `ARG_CONST_SIZE`, at least 1. A
+///   caller's `len == 0` check bounds the register it tested, but LLVM may pass a copy reloaded
+///   from the stack, and 6.1 does not carry bounds to a spilled copy ("invalid access to map
+///   value ... size=0"). The mask and the `+ 1` give the bound on the register passed.
+/// - A length must be precise, so the verifier traces back the instructions that computed it.
+///   On 6.1 a trace that reaches back past a `bpf_loop` callback gives up and marks every scalar
+///   of every state precise, and states stop being pruned: the DNS program ran out of its
+///   1,000,000 instructions. Read back from map memory, the length's trace ends at the load.
+///
+/// 6.12 and later need neither; the same code serves all.
 #[inline(always)]
-pub fn opaque(mut v: usize) -> usize {
-    // SAFETY: a register move onto itself. (A real instruction: an empty asm body leaves two
-    // BTF line-info records at one offset, which the kernel rejects.)
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack, preserves_flags))
+pub fn nonzero(len: u32, mask: u32, through: &mut u32) -> u32 {
+    // SAFETY: `through` is a valid, aligned u32 (a field of scratch memory).
+    let v = unsafe {
+        core::ptr::write_volatile(through, len);
+        core::ptr::read_volatile(through)
     };
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        v = core::hint::black_box(v);
-    }
-    v
+    (v.wrapping_sub(1) & mask) + 1
 }

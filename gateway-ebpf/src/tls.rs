@@ -27,7 +27,7 @@ use gateway_common::{
 use crate::{
     dns::{self, Frame},
     maps,
-    packet_bytes::PacketBytes,
+    packet_bytes::{PacketBytes, nonzero, opaque},
 };
 
 /// Bytes of a segment's payload the walk reads (the scratch buffer is twice that: indexes are
@@ -91,7 +91,10 @@ extern "C" fn tls_step(_index: u64, _ctx: *mut c_void) -> i64 {
     while k < STEPS_PER_CALL {
         r = walk.step(
             seed,
-            |i| (i < end).then(|| payload[i & PAYLOAD_MASK]),
+            // Verifier (6.1): `opaque` keeps the mask, which LLVM drops knowing `i < end <= 4095`;
+            // 6.1 learns nothing from comparing two unknown scalars ("R0 unbounded memory
+            // access").
+            |i| (i < end).then(|| payload[opaque(i) & PAYLOAD_MASK]),
             &mut pos,
             end,
             &mut sink,
@@ -236,7 +239,7 @@ pub fn judge(
     } else {
         let n = if len > MAX_PAYLOAD { MAX_PAYLOAD } else { len } as u32;
         // Verifier: 1..=2048, whatever the compiler keeps of the comparison above.
-        let n = (n.wrapping_sub(1) & (MAX_PAYLOAD as u32 - 1)) + 1;
+        let n = nonzero(n, MAX_PAYLOAD as u32 - 1, &mut s.size);
         // SAFETY: `n` <= 2048 bytes into the 4096-byte buffer; the helper checks the packet range.
         let loaded = len > 0
             && unsafe {

@@ -380,6 +380,12 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<L3, L3Error> {
     let mut done = false;
     // Constant bound on the extension-header walk; each header adds at most 2 KiB to the offset.
     for _ in 0..MAX_IPV6_EXT_HEADERS {
+        // Verifier (6.1): the offset masked anew each round (a no-op: it stays below `end`).
+        // After some rounds 6.1 keeps it with bounds that contradict themselves (umin 62, umax
+        // 54, on a path that cannot happen) and then loses the packet pointer made from it ("R5
+        // invalid mem access 'scalar'"); the mask rebuilds consistent bounds. `opaque` keeps
+        // LLVM from dropping it.
+        l4_off = crate::bytes::opaque(l4_off) & 0x1_ffff;
         let start = l4_off;
         match proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {

@@ -41,6 +41,10 @@ pub enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Also probe the running kernel for what the filter needs and have it verify the
+        /// filter's programs (loaded, not attached; needs root). Exit 2 naming a missing feature.
+        #[arg(long)]
+        kernel: bool,
     },
     /// List the devices: identifiers, policy, the policy in force now (schedules, moves,
     /// checkouts), suspension and checkout. Asks the daemon; without one, shows the file.

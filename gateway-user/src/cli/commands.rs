@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     control::{self, views},
     daemon::{self, RunOptions},
-    kernel::{Maps, attach},
+    kernel::{Maps, attach, probe},
     observe::{
         history, stats,
         status::{ReloadStatus, runtime_file},
@@ -72,13 +72,31 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 trace_kernel,
             }))
         }
-        Command::Check { config, json } => {
+        Command::Check {
+            config,
+            json,
+            kernel,
+        } => {
             let config = Config::resolve(config.as_deref())?;
             let summary = check::summary(&config)?;
+            let report = if kernel {
+                Some(check::kernel_report(&config)?)
+            } else {
+                None
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let v = serde_json::json!({ "config": summary, "kernel": report });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                if let Some(r) = &report
+                    && let Some(f) = r.features.iter().find(|f| !f.present)
+                {
+                    return Err(BadInput(probe::refusal(&r.release, f)).into());
+                }
             } else {
                 print!("{}", check::render(&summary));
+                if let Some(r) = &report {
+                    print!("\n{}", check::render_kernel(r)?);
+                }
             }
             Ok(())
         }

@@ -9,6 +9,7 @@ pub mod counters;
 mod maps;
 mod mmap;
 mod objects;
+pub mod probe;
 pub mod sys;
 
 pub use apply::{Applied, Applier, GRACE};

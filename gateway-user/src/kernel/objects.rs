@@ -14,7 +14,7 @@ use gateway_common::{
     maps::{Control, Meta, TRACE_LOG, TRACE_MAP, Trace, globals, names},
 };
 
-use super::Maps;
+use super::{Maps, probe};
 
 /// The filter's object file, built by `build.rs` from `gateway-ebpf`.
 pub static FILTER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -57,11 +57,16 @@ pub struct LoadOptions {
 pub struct Filter {
     pub ebpf: Ebpf,
     pub link: LinkType,
+    /// Each program's name and the instructions the verifier processed for it (when the kernel
+    /// says: 5.16+).
+    pub verified: Vec<(&'static str, Option<u32>)>,
 }
 
 impl Filter {
     /// Loads and verifies the filter.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        // A kernel without what the programs need is refused by name, before the verifier.
+        probe::require()?;
         let link = opts.link as u32;
         let trace =
             if opts.trace { TRACE_MAP } else { 0 } | if opts.kernel_log { TRACE_LOG } else { 0 };
@@ -94,14 +99,19 @@ impl Filter {
         let mut ebpf = loader
             .load(FILTER_OBJECT)
             .context("loading the filter object")?;
+        let mut verified_all = Vec::new();
         for name in [DNS_PROGRAM, TLS_PROGRAM, FILTER_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the object has no program {name}"))?
                 .try_into()?;
-            prog.load()
-                .map_err(verifier_error)
-                .with_context(|| format!("program {name}"))?;
+            prog.load().map_err(|e| rejected(name, e))?;
+            let verified = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
+            tracing::debug!(program = name, verified, "program loaded");
+            verified_all.push((name, verified));
         }
         let fd_of = |ebpf: &Ebpf, name: &str| -> anyhow::Result<_> {
             let prog: &Xdp = ebpf
@@ -121,6 +131,7 @@ impl Filter {
         Ok(Self {
             ebpf,
             link: opts.link,
+            verified: verified_all,
         })
     }
 
@@ -188,21 +199,47 @@ pub fn load_empty() -> anyhow::Result<Ebpf> {
         .program_mut(EMPTY_PROGRAM)
         .ok_or_else(|| anyhow!("the object has no program {EMPTY_PROGRAM}"))?
         .try_into()?;
-    prog.load().map_err(verifier_error)?;
+    prog.load().map_err(|e| rejected(EMPTY_PROGRAM, e))?;
     Ok(ebpf)
 }
 
-/// Keeps the verifier's log in the error: it is the only useful part when loading fails.
-fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
-    match e {
-        aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            anyhow!("the kernel rejected the program: {io_error}\n{verifier_log}")
-        }
-        other => anyhow::Error::new(other).context("loading the program"),
-    }
+/// Lines of the verifier's log a rejection shows (the full log goes to a file).
+const LOG_TAIL: usize = 25;
+
+/// The error for program `name` that the kernel would not load. On a kernel that passed
+/// `probe::require` a verifier rejection is a bug of the filter: the error names the program and
+/// the kernel, shows the last lines of the verifier's log (where it says why), and writes the
+/// full log to a file it names.
+fn rejected(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    else {
+        return anyhow::Error::new(e).context(format!("loading program {name}"));
+    };
+    let log = verifier_log.to_string();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+    let path = std::env::temp_dir().join(format!(
+        "gateway-verifier-{name}-{}.log",
+        std::process::id()
+    ));
+    let saved = match std::fs::write(&path, &log) {
+        Ok(()) => format!(
+            "the full verifier log ({} lines): {}",
+            lines.len(),
+            path.display()
+        ),
+        Err(err) => format!(
+            "the full verifier log could not be written to {}: {err}",
+            path.display()
+        ),
+    };
+    anyhow!(
+        "program {name}: kernel {} rejected it ({io_error}); this is a bug of the filter, please report it with the log\n{tail}\n{saved}",
+        probe::release()
+    )
 }
 
 /// Checks that the pinned maps in `dir` have the layout this build expects. Returns the names of

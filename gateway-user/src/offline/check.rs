@@ -1,5 +1,6 @@
 //! `gateway check`: the configuration validated and compiled as `run` would, without touching
-//! the kernel, and a summary of what it holds and what it will take.
+//! the kernel, and a summary of what it holds and what it will take; with `--kernel`, the
+//! running kernel probed for what the filter needs and the filter's programs verified by it.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -9,7 +10,9 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Desired, domain_buckets},
-    kernel::FILTER_OBJECT,
+    errors::BadInput,
+    kernel::{FILTER_OBJECT, probe},
+    offline::testrun::load_filter,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +159,66 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
         kernel_bytes: maps.iter().map(|m| m.bytes).sum(),
         maps: maps.into_iter().take(6).collect(),
     })
+}
+
+/// What `gateway check --kernel` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelReport {
+    /// `uname -r`.
+    pub release: String,
+    pub features: Vec<probe::Feature>,
+    /// Each program and the instructions the verifier processed for it (limit: 1,000,000).
+    pub programs: Vec<(String, Option<u32>)>,
+}
+
+/// Probes the kernel and, if it has every feature, loads (verifies) the filter's programs as
+/// `gateway run` would, sized for `config`, without attaching them. A missing feature is bad
+/// input (exit 2) naming it, after the table.
+pub fn kernel_report(config: &Config) -> anyhow::Result<KernelReport> {
+    let release = probe::release();
+    let features = probe::features();
+    let mut report = KernelReport {
+        release: release.clone(),
+        features,
+        programs: Vec::new(),
+    };
+    if report.features.iter().all(|f| f.present) {
+        let filter = load_filter(
+            config,
+            gateway_common::enums::LinkType::Ethernet,
+            false,
+            None,
+        )?;
+        report.programs = filter
+            .verified
+            .iter()
+            .map(|(n, v)| ((*n).to_string(), *v))
+            .collect();
+    }
+    Ok(report)
+}
+
+/// The kernel report as text; `Err` (exit 2) with the refusal when a feature is missing.
+pub fn render_kernel(r: &KernelReport) -> anyhow::Result<String> {
+    let mut o = String::new();
+    let _ = writeln!(o, "kernel {}", r.release);
+    for f in &r.features {
+        let mark = if f.present { "ok" } else { "MISSING" };
+        let _ = writeln!(o, "  {:<7} {:<24} (since {})", mark, f.what, f.since);
+    }
+    if let Some(f) = r.features.iter().find(|f| !f.present) {
+        print!("{o}");
+        return Err(BadInput(probe::refusal(&r.release, f)).into());
+    }
+    let _ = writeln!(o, "programs verified:");
+    for (name, insns) in &r.programs {
+        let insns = insns.map_or("(not reported)".to_string(), |n| {
+            format!("{n} instructions processed")
+        });
+        let _ = writeln!(o, "  {name:<16} {insns}");
+    }
+    let _ = writeln!(o, "kernel {}: the filter loads", r.release);
+    Ok(o)
 }
 
 fn mib(bytes: u64) -> String {
