@@ -15,6 +15,9 @@ use crate::{Netns, check, unique};
 
 /// The pass-only XDP object the build produces (`gateway-empty`): `$GATEWAY_EMPTY_OBJ`, else
 /// the newest one under the workspace's target directory.
+/// How long `Daemon::start` waits for the daemon to be ready.
+const READY_WITHIN_S: u64 = 180;
+
 pub fn empty_xdp_object() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("GATEWAY_EMPTY_OBJ") {
         return Ok(PathBuf::from(p));
@@ -203,7 +206,9 @@ impl Daemon {
             child: Some(child),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: the kernel matrix runs this under qemu without KVM, where verifying the
+        // three programs alone takes tens of seconds; on the host the daemon is ready in ~2 s.
+        let deadline = Instant::now() + Duration::from_secs(READY_WITHIN_S);
         let mut buf = [0u8; 512];
         let ready = loop {
             if let Some(c) = d.child.as_mut()
@@ -220,7 +225,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 break Err(anyhow!(
-                    "gateway run did not report ready within 20 s:\n{}",
+                    "gateway run did not report ready within {READY_WITHIN_S} s:\n{}",
                     d.log_text()
                 ));
             }

@@ -25,6 +25,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("offline", 4),
     ("daemon", 5),
     ("cli", 6),
+    // Extra binaries (`gateway-docs`): entry points like `main.rs`, above everything.
+    ("bin", 7),
 ];
 
 /// Where the daemon crate's modules are, under the workspace root.

@@ -1,11 +1,14 @@
-//! `cargo xtask`: setup, build, run, demo, test, bench.
+//! `cargo xtask`: setup, build, run, demo, test, kernels, package, bench.
 //!
 //! `setup` installs what the build and the tests need and does nothing when it is all there;
 //! every other command calls it first, so a fresh machine needs no manual steps.
 
+mod arm64;
 mod bench_dns;
 mod demo;
+mod kernels;
 mod layout;
+mod package;
 mod setup;
 
 use std::{
@@ -60,9 +63,19 @@ enum Cmd {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// The kernel matrix (also the last step of `test`): Debian's 6.1 and 6.12 kernels booted
+    /// under qemu, the kernel fixture tier and a namespace test inside each.
+    Kernels,
     /// The layout check (also the first step of `test`): module docs, file sizes, and the
     /// daemon crate's import graph between folders, which it prints.
     Layout,
+    /// arm64: the gateway cross-built, Debian's arm64 6.1 kernel under qemu-system-aarch64, and
+    /// `gateway replay` of every corpus capture there compared with the host's, frame by frame.
+    TestArm64,
+    /// The Debian packages for amd64 and arm64 (target/package/), then, as root, the amd64
+    /// one's install test: installed, checked, attached in a namespace, upgraded, removed,
+    /// nothing left.
+    Package,
     /// The benchmarks (release build), printed as tables with ratios to the baselines.
     Bench {
         /// Extra arguments for the benchmark binary (e.g. --json).
@@ -98,6 +111,22 @@ fn main() -> anyhow::Result<()> {
             test(filter.as_deref())
         }
         Cmd::Layout => layout::run(&root(), true),
+        Cmd::Kernels => {
+            setup::run()?;
+            step("cargo", &["build", "--bins"])?;
+            kernels::run(&root())
+        }
+        Cmd::TestArm64 => {
+            setup::run()?;
+            arm64::test(&root(), &root().join("../shared/corpus"))
+        }
+        Cmd::Package => {
+            setup::run()?;
+            let amd64 = package::build(&root(), "amd64")?;
+            let arm64 = package::build(&root(), "arm64")?;
+            eprintln!("built {} and {}", amd64.display(), arm64.display());
+            package::install_test(&amd64)
+        }
         Cmd::Bench { args } => {
             setup::run()?;
             bench(&args)
@@ -214,6 +243,10 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
         .context("running cargo test")?;
     if !status.success() {
         bail!("tests failed ({status})");
+    }
+    // The same kernel tier on the other supported kernels (a filtered run is a developer's).
+    if filter.is_none() {
+        kernels::run(&root())?;
     }
     eprintln!("all tests passed");
     Ok(())

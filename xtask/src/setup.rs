@@ -18,27 +18,33 @@ const LLVM_PACKAGES: &[&str] = &[
 ];
 /// What the tests, the demo and the benchmarks run.
 const TEST_PACKAGES: &[&str] = &[
-    "iproute2",      // ip, namespaces, veth
-    "iputils-ping",  // ping from simulated devices
-    "ethtool",       // offloads off on veths
-    "util-linux",    // nsenter
-    "procps",        // sysctl
-    "bpftool",       // inspecting programs and maps when a test fails
-    "dnsmasq-base",  // the DNS upstream of the namespace tests; a baseline of the benchmark
-    "dnsutils",      // dig
-    "knot-dnsutils", // kdig
-    "tshark",        // the reference SNI of every corpus ClientHello
-    "openssl",       // s_server upstream and s_client in the TLS namespace tests
-    "gnutls-bin",    // gnutls-cli
-    "curl",          // HTTPS client
-    "socat",         // the HTTPS upstream of the TLS namespace tests
-    "chromium",      // a real browser's two-segment ClientHello
-    "dnsperf",       // the DNS benchmark's load
-    "unbound",       // a baseline of the DNS benchmark
-    "prometheus",    // promtool: checks a live /metrics scrape
+    "iproute2",        // ip, namespaces, veth
+    "iputils-ping",    // ping from simulated devices
+    "ethtool",         // offloads off on veths
+    "util-linux",      // nsenter
+    "procps",          // sysctl
+    "bpftool",         // inspecting programs and maps when a test fails
+    "dnsmasq-base",    // the DNS upstream of the namespace tests; a baseline of the benchmark
+    "dnsutils",        // dig
+    "knot-dnsutils",   // kdig
+    "tshark",          // the reference SNI of every corpus ClientHello
+    "openssl",         // s_server upstream and s_client in the TLS namespace tests
+    "gnutls-bin",      // gnutls-cli
+    "curl",            // HTTPS client
+    "socat",           // the HTTPS upstream of the TLS namespace tests
+    "chromium",        // a real browser's two-segment ClientHello
+    "dnsperf",         // the DNS benchmark's load
+    "unbound",         // a baseline of the DNS benchmark
+    "prometheus",      // promtool: checks a live /metrics scrape
+    "qemu-system-x86", // the kernel matrix boots Debian's 6.1 and 6.12 under qemu
+    "kmod",            // depmod for the matrix kernels' modules
+    "busybox-static",  // virtme-ng's guest init
 ];
 
-fn quiet(program: &str, args: &[&str]) -> Option<String> {
+/// virtme-ng, which boots a kernel on the host's own filesystem (PyPI).
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+pub(crate) fn quiet(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     out.status
         .success()
@@ -49,7 +55,7 @@ fn is_root() -> bool {
     quiet("id", &["-u"]).is_some_and(|s| s.trim() == "0")
 }
 
-fn missing_packages(packages: &[&str]) -> Vec<String> {
+pub(crate) fn missing_packages(packages: &[&str]) -> Vec<String> {
     packages
         .iter()
         .filter(|p| {
@@ -60,7 +66,7 @@ fn missing_packages(packages: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
@@ -139,5 +145,10 @@ pub fn run() -> anyhow::Result<()> {
 
     // 3. The tools the tests and the demo use.
     apt_install(&missing_packages(TEST_PACKAGES))?;
+
+    // 4. virtme-ng for the kernel matrix.
+    if quiet("vng", &["--version"]).is_none() {
+        crate::step("python3", &["-m", "pip", "install", "-q", VIRTME_NG])?;
+    }
     Ok(())
 }

@@ -1,0 +1,307 @@
+//! The kernel matrix: `cargo xtask test` runs it after the host's tests (`cargo xtask kernels`
+//! alone). Debian's own 6.1 LTS and 6.12 LTS kernels, found through apt and downloaded once
+//! (cached under `target/kernels/`), are booted under qemu (virtme-ng, TCG: these machines have
+//! no KVM) on the host's filesystem, and inside each: `gateway check --kernel` (every feature
+//! probed, every program verified), the kernel fixture tier (the fixture, DNS and TLS tests,
+//! through BPF_PROG_TEST_RUN), and a namespace test with real traffic (`tests/kernels.rs`).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// One kernel of the matrix.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// `uname -r` of the kernel, e.g. `6.1.0-57-amd64`.
+    pub release: String,
+    /// The Debian package holding it.
+    pub package: String,
+}
+
+/// The host tests the matrix runs inside each kernel: (package, test target).
+const GUEST_TESTS: &[(&str, &str)] = &[
+    ("gateway-user", "fixtures"),
+    ("gateway-user", "dns"),
+    ("gateway-user", "tls"),
+    ("gateway-testbed", "kernels"),
+];
+
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Numbers of a version string, for ordering (`6.12.115+deb12` → [6, 12, 115, 12]).
+fn numbers(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Debian 12's kernel: what `linux-image-amd64` depends on now (the number moves with updates).
+fn debian_default(depends: &str) -> Option<String> {
+    depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-6.1.") && p.ends_with("-amd64"))
+        .map(|p| p.trim_start_matches("linux-image-").to_string())
+}
+
+/// The newest Debian 12 build of 6.12, from `apt-cache search` lines.
+fn newest_612(search: &str) -> Option<String> {
+    search
+        .lines()
+        .filter_map(|l| l.split(" - ").next())
+        .filter_map(|p| p.strip_prefix("linux-image-"))
+        .filter_map(|p| p.strip_suffix("-unsigned"))
+        .filter(|r| r.starts_with("6.12.") && r.ends_with("+deb12-amd64"))
+        .max_by_key(|r| numbers(r))
+        .map(str::to_string)
+}
+
+/// The kernels of the matrix, as apt knows them now; where apt cannot say (no network), the
+/// ones already cached.
+pub fn resolve(cache: &Path) -> anyhow::Result<Vec<Kernel>> {
+    let of = |release: String| Kernel {
+        package: format!("linux-image-{release}-unsigned"),
+        release,
+    };
+    let lts61 = output("apt-cache", &["depends", "linux-image-amd64"])
+        .ok()
+        .and_then(|d| debian_default(&d));
+    let lts612 = output(
+        "apt-cache",
+        &[
+            "search",
+            "--names-only",
+            r"^linux-image-6\.12\..*-amd64-unsigned$",
+        ],
+    )
+    .ok()
+    .and_then(|s| newest_612(&s));
+    let cached = |prefix: &str| -> Option<String> {
+        fs::read_dir(cache)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix) && n.ends_with("-amd64"))
+            .max_by_key(|n| numbers(n))
+    };
+    let mut out = Vec::new();
+    for (found, prefix) in [(lts61, "6.1."), (lts612, "6.12.")] {
+        match found.or_else(|| cached(prefix)) {
+            Some(r) => out.push(of(r)),
+            None => bail!("no Debian {prefix}x kernel package found (apt-cache) or cached"),
+        }
+    }
+    Ok(out)
+}
+
+/// The kernel's image, downloaded and unpacked into `cache` unless it is there, and its modules
+/// under `/lib/modules` (the guest loads veth and 9p from there).
+pub fn fetch(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
+    let dir = cache.join(&k.release);
+    let vmlinuz = dir.join(format!("boot/vmlinuz-{}", k.release));
+    if !vmlinuz.exists() {
+        unpack_package(cache, &k.package, &dir)?;
+    }
+    let modules = Path::new("/lib/modules").join(&k.release);
+    if !modules.join("modules.dep").exists() {
+        let from = dir.join("lib/modules").join(&k.release);
+        fs::create_dir_all("/lib/modules")?;
+        let from_s = from.to_string_lossy().into_owned();
+        crate::step("cp", &["-a", &from_s, "/lib/modules/"])?;
+        crate::step("depmod", &[&k.release])?;
+    }
+    Ok(vmlinuz)
+}
+
+/// Downloads the Debian package `spec` (`name` or `name:arch`) into `cache` with apt and
+/// unpacks it into `dir` (whole or not at all: through a partial directory renamed at the end).
+pub fn unpack_package(cache: &Path, spec: &str, dir: &Path) -> anyhow::Result<()> {
+    let name = spec.split(':').next().unwrap_or(spec);
+    fs::create_dir_all(cache)?;
+    eprintln!("downloading {spec}");
+    let status = Command::new("apt-get")
+        .args(["download", "-q", spec])
+        .current_dir(cache)
+        .status()
+        .context("running apt-get download")?;
+    if !status.success() {
+        bail!("apt-get download {spec} failed ({status})");
+    }
+    let deb = fs::read_dir(cache)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("{spec} downloaded, but no .deb in {}", cache.display()))?;
+    let mut partial = dir.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = fs::remove_dir_all(&partial);
+    crate::step(
+        "dpkg-deb",
+        &["-x", &deb.to_string_lossy(), &partial.to_string_lossy()],
+    )?;
+    fs::rename(&partial, dir)?;
+    fs::remove_file(&deb)?;
+    Ok(())
+}
+
+/// The test executables to run in the guests, built for the host (the guest shares its files).
+fn test_binaries(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (package, test) in GUEST_TESTS {
+        let json = Command::new("cargo")
+            .args([
+                "test",
+                "--no-run",
+                "--message-format=json",
+                "--package",
+                package,
+                "--test",
+                test,
+            ])
+            .current_dir(root)
+            .output()
+            .context("running cargo test --no-run")?;
+        if !json.status.success() {
+            bail!("building the {package} test {test} failed");
+        }
+        let exe = String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"]["name"] == *test)
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .with_context(|| format!("no executable for the {package} test {test}"))?;
+        out.push(exe);
+    }
+    Ok(out)
+}
+
+/// The script the guest runs: everything's output into `log`, the exit status into `rc`.
+fn guest_script(root: &Path, bin: &Path, tests: &[PathBuf], log: &Path, rc: &Path) -> String {
+    let mut s = format!(
+        "#!/bin/sh\n\
+         exec >{log} 2>&1\n\
+         mount -t bpf bpf /sys/fs/bpf 2>/dev/null\n\
+         cd {root}\n\
+         export GATEWAY_BIN={bin}\n\
+         rc=0\n\
+         echo \"== $(uname -r): gateway check --kernel\"\n\
+         {bin} check --kernel || rc=1\n",
+        log = log.display(),
+        root = root.display(),
+        bin = bin.display(),
+    );
+    for t in tests {
+        s.push_str(&format!(
+            "echo \"== {t}\"\n{t} --test-threads=2 || rc=1\n",
+            t = t.display()
+        ));
+    }
+    s.push_str(&format!("echo $rc >{}\n", rc.display()));
+    s
+}
+
+/// Boots each kernel of the matrix and runs the guest tests in it; fails naming every kernel
+/// where something failed, with its log.
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    let cache = root.join("target/kernels");
+    let kernels = resolve(&cache)?;
+    let bin = root.join("target/debug/gateway");
+    let tests = test_binaries(root)?;
+    let mut failed = Vec::new();
+    for k in &kernels {
+        let vmlinuz = fetch(&cache, k)?;
+        let log = cache.join(format!("guest-{}.log", k.release));
+        let rc = cache.join(format!("guest-{}.rc", k.release));
+        let script = cache.join(format!("guest-{}.sh", k.release));
+        let _ = fs::remove_file(&rc);
+        fs::write(&script, guest_script(root, &bin, &tests, &log, &rc))?;
+        crate::step("chmod", &["+x", &script.to_string_lossy()])?;
+        eprintln!("$ vng (kernel {}) {}", k.release, script.display());
+        let status = Command::new("vng")
+            .args([
+                "--disable-kvm",
+                "--force-9p",
+                "-r",
+                &vmlinuz.to_string_lossy(),
+                "--memory",
+                "2G",
+                "--cpus",
+                "2",
+                &format!("--rwdir={}", cache.display()),
+                "--exec",
+                &script.to_string_lossy(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running vng (virtme-ng)")?;
+        let code = fs::read_to_string(&rc).unwrap_or_default();
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let summary: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("== ") || l.starts_with("test result") || l.contains("loads"))
+            .collect();
+        eprintln!("kernel {}:\n  {}", k.release, summary.join("\n  "));
+        // The guest's own verdict (vng's exit status reflects the guest's shutdown, not the
+        // script's); no file at all means the guest never ran the script.
+        if code.trim() != "0" {
+            eprintln!("vng exited with {status}");
+            eprintln!("{text}");
+            failed.push(format!("{} (log: {})", k.release, log.display()));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the kernel matrix failed on {}", failed.join(", "));
+    }
+    eprintln!(
+        "kernel matrix passed: {}",
+        kernels
+            .iter()
+            .map(|k| k.release.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_are_found_in_apt_output() {
+        assert_eq!(
+            debian_default("linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n"),
+            Some("6.1.0-57-amd64".to_string())
+        );
+        let search = "linux-image-6.12.107+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs\n\
+                      linux-image-6.12.115+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs\n\
+                      linux-image-6.12.113+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs\n\
+                      linux-image-6.12.115+deb12-cloud-amd64-unsigned - Linux 6.12 cloud\n\
+                      linux-image-6.12.115+deb12-rt-amd64-unsigned - PREEMPT_RT\n";
+        assert_eq!(newest_612(search), Some("6.12.115+deb12-amd64".to_string()));
+        assert!(numbers("6.12.9") < numbers("6.12.10"), "numeric order");
+    }
+}
