@@ -53,13 +53,15 @@ fn numbers(s: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Debian 12's kernel: what `linux-image-amd64` depends on now (the number moves with updates).
-fn debian_default(depends: &str) -> Option<String> {
+/// A Debian release's kernel: what `linux-image-amd64` depends on now (the number moves with
+/// updates), if it is of the series `series` (`"6.1."`).
+fn debian_default(depends: &str, series: &str) -> Option<String> {
     depends
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-6.1.") && p.ends_with("-amd64"))
-        .map(|p| p.trim_start_matches("linux-image-").to_string())
+        .filter_map(|p| p.strip_prefix("linux-image-"))
+        .find(|r| r.starts_with(series) && r.ends_with("-amd64"))
+        .map(str::to_string)
 }
 
 /// The newest Debian 12 build of 6.12, from `apt-cache search` lines.
@@ -83,7 +85,7 @@ pub fn resolve(cache: &Path) -> anyhow::Result<Vec<Kernel>> {
     };
     let lts61 = output("apt-cache", &["depends", "linux-image-amd64"])
         .ok()
-        .and_then(|d| debian_default(&d));
+        .and_then(|d| debian_default(&d, "6.1."));
     let lts612 = output(
         "apt-cache",
         &[
@@ -120,6 +122,13 @@ pub fn fetch(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
     if !vmlinuz.exists() {
         unpack_package(cache, &k.package, &dir)?;
     }
+    fetch_modules(cache, k)?;
+    Ok(vmlinuz)
+}
+
+/// The kernel's modules under `/lib/modules` (virtme-ng's guest loads 9p and veth from there).
+fn fetch_modules(cache: &Path, k: &Kernel) -> anyhow::Result<()> {
+    let dir = cache.join(&k.release);
     let modules = Path::new("/lib/modules").join(&k.release);
     if !modules.join("modules.dep").exists() {
         let from = dir.join("lib/modules").join(&k.release);
@@ -128,16 +137,22 @@ pub fn fetch(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
         crate::step("cp", &["-a", &from_s, "/lib/modules/"])?;
         crate::step("depmod", &[&k.release])?;
     }
-    Ok(vmlinuz)
+    Ok(())
 }
 
 /// Downloads the Debian package `spec` (`name` or `name:arch`) into `cache` with apt and
 /// unpacks it into `dir` (whole or not at all: through a partial directory renamed at the end).
 pub fn unpack_package(cache: &Path, spec: &str, dir: &Path) -> anyhow::Result<()> {
+    unpack_package_with(cache, spec, dir, &[])
+}
+
+/// As `unpack_package`, with extra options for apt (another release's package lists).
+fn unpack_package_with(cache: &Path, spec: &str, dir: &Path, apt: &[String]) -> anyhow::Result<()> {
     let name = spec.split(':').next().unwrap_or(spec);
     fs::create_dir_all(cache)?;
     eprintln!("downloading {spec}");
     let status = Command::new("apt-get")
+        .args(apt)
         .args(["download", "-q", spec])
         .current_dir(cache)
         .status()
@@ -223,40 +238,150 @@ fn guest_script(root: &Path, bin: &Path, tests: &[PathBuf], log: &Path, rc: &Pat
     s
 }
 
-/// Boots each kernel of the matrix and runs the guest tests in it; fails naming every kernel
-/// where something failed, with its log.
+/// Debian 11's kernel (5.10: no `bpf_loop`), from bullseye's package lists kept in `cache`
+/// (the system's own lists are not touched), or the one cached.
+fn refused_kernel(cache: &Path) -> anyhow::Result<(Kernel, PathBuf)> {
+    let apt_dir = cache.join("apt-bullseye");
+    if let Some(release) = fs::read_dir(cache).ok().and_then(|rd| {
+        rd.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find(|n| n.starts_with("5.10.") && n.ends_with("-amd64"))
+    }) {
+        let vmlinuz = cache.join(&release).join(format!("boot/vmlinuz-{release}"));
+        if vmlinuz.exists() {
+            let package = format!("linux-image-{release}-unsigned");
+            return Ok((Kernel { release, package }, vmlinuz));
+        }
+    }
+    for d in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(apt_dir.join(d))?;
+    }
+    let sources = apt_dir.join("sources.list");
+    fs::write(&sources, "deb http://deb.debian.org/debian bullseye main\n")?;
+    let apt: Vec<String> = [
+        format!("-o=Dir::Etc::SourceList={}", sources.display()),
+        "-o=Dir::Etc::SourceParts=/dev/null".to_string(),
+        format!("-o=Dir::State::Lists={}", apt_dir.join("lists").display()),
+        format!("-o=Dir::Cache={}", apt_dir.join("cache").display()),
+    ]
+    .into();
+    let args = |rest: &[&str]| -> Vec<String> {
+        apt.iter()
+            .cloned()
+            .chain(rest.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let update = Command::new("apt-get")
+        .args(args(&["update", "-qq"]))
+        .status()
+        .context("running apt-get update for bullseye")?;
+    if !update.success() {
+        bail!("apt-get update of bullseye's lists failed ({update})");
+    }
+    let depends = Command::new("apt-cache")
+        .args(args(&["depends", "linux-image-amd64"]))
+        .output()
+        .context("running apt-cache depends")?;
+    let release = debian_default(&String::from_utf8_lossy(&depends.stdout), "5.10.")
+        .context("no 5.10 kernel in bullseye's lists")?;
+    let k = Kernel {
+        package: format!("linux-image-{release}-unsigned"),
+        release,
+    };
+    let dir = cache.join(&k.release);
+    unpack_package_with(cache, &k.package, &dir, &apt)?;
+    let vmlinuz = dir.join(format!("boot/vmlinuz-{}", k.release));
+    Ok((k, vmlinuz))
+}
+
+/// Boots `vmlinuz` under qemu (virtme-ng, TCG, two CPUs, the host's filesystem) with `script`
+/// as what the guest runs; `cache` is writable in the guest.
+fn boot(cache: &Path, release: &str, vmlinuz: &Path, script: &str) -> anyhow::Result<()> {
+    let path = cache.join(format!("guest-{release}.sh"));
+    fs::write(&path, script)?;
+    crate::step("chmod", &["+x", &path.to_string_lossy()])?;
+    eprintln!("$ vng (kernel {release}) {}", path.display());
+    let status = Command::new("vng")
+        .args([
+            "--disable-kvm",
+            "--force-9p",
+            "-r",
+            &vmlinuz.to_string_lossy(),
+            "--memory",
+            "2G",
+            "--cpus",
+            "2",
+            &format!("--rwdir={}", cache.display()),
+            "--exec",
+            &path.to_string_lossy(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running vng (virtme-ng)")?;
+    // vng's exit status reflects the guest's shutdown, not the script's: callers read the
+    // files the script wrote.
+    eprintln!("vng exited with {status}");
+    Ok(())
+}
+
+/// On a kernel without `bpf_loop`, `gateway check --kernel` and `gateway replay` refuse with
+/// one line naming the kernel and the feature, and exit 2.
+fn check_refusal(root: &Path, cache: &Path, bin: &Path) -> anyhow::Result<()> {
+    let (k, vmlinuz) = refused_kernel(cache)?;
+    fetch_modules(cache, &k)?;
+    let log = cache.join(format!("guest-{}.log", k.release));
+    let _ = fs::remove_file(&log);
+    let capture = root.join("../shared/corpus/pcaps/dns/dns-https.pcap");
+    let script = format!(
+        "#!/bin/sh\n\
+         exec >{log} 2>&1\n\
+         mount -t bpf bpf /sys/fs/bpf 2>/dev/null\n\
+         {bin} check --kernel; echo \"check exit $?\"\n\
+         {bin} replay {capture}; echo \"replay exit $?\"\n",
+        log = log.display(),
+        bin = bin.display(),
+        capture = capture.display(),
+    );
+    boot(cache, &k.release, &vmlinuz, &script)?;
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let line = format!(
+        "error: kernel {} has no bpf_loop (needs 5.17+; 6.1 LTS or newer is supported)",
+        k.release
+    );
+    let refusals = text.lines().filter(|l| *l == line).count();
+    if !(text.contains("check exit 2") && text.contains("replay exit 2") && refusals == 2) {
+        bail!(
+            "kernel {}: expected `{line}` and exit 2 from check --kernel and replay; got:\n{text}",
+            k.release
+        );
+    }
+    eprintln!(
+        "kernel {}: refused by name (check --kernel and replay exit 2)",
+        k.release
+    );
+    Ok(())
+}
+
+/// Boots each kernel of the matrix and runs the guest tests in it, after checking that a kernel
+/// too old is refused by name; fails naming every kernel where something failed, with its log.
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let cache = root.join("target/kernels");
-    let kernels = resolve(&cache)?;
     let bin = root.join("target/debug/gateway");
+    check_refusal(root, &cache, &bin)?;
+    let kernels = resolve(&cache)?;
     let tests = test_binaries(root)?;
     let mut failed = Vec::new();
     for k in &kernels {
         let vmlinuz = fetch(&cache, k)?;
         let log = cache.join(format!("guest-{}.log", k.release));
         let rc = cache.join(format!("guest-{}.rc", k.release));
-        let script = cache.join(format!("guest-{}.sh", k.release));
         let _ = fs::remove_file(&rc);
-        fs::write(&script, guest_script(root, &bin, &tests, &log, &rc))?;
-        crate::step("chmod", &["+x", &script.to_string_lossy()])?;
-        eprintln!("$ vng (kernel {}) {}", k.release, script.display());
-        let status = Command::new("vng")
-            .args([
-                "--disable-kvm",
-                "--force-9p",
-                "-r",
-                &vmlinuz.to_string_lossy(),
-                "--memory",
-                "2G",
-                "--cpus",
-                "2",
-                &format!("--rwdir={}", cache.display()),
-                "--exec",
-                &script.to_string_lossy(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .context("running vng (virtme-ng)")?;
+        boot(
+            &cache,
+            &k.release,
+            &vmlinuz,
+            &guest_script(root, &bin, &tests, &log, &rc),
+        )?;
         let code = fs::read_to_string(&rc).unwrap_or_default();
         let text = fs::read_to_string(&log).unwrap_or_default();
         let summary: Vec<&str> = text
@@ -264,10 +389,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             .filter(|l| l.starts_with("== ") || l.starts_with("test result") || l.contains("loads"))
             .collect();
         eprintln!("kernel {}:\n  {}", k.release, summary.join("\n  "));
-        // The guest's own verdict (vng's exit status reflects the guest's shutdown, not the
-        // script's); no file at all means the guest never ran the script.
+        // No file at all means the guest never ran the script.
         if code.trim() != "0" {
-            eprintln!("vng exited with {status}");
             eprintln!("{text}");
             failed.push(format!("{} (log: {})", k.release, log.display()));
         }
@@ -293,7 +416,10 @@ mod tests {
     #[test]
     fn the_kernels_are_found_in_apt_output() {
         assert_eq!(
-            debian_default("linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n"),
+            debian_default(
+                "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n",
+                "6.1."
+            ),
             Some("6.1.0-57-amd64".to_string())
         );
         let search = "linux-image-6.12.107+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs\n\

@@ -347,9 +347,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = Config::resolve(config.as_deref())?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            if !json {
-                writeln!(out, "{}", replay::HEADER)?;
-            }
+            // The table's header comes with its first row: a kernel that refuses the filter
+            // (it is loaded with the first frame) leaves just the refusal.
+            let mut header = !json;
             let mut failed: Option<std::io::Error> = None;
             let summary = replay::replay(&config, &capture, |r| {
                 let line = if json {
@@ -357,6 +357,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 } else {
                     replay::render(r)
                 };
+                if header {
+                    header = false;
+                    if let Err(e) = writeln!(out, "{}", replay::HEADER) {
+                        failed.get_or_insert(e);
+                    }
+                }
                 if let Err(e) = writeln!(out, "{line}") {
                     failed.get_or_insert(e);
                 }
