@@ -315,7 +315,10 @@ fn boot(cache: &Path, release: &str, vmlinuz: &Path, script: &str) -> anyhow::Re
             "--exec",
             &path.to_string_lossy(),
         ])
-        .stdout(std::process::Stdio::null())
+        // Not our own: qemu opens the guest's stdout and stderr as files on /proc/self/fd/1
+        // and 2, truncating them, and would empty a log the suite's output is redirected to.
+        .stdout(fs::File::create(cache.join(format!("vng-{release}.out")))?)
+        .stderr(fs::File::create(cache.join(format!("vng-{release}.err")))?)
         .status()
         .context("running vng (virtme-ng)")?;
     // vng's exit status reflects the guest's shutdown, not the script's: callers read the
