@@ -14,28 +14,11 @@ use gateway_testbed::{
 };
 
 fn config(bed: &Bed, flip_blocked: bool) -> String {
-    let dev = &bed.devices[0];
-    let block = if flip_blocked {
-        r#"["always.example", "flip.example"]"#
+    if flip_blocked {
+        bed.one_device_config(&["always.example", "flip.example"])
     } else {
-        r#"["always.example"]"#
-    };
-    format!(
-        r#"
-[[interface]]
-name = "{}"
-
-[[policy]]
-name = "students"
-block = {block}
-
-[[device]]
-name = "laptop"
-mac = "{}"
-policy = "students"
-"#,
-        dev.gw_if, dev.mac
-    )
+        bed.one_device_config(&["always.example"])
+    }
 }
 
 #[test]

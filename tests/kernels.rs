@@ -12,22 +12,7 @@ use gateway_testbed::{
 fn blocked_query_answered_and_blocked_hello_reset() -> anyhow::Result<()> {
     let bed = Bed::new(1)?;
     let dev = &bed.devices[0];
-    let body = format!(
-        r#"
-[[interface]]
-name = "{}"
-
-[[policy]]
-name = "students"
-block = ["blocked.example"]
-
-[[device]]
-name = "laptop"
-mac = "{}"
-policy = "students"
-"#,
-        dev.gw_if, dev.mac
-    );
+    let body = bed.one_device_config(&["blocked.example"]);
     let pins = Pins::with_config("", &body)?;
     let _daemon = Daemon::start(&bed.gw, &pins, &["d1"])?;
     let _upstream = Dnsmasq::start(

@@ -237,6 +237,20 @@ impl Bed {
     /// The `[gateway]` lines of `two_device_config`.
     pub const TWO_DEVICE_GATEWAY: &'static str = "unknown_devices = \"guest\"";
 
+    /// A configuration body for a one-device bed: the filter on the device's interface, the
+    /// device ("laptop", known by its MAC) in policy "students", which blocks `block`.
+    pub fn one_device_config(&self, block: &[&str]) -> String {
+        let dev = &self.devices[0];
+        let block: Vec<String> = block.iter().map(|d| format!("{d:?}")).collect();
+        format!(
+            "[[interface]]\nname = \"{}\"\n\n[[policy]]\nname = \"students\"\nblock = [{}]\n\n\
+             [[device]]\nname = \"laptop\"\nmac = \"{}\"\npolicy = \"students\"\n",
+            dev.gw_if,
+            block.join(", "),
+            dev.mac
+        )
+    }
+
     /// A configuration body for a two-device bed: the filter on `d1` and `d2`, the first device
     /// ("laptop") known by its MAC, the second ("sensor") by its address, both in policy
     /// "students"; devices in no inventory get "guest".
