@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     control::{self, views},
     daemon::{self, RunOptions},
-    kernel::{Maps, attach, probe},
+    kernel::{Maps, attach},
     observe::{
         history, stats,
         status::{ReloadStatus, runtime_file},
@@ -87,18 +87,14 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             if json {
                 let v = serde_json::json!({ "config": summary, "kernel": report });
                 println!("{}", serde_json::to_string_pretty(&v)?);
-                if let Some(r) = &report
-                    && let Some(f) = r.features.iter().find(|f| !f.present)
-                {
-                    return Err(BadInput(probe::refusal(&r.release, f)).into());
-                }
             } else {
                 print!("{}", check::render(&summary));
                 if let Some(r) = &report {
-                    print!("\n{}", check::render_kernel(r)?);
+                    print!("\n{}", check::render_kernel(r));
                 }
             }
-            Ok(())
+            // After the report: it shows what is missing, the refusal says what it means.
+            report.as_ref().map_or(Ok(()), check::KernelReport::refusal)
         }
         Command::Reload { config, timeout } => reload(config.as_deref(), timeout),
         Command::Devices { config, json } => {

@@ -166,8 +166,15 @@ fn mmapable_arrays() -> bool {
     true
 }
 
-/// Every feature the filter needs, probed on this kernel, in the order they are reported.
-pub fn features() -> Vec<Feature> {
+/// Every feature the filter needs, probed on this kernel, in the order they are reported. Probed
+/// once per process (a probe loads a program or creates a map per feature; the kernel does not
+/// change under a running process): every later filter load and report reads the first result.
+pub fn features() -> &'static [Feature] {
+    static PROBED: std::sync::OnceLock<Vec<Feature>> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe_all)
+}
+
+fn probe_all() -> Vec<Feature> {
     let release = release();
     let mut out = vec![
         Feature {
@@ -214,13 +221,17 @@ pub fn refusal(release: &str, f: &Feature) -> String {
     )
 }
 
-/// Fails with the refusal (bad input: exit 2) if this kernel lacks anything the filter needs.
-pub fn require() -> anyhow::Result<()> {
-    let release = release();
-    match features().into_iter().find(|f| !f.present) {
-        Some(f) => Err(BadInput(refusal(&release, &f)).into()),
+/// Fails with the refusal (bad input: exit 2) for the first of `features` that `release` lacks.
+pub fn refuse_missing(release: &str, features: &[Feature]) -> anyhow::Result<()> {
+    match features.iter().find(|f| !f.present) {
+        Some(f) => Err(BadInput(refusal(release, f)).into()),
         None => Ok(()),
     }
+}
+
+/// Fails with the refusal (bad input: exit 2) if this kernel lacks anything the filter needs.
+pub fn require() -> anyhow::Result<()> {
+    refuse_missing(&release(), features())
 }
 
 #[cfg(test)]
@@ -276,7 +287,7 @@ mod tests {
     /// This machine runs the filter: every probe says so.
     #[test]
     fn this_kernel_has_everything() {
-        let missing: Vec<Feature> = features().into_iter().filter(|f| !f.present).collect();
+        let missing: Vec<&Feature> = features().iter().filter(|f| !f.present).collect();
         assert!(missing.is_empty(), "{missing:?} on {}", release());
         require().expect("nothing missing");
     }

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Desired, domain_buckets},
-    errors::BadInput,
     kernel::{FILTER_OBJECT, probe},
     offline::testrun::load_filter,
 };
@@ -175,14 +174,12 @@ pub struct KernelReport {
 /// `gateway run` would, sized for `config`, without attaching them. A missing feature is bad
 /// input (exit 2) naming it, after the table.
 pub fn kernel_report(config: &Config) -> anyhow::Result<KernelReport> {
-    let release = probe::release();
-    let features = probe::features();
     let mut report = KernelReport {
-        release: release.clone(),
-        features,
+        release: probe::release(),
+        features: probe::features().to_vec(),
         programs: Vec::new(),
     };
-    if report.features.iter().all(|f| f.present) {
+    if report.refusal().is_ok() {
         let filter = load_filter(
             config,
             gateway_common::enums::LinkType::Ethernet,
@@ -198,17 +195,23 @@ pub fn kernel_report(config: &Config) -> anyhow::Result<KernelReport> {
     Ok(report)
 }
 
-/// The kernel report as text; `Err` (exit 2) with the refusal when a feature is missing.
-pub fn render_kernel(r: &KernelReport) -> anyhow::Result<String> {
+impl KernelReport {
+    /// The refusal (bad input: exit 2) if a feature is missing.
+    pub fn refusal(&self) -> anyhow::Result<()> {
+        probe::refuse_missing(&self.release, &self.features)
+    }
+}
+
+/// The kernel report as text: every feature, then (when nothing is missing) every program.
+pub fn render_kernel(r: &KernelReport) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "kernel {}", r.release);
     for f in &r.features {
         let mark = if f.present { "ok" } else { "MISSING" };
         let _ = writeln!(o, "  {:<7} {:<24} (since {})", mark, f.what, f.since);
     }
-    if let Some(f) = r.features.iter().find(|f| !f.present) {
-        print!("{o}");
-        return Err(BadInput(probe::refusal(&r.release, f)).into());
+    if r.refusal().is_err() {
+        return o;
     }
     let _ = writeln!(o, "programs verified:");
     for (name, insns) in &r.programs {
@@ -218,7 +221,7 @@ pub fn render_kernel(r: &KernelReport) -> anyhow::Result<String> {
         let _ = writeln!(o, "  {name:<16} {insns}");
     }
     let _ = writeln!(o, "kernel {}: the filter loads", r.release);
-    Ok(o)
+    o
 }
 
 fn mib(bytes: u64) -> String {
