@@ -30,21 +30,6 @@ const GUEST_TESTS: &[(&str, &str)] = &[
     ("gateway-testbed", "kernels"),
 ];
 
-fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Numbers of a version string, for ordering (`6.12.115+deb12` → [6, 12, 115, 12]).
 fn numbers(s: &str) -> Vec<u64> {
     s.split(|c: char| !c.is_ascii_digit())
@@ -83,10 +68,10 @@ pub fn resolve(cache: &Path) -> anyhow::Result<Vec<Kernel>> {
         package: format!("linux-image-{release}-unsigned"),
         release,
     };
-    let lts61 = output("apt-cache", &["depends", "linux-image-amd64"])
+    let lts61 = crate::output("apt-cache", &["depends", "linux-image-amd64"])
         .ok()
         .and_then(|d| debian_default(&d, "6.1."));
-    let lts612 = output(
+    let lts612 = crate::output(
         "apt-cache",
         &[
             "search",
@@ -96,17 +81,9 @@ pub fn resolve(cache: &Path) -> anyhow::Result<Vec<Kernel>> {
     )
     .ok()
     .and_then(|s| newest_612(&s));
-    let cached = |prefix: &str| -> Option<String> {
-        fs::read_dir(cache)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(prefix) && n.ends_with("-amd64"))
-            .max_by_key(|n| numbers(n))
-    };
     let mut out = Vec::new();
     for (found, prefix) in [(lts61, "6.1."), (lts612, "6.12.")] {
-        match found.or_else(|| cached(prefix)) {
+        match found.or_else(|| cached(cache, prefix)) {
             Some(r) => out.push(of(r)),
             None => bail!("no Debian {prefix}x kernel package found (apt-cache) or cached"),
         }
@@ -114,30 +91,27 @@ pub fn resolve(cache: &Path) -> anyhow::Result<Vec<Kernel>> {
     Ok(out)
 }
 
-/// The kernel's image, downloaded and unpacked into `cache` unless it is there, and its modules
-/// under `/lib/modules` (the guest loads veth and 9p from there).
+/// The newest kernel of the series `prefix` (`"6.1."`) unpacked in `cache`, if any.
+fn cached(cache: &Path, prefix: &str) -> Option<String> {
+    fs::read_dir(cache)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix) && n.ends_with("-amd64"))
+        .filter(|n| cache.join(n).join(format!("boot/vmlinuz-{n}")).exists())
+        .max_by_key(|n| numbers(n))
+}
+
+/// The kernel's image, downloaded and unpacked into `cache` unless it is there. Its modules stay
+/// in the unpacked tree: virtme-ng finds them beside the image and links them into the guest's
+/// `/lib/modules` (9p, veth), so the host's is not touched.
 pub fn fetch(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
     let dir = cache.join(&k.release);
     let vmlinuz = dir.join(format!("boot/vmlinuz-{}", k.release));
     if !vmlinuz.exists() {
         unpack_package(cache, &k.package, &dir)?;
     }
-    fetch_modules(cache, k)?;
     Ok(vmlinuz)
-}
-
-/// The kernel's modules under `/lib/modules` (virtme-ng's guest loads 9p and veth from there).
-fn fetch_modules(cache: &Path, k: &Kernel) -> anyhow::Result<()> {
-    let dir = cache.join(&k.release);
-    let modules = Path::new("/lib/modules").join(&k.release);
-    if !modules.join("modules.dep").exists() {
-        let from = dir.join("lib/modules").join(&k.release);
-        fs::create_dir_all("/lib/modules")?;
-        let from_s = from.to_string_lossy().into_owned();
-        crate::step("cp", &["-a", &from_s, "/lib/modules/"])?;
-        crate::step("depmod", &[&k.release])?;
-    }
-    Ok(())
 }
 
 /// Downloads the Debian package `spec` (`name` or `name:arch`) into `cache` with apt and
@@ -242,16 +216,10 @@ fn guest_script(root: &Path, bin: &Path, tests: &[PathBuf], log: &Path, rc: &Pat
 /// (the system's own lists are not touched), or the one cached.
 fn refused_kernel(cache: &Path) -> anyhow::Result<(Kernel, PathBuf)> {
     let apt_dir = cache.join("apt-bullseye");
-    if let Some(release) = fs::read_dir(cache).ok().and_then(|rd| {
-        rd.filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .find(|n| n.starts_with("5.10.") && n.ends_with("-amd64"))
-    }) {
+    if let Some(release) = cached(cache, "5.10.") {
         let vmlinuz = cache.join(&release).join(format!("boot/vmlinuz-{release}"));
-        if vmlinuz.exists() {
-            let package = format!("linux-image-{release}-unsigned");
-            return Ok((Kernel { release, package }, vmlinuz));
-        }
+        let package = format!("linux-image-{release}-unsigned");
+        return Ok((Kernel { release, package }, vmlinuz));
     }
     for d in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(apt_dir.join(d))?;
@@ -265,25 +233,16 @@ fn refused_kernel(cache: &Path) -> anyhow::Result<(Kernel, PathBuf)> {
         format!("-o=Dir::Cache={}", apt_dir.join("cache").display()),
     ]
     .into();
-    let args = |rest: &[&str]| -> Vec<String> {
+    let args = |rest: &'static [&'static str]| -> Vec<&str> {
         apt.iter()
-            .cloned()
-            .chain(rest.iter().map(|s| s.to_string()))
+            .map(String::as_str)
+            .chain(rest.iter().copied())
             .collect()
     };
-    let update = Command::new("apt-get")
-        .args(args(&["update", "-qq"]))
-        .status()
-        .context("running apt-get update for bullseye")?;
-    if !update.success() {
-        bail!("apt-get update of bullseye's lists failed ({update})");
-    }
-    let depends = Command::new("apt-cache")
-        .args(args(&["depends", "linux-image-amd64"]))
-        .output()
-        .context("running apt-cache depends")?;
-    let release = debian_default(&String::from_utf8_lossy(&depends.stdout), "5.10.")
-        .context("no 5.10 kernel in bullseye's lists")?;
+    crate::output("apt-get", &args(&["update", "-qq"]))?;
+    let depends = crate::output("apt-cache", &args(&["depends", "linux-image-amd64"]))?;
+    let release =
+        debian_default(&depends, "5.10.").context("no 5.10 kernel in bullseye's lists")?;
     let k = Kernel {
         package: format!("linux-image-{release}-unsigned"),
         release,
@@ -331,7 +290,6 @@ fn boot(cache: &Path, release: &str, vmlinuz: &Path, script: &str) -> anyhow::Re
 /// one line naming the kernel and the feature, and exit 2.
 fn check_refusal(root: &Path, cache: &Path, bin: &Path) -> anyhow::Result<()> {
     let (k, vmlinuz) = refused_kernel(cache)?;
-    fetch_modules(cache, &k)?;
     let log = cache.join(format!("guest-{}.log", k.release));
     let _ = fs::remove_file(&log);
     let capture = root.join("../shared/corpus/pcaps/dns/dns-https.pcap");

@@ -224,25 +224,10 @@ pub fn build(root: &Path, arch: &str) -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
-fn check(what: &str, out: std::process::Output) -> anyhow::Result<String> {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!("{what} failed ({}): {text}", out.status);
-    }
-    Ok(text)
-}
-
+/// `crate::output`, echoed.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     eprintln!("$ {program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    check(&format!("{program} {}", args.join(" ")), out)
+    crate::output(program, args)
 }
 
 /// A network namespace with a veth pair inside it, removed when dropped.
@@ -266,11 +251,7 @@ impl Netns {
     }
 
     fn xdp_attached(&self) -> anyhow::Result<bool> {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "link", "show", "pkg0"])
-            .output()
-            .context("running ip link show")?;
-        Ok(check("ip link show pkg0", out)?.contains("xdp"))
+        Ok(crate::output("ip", &["-n", &self.0, "link", "show", "pkg0"])?.contains("xdp"))
     }
 }
 

@@ -37,7 +37,7 @@ const TEST_PACKAGES: &[&str] = &[
     "unbound",         // a baseline of the DNS benchmark
     "prometheus",      // promtool: checks a live /metrics scrape
     "qemu-system-x86", // the kernel matrix boots Debian's 6.1 and 6.12 under qemu
-    "kmod",            // depmod for the matrix kernels' modules
+    "kmod",            // modprobe, which the matrix guests run from the host's filesystem
     "busybox-static",  // virtme-ng's guest init
 ];
 
