@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod datapath;
 mod history;
+mod streams;
 mod verdicts;
 
 use clap::Parser;
@@ -37,6 +38,9 @@ struct Args {
     /// Only the DNS and TLS verdict tables (at `--dns-sizes`).
     #[arg(long)]
     verdicts_only: bool,
+    /// Only the stream table (SYNs, first ClientHello segments, DNS over TCP).
+    #[arg(long)]
+    streams_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +58,10 @@ fn main() -> anyhow::Result<()> {
         print!("{}", history::render_history(&history::history()?));
         return Ok(());
     }
+    if args.streams_only {
+        print!("{}", streams::render_streams(&streams::streams()?));
+        return Ok(());
+    }
     if args.verdicts_only {
         let (dns, tls) = verdicts(&args)?;
         print!("{}", verdicts::render_dns(&dns));
@@ -69,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (dns, tls) = verdicts(&args)?;
+    let streams = streams::streams()?;
     let config = args
         .dns_sizes
         .iter()
@@ -78,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "config": config, "history": history })
+            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "streams": streams, "config": config, "history": history })
         );
     } else {
         print!(
@@ -97,6 +106,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", verdicts::render_dns(&dns));
         println!();
         print!("{}", verdicts::render_tls(&tls));
+        println!();
+        print!("{}", streams::render_streams(&streams));
         println!();
         print!("{}", config::render_config(&config));
         println!();

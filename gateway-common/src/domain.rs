@@ -53,6 +53,25 @@ pub fn check_query_header(h: &[u8; DNS_HEADER]) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Whether a UDP payload's first bytes are a DNS query's header — QR = 0, opcode QUERY, no
+/// response code, one question, no answer or authority records, at most one additional (OPT) —
+/// as a datagram to any port is taken for one (`dns_resolvers`: DNS to other ports is judged
+/// like DNS to port 53). Ten of its bytes are fixed: other traffic matches by chance about once
+/// in 2^50 datagrams.
+#[inline(always)]
+pub fn is_query_shaped(h: &[u8; DNS_HEADER]) -> bool {
+    h[2] & 0xf8 == 0
+        && h[3] & 0x0f == 0
+        && h[4] == 0
+        && h[5] == 1
+        && h[6] == 0
+        && h[7] == 0
+        && h[8] == 0
+        && h[9] == 0
+        && h[10] == 0
+        && h[11] <= 1
+}
+
 /// Where the name walk is. The walk goes a label at a time: the kernel runs one `bpf_loop`
 /// iteration per label, the host a plain loop.
 #[repr(C)]

@@ -73,6 +73,19 @@ labelled_enum! {
         Quic = 27 => "quic",
         /// A port the policy blocks (`block_ports`).
         BlockedPort = 28 => "blocked_port",
+        /// A segment of a DNS-over-TCP message that continues in the next segment: passed, the
+        /// message's start kept until it is whole.
+        DnsTcpPending = 29 => "dns_tcp_pending",
+        /// A TCP segment out of order in a flow still being judged (DNS over TCP, a ClientHello
+        /// not yet decided): dropped, so the client sends it again in order.
+        TcpOutOfOrder = 30 => "tcp_out_of_order",
+        /// A first IP fragment that ends before what the decision needs (RFC 1858's tiny
+        /// fragment), or any fragment of a TCP segment to a judged port: dropped.
+        FragmentTooSmall = 31 => "fragment_too_small",
+        /// DNS to a resolver the policy does not allow (`dns_resolvers`).
+        DnsResolver = 32 => "dns_resolver",
+        /// More DNS messages in one TCP segment than one frame may judge: the flow is reset.
+        DnsTcpTooMany = 33 => "dns_tcp_too_many",
     }
 }
 
@@ -109,6 +122,8 @@ labelled_enum! {
         /// A ClientHello whose host name continued in a later segment, but whose saved partial
         /// name was evicted (`on_unparsed_tls` decided).
         FlowNameLost = 4 => "flow_name_lost",
+        /// DNS-over-TCP stream state created (at the SYN, or at the first data segment).
+        DnsStreamsCreated = 5 => "dns_streams_created",
     }
 }
 

@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -81,6 +81,8 @@ pub mod names {
     pub const FLOW_MARKS: &str = "FLOW_MARKS";
     pub const BLOCK_PORTS: &str = "BLOCK_PORTS";
     pub const TLS_PORTS: &str = "TLS_PORTS";
+    pub const DNS_STREAMS: &str = "DNS_STREAMS";
+    pub const RESOLVERS: &str = "RESOLVERS";
 
     /// The data section of the kernel's `CONTROL` global, which the loader makes a map of that
     /// name (pinned as `CONTROL`).
@@ -115,6 +117,8 @@ pub mod names {
         FLOW_MARKS,
         BLOCK_PORTS,
         TLS_PORTS,
+        DNS_STREAMS,
+        RESOLVERS,
     ];
 }
 
@@ -236,8 +240,15 @@ pub struct PolicyEntry {
     pub sinkhole_v4_be: [u8; 4],
     /// Address of sinkhole AAAA answers.
     pub sinkhole_v6_be: [u8; 16],
+    /// The resolvers plain DNS may go to (`dns_resolvers`): bit `i` is `RESOLVERS[generation *
+    /// MAX_RESOLVERS + i]`; 0, any resolver.
+    pub resolvers: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<PolicyEntry>() == 40);
+const _: () = assert!(size_of::<PolicyEntry>() == 48);
+
+/// Distinct addresses in all policies' `dns_resolvers` together (`PolicyEntry::resolvers`).
+pub const MAX_RESOLVERS: u32 = 16;
 
 /// `PolicyEntry::flags`: the entry is in use.
 pub const POLICY_PRESENT: u32 = 1;
@@ -354,6 +365,47 @@ pub struct FlowName {
     pub text: [u8; 256],
     pub labels: [u64; crate::domain::MAX_LEVELS],
 }
+
+/// Capacity of `DNS_STREAMS`: DNS over TCP is the exception (truncated answers, zone
+/// transfers, some stub resolvers), and a flow lives for a few queries.
+pub const DNS_STREAM_FLOWS: u32 = 4096;
+/// Bytes of a DNS-over-TCP message the stream keeps until its question is judged: the 2-byte
+/// length, the header, the longest name and the question's type and class. What follows (EDNS
+/// options, padding) is passed over by count.
+pub const DNS_STREAM_PREFIX: u32 = 2 + 12 + 255 + 4;
+/// `DnsStream::buf`: 2 bytes of padding (the name then starts on a word), a prefix, and room for
+/// a copy of up to a prefix at any offset below one (the verifier's bound on the copy).
+pub const DNS_STREAM_BUF: usize = (2 + 2 * DNS_STREAM_PREFIX as usize).next_multiple_of(8);
+
+/// `DnsStream::state`: every message so far allowed.
+pub const DNS_STREAM_OPEN: u32 = 0;
+/// `DnsStream::state`: a message was blocked: the flow's later segments are dropped.
+pub const DNS_STREAM_BLOCKED: u32 = 1;
+
+/// Value of `DNS_STREAMS`: where a DNS-over-TCP flow's stream is (`FlowKey` as for `FLOWS`).
+/// Message byte `k` of the message being collected is `buf[2 + k]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsStream {
+    /// The stream's next byte expected (sequence number).
+    pub next_seq: u32,
+    /// `DNS_STREAM_*`.
+    pub state: u32,
+    /// Bytes of the current message still to pass over (its question already judged).
+    pub skip: u32,
+    /// Bytes of the current message (length field included) held in `buf`.
+    pub have: u32,
+    /// Where the last segment judged began, and `skip` and `have` as they were then: a segment
+    /// at that sequence number again (a retransmission, or the real one after a decoy that
+    /// never reached the server) is judged again from there.
+    pub seg_seq: u32,
+    pub seg_skip: u32,
+    pub seg_have: u32,
+    /// 1 while `buf` still holds what it held when the last segment began.
+    pub seg_valid: u32,
+    pub buf: [u8; DNS_STREAM_BUF],
+}
+const _: () = assert!(size_of::<DnsStream>() == 32 + DNS_STREAM_BUF);
 
 /// How a blocked DNS query is answered (`dns_block_answer`).
 #[repr(u32)]

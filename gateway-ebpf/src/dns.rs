@@ -27,7 +27,7 @@ use gateway_common::{
         DnsAnswer, GenSettings, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
         POLICY_PARSE_ERROR_BLOCK, PolicyEntry,
     },
-    packet::{Addr, IPPROTO_TCP, L2, L3, L4},
+    packet::{Addr, Fragment, IPPROTO_TCP, L2, L3, L4, TCP_ACK, TCP_SYN},
 };
 
 use crate::{
@@ -64,6 +64,9 @@ pub struct Scratch {
     pub seg: [u8; 512],
     /// What the main program hands to the DNS program (tail call).
     pub handoff: Handoff,
+    /// A DNS-over-TCP stream's state on its way to `DNS_STREAMS`.
+    pub stream: gateway_common::maps::DnsStream,
+    pub stream_judge: crate::dns_tcp::StreamJudge,
     /// Loop state of the `bpf_loop` callbacks. Kept in map memory, not on the stack: the
     /// verifier tracks stack values precisely, so a counter there makes every iteration a new
     /// state and the callback never converges; map memory reads as unknown, so it does.
@@ -82,6 +85,14 @@ pub struct Handoff {
     pub generation: u32,
     pub slot: u32,
     pub policy: u32,
+    /// DNS over TCP: where in the payload the next message starts (0 in the first call for a
+    /// segment), and the reason the last message of the segment was decided with (+ 1; 0: none).
+    pub off: u32,
+    pub last: u32,
+    /// 1: the frame goes to a resolver the policy's `dns_resolvers` does not list (decided by
+    /// the main program: its stack is its own, and the DNS programs' is full).
+    pub refused: u32,
+    pub _pad: u32,
 }
 
 /// What the DNS and TLS paths need of the headers, handed over in scratch memory and read back
@@ -100,8 +111,14 @@ pub struct Frame {
     pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
-    /// DNS over TCP: the message follows a 2-byte length, and a block is answered with a reset.
+    /// A TCP segment (DNS over TCP, TLS): a block is answered with a reset.
     pub tcp: bool,
+    /// A first IP fragment (more follow): not answered, and dropped if it ends before the part
+    /// the decision needs.
+    pub frag: bool,
+    /// A SYN without ACK: a connection starts.
+    pub syn: bool,
+    /// The sequence number of the segment's first payload byte (one past a SYN's own).
     pub seq: u32,
     pub ack: u32,
 }
@@ -118,6 +135,7 @@ impl Frame {
         } else {
             (0, 0)
         };
+        let syn = tcp && l4.tcp_flags & TCP_SYN != 0;
         self.l3_off = l2.l3_off;
         self.l4_off = l3.l4_off;
         self.payload_off = l4.payload_off;
@@ -128,7 +146,9 @@ impl Frame {
         self.sport = l4.src_port();
         self.dport = l4.dst_port();
         self.tcp = tcp;
-        self.seq = seq;
+        self.frag = l3.fragment == Fragment::First;
+        self.syn = syn && l4.tcp_flags & TCP_ACK == 0;
+        self.seq = seq.wrapping_add(u32::from(syn));
         self.ack = ack;
     }
 
@@ -158,7 +178,12 @@ pub struct DnsOutcome {
 }
 
 impl DnsOutcome {
-    const fn new(verdict: Verdict, reason: Reason, action: Action, category: u8) -> Self {
+    pub(crate) const fn new(
+        verdict: Verdict,
+        reason: Reason,
+        action: Action,
+        category: u8,
+    ) -> Self {
         Self {
             verdict,
             reason,
@@ -370,7 +395,7 @@ pub(crate) fn decide(
     }
 }
 
-/// Judges a UDP datagram to port 53.
+/// Judges a UDP datagram to port 53, or a DNS-shaped one to another port.
 #[inline(always)]
 pub fn judge(
     ctx: &XdpContext,
@@ -378,39 +403,25 @@ pub fn judge(
     generation: u32,
     settings: &GenSettings,
     policy_id: u32,
+    refused: bool,
 ) -> DnsOutcome {
     let policy = maps::policy(generation, policy_id);
     let parse_error = |reason: Reason| {
-        if policy.flags & POLICY_PARSE_ERROR_BLOCK != 0 {
+        // A first fragment that ends before the question: its later fragments would carry the
+        // name past the filter (RFC 1858's tiny fragment). No client sends one.
+        if f.frag && reason == Reason::DnsTruncated {
             DnsOutcome::new(
                 Verdict::Drop,
-                reason,
+                Reason::FragmentTooSmall,
                 Action::Block,
                 gateway_common::maps::NO_CATEGORY,
             )
         } else {
-            DnsOutcome::new(
-                Verdict::Pass,
-                reason,
-                Action::Allow,
-                gateway_common::maps::NO_CATEGORY,
-            )
+            parse_error(&policy, reason)
         }
     };
     let pkt = PacketBytes::new(ctx);
-    // Over TCP the message follows its 2-byte length, and must be whole in this segment: a query
-    // split over segments is not judged (`on_parse_error` decides).
-    let dns_off = if f.tcp {
-        let Some(len) = pkt.be16_at(f.payload_off) else {
-            return parse_error(Reason::DnsTruncated);
-        };
-        if f.payload_off + 2 + len as usize > f.l3_end {
-            return parse_error(Reason::DnsTruncated);
-        }
-        f.payload_off + 2
-    } else {
-        f.payload_off
-    };
+    let dns_off = f.payload_off;
     let Some(header) = pkt.read::<DNS_HEADER>(dns_off) else {
         return parse_error(Reason::DnsTruncated);
     };
@@ -436,12 +447,77 @@ pub fn judge(
     if copy_question(&pkt, name_off, n as usize, s).is_none() {
         return parse_error(Reason::DnsTruncated);
     }
+    let (wire, text_len, labels) = match walk_name(s, n, settings.table_seed) {
+        Ok(w) => w,
+        Err(r) => return parse_error(r),
+    };
+    let q_off = name_off + wire as usize;
+    let Some(q) = pkt.read::<4>(q_off) else {
+        return parse_error(Reason::DnsTruncated);
+    };
+    let qtype = u16::from_be_bytes([q[0], q[1]]);
+    let mut out = if !refused {
+        judge_name(
+            ctx, f, &header, q_off, qtype, generation, settings, policy_id, &policy, labels,
+        )
+    } else if policy.flags & POLICY_MONITOR != 0 {
+        DnsOutcome::new(
+            Verdict::Pass,
+            Reason::DnsResolver,
+            Action::Monitor,
+            gateway_common::maps::NO_CATEGORY,
+        )
+    } else {
+        let v = answer(ctx, f, &header, q_off + 4, Rcode::Refused, None, &policy);
+        DnsOutcome::new(
+            v,
+            Reason::DnsResolver,
+            Action::Block,
+            gateway_common::maps::NO_CATEGORY,
+        )
+    };
+    // A fragment is not answered (the answer would be a fragment too): dropped, its datagram
+    // never reassembled.
+    if f.frag && out.verdict == Verdict::Tx {
+        out.verdict = Verdict::Drop;
+    }
+    out.qtype = qtype;
+    out.name_len = text_len as u16;
+    out.policy_flags = policy.flags;
+    out
+}
+
+/// A malformed query, decided by the policy's `on_parse_error`.
+#[inline(always)]
+pub(crate) fn parse_error(policy: &PolicyEntry, reason: Reason) -> DnsOutcome {
+    if policy.flags & POLICY_PARSE_ERROR_BLOCK != 0 {
+        DnsOutcome::new(
+            Verdict::Drop,
+            reason,
+            Action::Block,
+            gateway_common::maps::NO_CATEGORY,
+        )
+    } else {
+        DnsOutcome::new(
+            Verdict::Pass,
+            reason,
+            Action::Allow,
+            gateway_common::maps::NO_CATEGORY,
+        )
+    }
+}
+
+/// Walks the `n` wire bytes (1..=255) of the name now in `scratch.wire`: its text into
+/// `scratch.text`, its label hashes into `scratch.labels`. Returns the wire bytes the name took,
+/// its text length and its labels.
+#[inline(always)]
+pub(crate) fn walk_name(s: &mut Scratch, n: u32, seed: u64) -> Result<(u32, u32, u32), Reason> {
     s.walk = WalkCtx {
         walk: NameWalk::default(),
         avail: n,
         state: 0,
         reason: 0,
-        seed: settings.table_seed,
+        seed,
     };
     // Every label takes at least 2 wire bytes: a name of `n` bytes has at most n/2 + 1 labels
     // counting the root.
@@ -454,26 +530,23 @@ pub fn judge(
             0,
         )
     };
+    // Volatile: the callback wrote these through its own pointer to scratch, which LLVM, given
+    // `s` (a `&mut` nothing else may change), would assume it did not, and not read again.
     let w = &s.walk;
-    match w.state {
+    // SAFETY: valid, aligned fields of scratch memory.
+    let read = |v: &u32| unsafe { core::ptr::read_volatile(v) };
+    // SAFETY: as above.
+    let read16 = |v: &u16| u32::from(unsafe { core::ptr::read_volatile(v) });
+    match read(&w.state) {
         1 => {}
-        2 => return parse_error(Reason::from_u32(w.reason).unwrap_or(Reason::DnsTruncated)),
-        _ => return parse_error(Reason::DnsTruncated),
+        2 => return Err(Reason::from_u32(read(&w.reason)).unwrap_or(Reason::DnsTruncated)),
+        _ => return Err(Reason::DnsTruncated),
     }
-    let q_off = name_off + (w.walk.wire as usize & 0x1ff);
-    let text_len = (w.walk.len as u32) & 0xff;
-    let labels = (w.walk.labels as u32) & 0xff;
-    let Some(q) = pkt.read::<4>(q_off) else {
-        return parse_error(Reason::DnsTruncated);
-    };
-    let qtype = u16::from_be_bytes([q[0], q[1]]);
-    let mut out = judge_name(
-        ctx, f, &header, q_off, qtype, generation, settings, policy_id, &policy, labels,
-    );
-    out.qtype = qtype;
-    out.name_len = text_len as u16;
-    out.policy_flags = policy.flags;
-    out
+    Ok((
+        read16(&w.walk.wire) & 0x1ff,
+        read16(&w.walk.len) & 0xff,
+        read16(&w.walk.labels) & 0xff,
+    ))
 }
 
 /// Copies the `n` bytes (at most 255) of the frame at `off` into `scratch.wire`: whole words with

@@ -11,6 +11,7 @@
 mod answer;
 mod device;
 mod dns;
+mod dns_tcp;
 mod maps;
 mod packet_bytes;
 mod tls;
@@ -18,6 +19,7 @@ mod tls;
 use aya_ebpf::{Global, bindings::xdp_action, macros::xdp, programs::XdpContext};
 use gateway_common::bytes::Bytes as _;
 use gateway_common::{
+    domain::{DNS_HEADER, is_query_shaped},
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{
         DecisionKey, GenSettings, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR,
@@ -25,8 +27,8 @@ use gateway_common::{
         TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key, flow_slot, logs,
     },
     packet::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4,
-        is_suspend_exempt, parse_l2, parse_l3, parse_l4,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4, TCP_ACK,
+        TCP_SYN, is_suspend_exempt, parse_l2, parse_l3, parse_l4,
     },
     tls::may_start_hello,
 };
@@ -110,6 +112,30 @@ pub fn gateway_dns(ctx: XdpContext) -> u32 {
 #[inline(always)]
 pub fn gateway_tls(ctx: XdpContext) -> u32 {
     let out = judge_tls(&ctx);
+    finish(&ctx, &out)
+}
+
+/// The DNS-over-TCP program: tail-called by `gateway` for TCP segments to port 53 that carry
+/// data or open a connection, and by itself for the next message of a segment.
+#[xdp]
+// Verifier (6.1): inlined into the entry point the macro makes, not called as a subprogram.
+// Old verifiers give up on tracing a value's precision across a subprogram call and mark
+// every scalar precise, which stops states from being pruned.
+#[inline(always)]
+pub fn gateway_dns_tcp(ctx: XdpContext) -> u32 {
+    let out = judge_dns_tcp(&ctx);
+    finish(&ctx, &out)
+}
+
+/// The DNS message program: tail-called by `gateway_dns_tcp` when a message's start is whole;
+/// judges it, and tail-calls `gateway_dns_tcp` again for the rest of the segment.
+#[xdp]
+// Verifier (6.1): inlined into the entry point the macro makes, not called as a subprogram.
+// Old verifiers give up on tracing a value's precision across a subprogram call and mark
+// every scalar precise, which stops states from being pruned.
+#[inline(always)]
+pub fn gateway_dns_msg(ctx: XdpContext) -> u32 {
+    let out = judge_dns_msg(&ctx);
     finish(&ctx, &out)
 }
 
@@ -219,7 +245,14 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
         Err(out) => return out,
     };
     let generation = h.generation & 1;
-    let d = dns::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
+    let d = dns::judge(
+        ctx,
+        &h.frame.bounded(),
+        generation,
+        settings,
+        dev.policy,
+        h.refused != 0,
+    );
     decided_on_name(
         &dev,
         d.policy_flags,
@@ -235,6 +268,96 @@ fn judge_dns(ctx: &XdpContext) -> Outcome {
     Outcome {
         action: d.action as u32,
         ..Outcome::new(&dev, d.verdict, d.reason)
+    }
+}
+
+#[inline(always)]
+fn judge_dns_tcp(ctx: &XdpContext) -> Outcome {
+    let (h, _, dev) = match take_handoff() {
+        Ok(t) => t,
+        Err(out) => return out,
+    };
+    let f = h.frame.bounded();
+    let policy = maps::policy(h.generation & 1, dev.policy);
+    let r = match dns_tcp::read(ctx, &f, h.off, &policy) {
+        dns_tcp::Read::Frame(r) => r,
+        dns_tcp::Read::Judge => {
+            // SAFETY: PROGS holds programs of this type; on success this does not return.
+            unsafe { maps::PROGS.tail_call(ctx, maps::PROG_DNS_MSG) };
+            return too_many(ctx, &f, &dev);
+        }
+    };
+    let d = &r.d;
+    if r.decided && d.reason != Reason::FlowBlocked {
+        count_decision(&dev, Proto::Dns, d.action, d.reason, d.category);
+    }
+    // A segment that ends inside a message is counted under the last message decided in it.
+    let reason = if d.reason == Reason::DnsTcpPending && h.last != 0 {
+        Reason::from_u32(h.last - 1).unwrap_or(Reason::DnsTcpPending)
+    } else {
+        d.reason
+    };
+    Outcome {
+        action: if r.decided {
+            d.action as u32
+        } else {
+            TRACE_NO_ACTION
+        },
+        ..Outcome::new(&dev, d.verdict, reason)
+    }
+}
+
+#[inline(always)]
+fn judge_dns_msg(ctx: &XdpContext) -> Outcome {
+    let (h, settings, dev) = match take_handoff() {
+        Ok(t) => t,
+        Err(out) => return out,
+    };
+    let generation = h.generation & 1;
+    let f = h.frame.bounded();
+    let r = dns_tcp::judge_next(ctx, &f, generation, settings, dev.policy, h.refused != 0);
+    let d = &r.d;
+    decided_on_name(
+        &dev,
+        d.policy_flags,
+        Proto::Dns,
+        d.action,
+        d.reason,
+        d.category,
+        d.qtype,
+        d.name_len,
+        d.name_len > 0,
+    );
+    if r.more {
+        if let Some(s) = maps::scratch() {
+            s.handoff.off = r.off;
+            s.handoff.last = d.reason as u32 + 1;
+            // SAFETY: PROGS holds programs of this type; on success this does not return.
+            unsafe { maps::PROGS.tail_call(ctx, maps::PROG_DNS_TCP) };
+        }
+        return too_many(ctx, &f, &dev);
+    }
+    Outcome {
+        action: d.action as u32,
+        ..Outcome::new(&dev, d.verdict, d.reason)
+    }
+}
+
+/// The kernel's tail-call limit reached: more messages in the segment than a frame may judge.
+/// The flow is reset and blocked.
+#[inline(always)]
+fn too_many(ctx: &XdpContext, f: &dns::Frame, dev: &Device) -> Outcome {
+    let verdict = dns_tcp::too_many(ctx, f);
+    count_decision(
+        dev,
+        Proto::Dns,
+        Action::Block,
+        Reason::DnsTcpTooMany,
+        NO_CATEGORY,
+    );
+    Outcome {
+        action: Action::Block as u32,
+        ..Outcome::new(dev, verdict, Reason::DnsTcpTooMany)
     }
 }
 
@@ -303,8 +426,27 @@ fn judge(ctx: &XdpContext) -> Outcome {
     }
     let l4 = match parse_l4(&pkt, &l3) {
         Ok(l4) => l4,
+        // A first fragment that ends inside its transport header (RFC 1858: the TCP flags, or
+        // the UDP ports, in the next fragment).
+        Err(_) if l3.fragment == Fragment::First => {
+            let flags = maps::policy(generation, dev.policy).flags;
+            return decided(&dev, Proto::Port, Reason::FragmentTooSmall, flags, true);
+        }
         Err(reason) => return Outcome::new(&dev, Verdict::Pass, reason),
     };
+    if l3.fragment == Fragment::First
+        && let Some(out) = first_fragment(&pkt, &l3, &l4, generation, settings, &dev)
+    {
+        return out;
+    }
+    // DNS over UDP: to port 53, or DNS-shaped to another port (two compares for most frames).
+    let udp = l3.proto == IPPROTO_UDP;
+    if udp && (l4.dst_port() == 53 || is_dns_shaped(&pkt, &l3, &l4)) {
+        // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
+        hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_DNS);
+        // No DNS program loaded (or scratch missing): the query is passed, and counted so.
+        return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
+    }
     // Most frames go to a port no path looks at: three compares and out.
     if l4.dst_port() != 53
         && l4.dst_port() != DEFAULT_TLS_PORT
@@ -312,14 +454,22 @@ fn judge(ctx: &XdpContext) -> Outcome {
     {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
-    // DNS: UDP to port 53, and TCP segments to port 53 that carry data (handshakes pass).
-    if l4.dst_port() == 53
-        && (l3.proto == IPPROTO_UDP
-            || (l3.proto == IPPROTO_TCP && l4.payload_off < l3.end(pkt.size())))
-    {
-        // Hand over to the DNS program (verified on its own); it counts and returns the verdict.
-        hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_DNS);
-        // No DNS program loaded (or scratch missing): the query is passed, and counted so.
+    let tcp = l3.proto == IPPROTO_TCP;
+    let has_payload = l4.payload_off < l3.end(pkt.size());
+    let syn = l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // DNS over TCP: segments that carry data, and SYNs (the stream starts there); the rest of
+    // the handshake passes.
+    if tcp && l4.dst_port() == 53 && (has_payload || syn) {
+        hand_over(
+            ctx,
+            &pkt,
+            &l2,
+            &l3,
+            &l4,
+            generation,
+            &dev,
+            maps::PROG_DNS_TCP,
+        );
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
     if settings.flags & SETTINGS_HAS_BLOCK_PORTS != 0 {
@@ -335,33 +485,87 @@ fn judge(ctx: &XdpContext) -> Outcome {
             return decided(&dev, Proto::Port, Reason::BlockedPort, policy.flags, true);
         }
     }
-    // No payload (the frame's own end is checked where the payload is read).
+    // No payload (the frame's own end is checked where the payload is read). A SYN to a TLS
+    // port starts the flow's state: its first payload bytes are then taken in order only.
     if l4.payload_off >= l3.ip_end {
+        if tcp && syn && is_tls_port(generation, settings, l4.dst_port()) {
+            tls::start_flow(&pkt, &l3, &l4);
+        }
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
-    if l3.proto == IPPROTO_TCP {
-        let tls_port = if settings.flags & SETTINGS_TLS_PORTS != 0 {
-            maps::tls_port(generation, l4.dst_port())
-        } else {
-            l4.dst_port() == DEFAULT_TLS_PORT
-        };
+    if tcp {
         // TLS: a segment that may start a ClientHello, or one of a flow with state (a walk
         // that continues, a blocked flow). Data segments of decided flows stop here.
-        if tls_port
+        if is_tls_port(generation, settings, l4.dst_port())
             && (pkt.u8_at(l4.payload_off).is_some_and(may_start_hello)
                 || maps::flow_marked(flow_slot(&l3.src, l4.ports)))
         {
             hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_TLS);
         }
-    } else if l3.proto == IPPROTO_UDP
-        && l4.dst_port() == QUIC_PORT
-        && is_quic_initial(&pkt, l4.payload_off)
-    {
+    } else if udp && l4.dst_port() == QUIC_PORT && is_quic_initial(&pkt, l4.payload_off) {
         let policy = maps::policy(generation, dev.policy);
         let block = policy.flags & POLICY_QUIC_BLOCK != 0;
         return decided(&dev, Proto::Quic, Reason::Quic, policy.flags, block);
     }
     Outcome::new(&dev, Verdict::Pass, Reason::Uninspected)
+}
+
+/// Whether TCP port `port` is a TLS port of `generation`.
+#[inline(always)]
+fn is_tls_port(generation: u32, settings: &GenSettings, port: u16) -> bool {
+    if settings.flags & SETTINGS_TLS_PORTS != 0 {
+        maps::tls_port(generation, port)
+    } else {
+        port == DEFAULT_TLS_PORT
+    }
+}
+
+/// Whether a UDP datagram to a port other than 53 is a DNS query by its shape (a query
+/// header, `gateway_common::domain::is_query_shaped`) to a unicast address: judged like one to
+/// port 53. Multicast (mDNS, LLMNR) stays on the link and is left alone.
+#[inline(always)]
+fn is_dns_shaped(pkt: &PacketBytes, l3: &L3, l4: &L4) -> bool {
+    let Some(h) = pkt.read::<DNS_HEADER>(l4.payload_off) else {
+        return false;
+    };
+    is_query_shaped(&h) && l3.dst(pkt).is_some_and(|a| !a.is_multicast())
+}
+
+/// A first fragment (more follow) that ends before what its port's decision needs is dropped:
+/// its later fragments, which the filter cannot attribute to a port, would carry the question
+/// or the ClientHello past it (RFC 1858). That is any fragment of a TCP segment to port 53 or a
+/// TLS port (TCP stacks never fragment: they size segments to the path), and a UDP first
+/// fragment too short for a DNS header. `None`: judged as usual (the DNS program drops a
+/// fragment that ends inside the question).
+#[inline(always)]
+fn first_fragment(
+    pkt: &PacketBytes,
+    l3: &L3,
+    l4: &L4,
+    generation: u32,
+    settings: &GenSettings,
+    dev: &Device,
+) -> Option<Outcome> {
+    let end = l3.end(pkt.size());
+    let proto = if l3.proto == IPPROTO_TCP
+        && (l4.dst_port() == 53 || is_tls_port(generation, settings, l4.dst_port()))
+    {
+        if l4.dst_port() == 53 {
+            Proto::Dns
+        } else {
+            Proto::Tls
+        }
+    } else if l3.proto == IPPROTO_UDP && l4.payload_off + DNS_HEADER > end {
+        if l4.dst_port() == QUIC_PORT {
+            Proto::Quic
+        } else {
+            Proto::Dns
+        }
+    } else {
+        return None;
+    };
+    let flags = maps::policy(generation, dev.policy).flags;
+    Some(decided(dev, proto, Reason::FragmentTooSmall, flags, true))
 }
 
 /// Leaves the frame's findings in scratch memory and tail-calls program `prog` of `PROGS`.
@@ -384,6 +588,16 @@ fn hand_over(
         h.generation = generation;
         h.slot = dev.slot;
         h.policy = dev.policy & 63;
+        h.off = 0;
+        h.last = 0;
+        // DNS to a resolver the policy does not list (`dns_resolvers`): refused by the DNS
+        // programs.
+        h.refused = u32::from(
+            prog != maps::PROG_TLS && {
+                let mask = maps::policy_resolvers(generation, dev.policy);
+                mask != 0 && !maps::resolver_listed(generation, mask, &h.frame.dst)
+            },
+        );
         // SAFETY: PROGS holds programs of this type; on success this does not return.
         unsafe { maps::PROGS.tail_call(ctx, prog) };
     }

@@ -19,8 +19,8 @@ use gateway_common::{
     maps::{DECISION_CACHE_SLOTS, DecisionSlot},
     maps::{DEFAULT_DOMAIN_BUCKETS, MAX_RULESETS, policy_index, ruleset_index},
     maps::{
-        DEFAULT_TLS_FLOWS, FLOW_MARK_SLOTS, FLOW_NAME_SLOTS, FlowKey, FlowName, FlowState,
-        MAX_BLOCK_PORTS, TLS_PORT_WORDS,
+        DEFAULT_TLS_FLOWS, DNS_STREAM_FLOWS, DnsStream, FLOW_MARK_SLOTS, FLOW_NAME_SLOTS, FlowKey,
+        FlowName, FlowState, MAX_BLOCK_PORTS, MAX_RESOLVERS, TLS_PORT_WORDS,
     },
     packet::Addr,
     table::{self, DomainBucket, IpBucket, MacBucket},
@@ -138,7 +138,8 @@ pub fn emit(fill: impl FnOnce(&mut gateway_common::maps::DecisionEvent)) {
     }
 }
 
-/// Programs the filter tail-calls: `[PROG_DNS]` the DNS program. Filled by the daemon for each
+/// Programs the filter tail-calls: `[PROG_DNS]` the DNS program, `[PROG_TLS]` the TLS
+/// program, `[PROG_DNS_TCP]` and `[PROG_DNS_MSG]` the DNS-over-TCP programs. Filled by the daemon for each
 /// loaded instance and pinned beside its program (the kernel empties an array nothing in user
 /// space refers to). A tail-called program is verified on its own.
 #[map]
@@ -148,6 +149,39 @@ pub static PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 pub const PROG_DNS: u32 = 0;
 /// Index of the TLS program in `PROGS`.
 pub const PROG_TLS: u32 = 1;
+/// Index of the DNS-over-TCP stream program in `PROGS`.
+pub const PROG_DNS_TCP: u32 = 2;
+/// Index of the DNS-over-TCP message program in `PROGS` (the two tail-call each other, a
+/// message at a time).
+pub const PROG_DNS_MSG: u32 = 3;
+
+/// TCP flow to port 53 -> where its DNS stream is (`DnsStream`). LRU: the oldest flows make room.
+#[map]
+pub static DNS_STREAMS: LruHashMap<FlowKey, DnsStream> =
+    LruHashMap::with_max_entries(DNS_STREAM_FLOWS, 0);
+
+/// `[generation * MAX_RESOLVERS + i]`: the addresses policies' `dns_resolvers` name (bit `i` of
+/// `PolicyEntry::resolvers`). Written by the daemon (standby generation only).
+#[map]
+static RESOLVERS: Array<Addr> = Array::with_max_entries(GENERATIONS * MAX_RESOLVERS, 0);
+
+/// Whether `dst` is one of the resolvers of `generation` whose bits `mask` has.
+#[inline(always)]
+pub fn resolver_listed(generation: u32, mask: u32, dst: &Addr) -> bool {
+    let base = (generation & 1) * MAX_RESOLVERS;
+    let mut i = 0;
+    while i < MAX_RESOLVERS {
+        if (mask >> i) & 1 != 0
+            && RESOLVERS
+                .get(base + i)
+                .is_some_and(|a| a.0[0] == dst.0[0] && a.0[1] == dst.0[1])
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
 
 /// TCP flow -> where its ClientHello walk stopped, or that it is blocked. LRU: the oldest flows
 /// make room (the daemon derives evictions from the created/removed counters). Sized by the
@@ -302,6 +336,14 @@ pub fn active() -> (u32, &'static GenSettings) {
     // SAFETY: a valid, aligned u32 of the record.
     let generation = unsafe { core::ptr::read_volatile(&c.active) } & 1;
     (generation, &c.generations[generation as usize])
+}
+
+/// The `resolvers` of policy `id` of `generation` (0: any resolver).
+#[inline(always)]
+pub fn policy_resolvers(generation: u32, id: u32) -> u32 {
+    POLICIES
+        .get(policy_index(generation, id & 63))
+        .map_or(0, |p| p.resolvers)
 }
 
 /// The policy `id` of `generation` (all zero, an allow-all policy, if absent).

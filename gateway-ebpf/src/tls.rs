@@ -24,6 +24,8 @@ use gateway_common::{
     tls::{Hello, HelloSink, HelloWalk, MAX_STEPS, may_start_hello},
 };
 
+use gateway_common::packet::{L3, L4};
+
 use crate::{
     dns::{self, Frame},
     maps,
@@ -140,6 +142,14 @@ pub struct TlsOutcome {
 
 impl TlsOutcome {
     #[inline(always)]
+    const fn dropped(self) -> Self {
+        Self {
+            verdict: Verdict::Drop,
+            ..self
+        }
+    }
+
+    #[inline(always)]
     const fn pass(reason: Reason) -> Self {
         Self {
             verdict: Verdict::Pass,
@@ -151,6 +161,44 @@ impl TlsOutcome {
         }
     }
 }
+
+/// A SYN to a TLS port: the flow's state starts at its sequence number (+ 1, the first payload
+/// byte's), so its first payload bytes are taken in order only. On the fast path of SYNs alone:
+/// one insert into `FLOWS` (a second, `BPF_EXIST`, when the flow had state: a SYN again, or a
+/// new connection on the ports of an old one) and the slot's mark.
+// A map value by reference: by value it would be copied onto the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+pub fn start_flow(pkt: &PacketBytes, l3: &L3, l4: &L4) {
+    let Some(s) = maps::scratch() else {
+        return;
+    };
+    let Some((seq, _)) = gateway_common::packet::tcp_seq_ack(pkt, l3.l4_off) else {
+        return;
+    };
+    let key = FlowKey {
+        src: l3.src,
+        dst: l3.dst(pkt).unwrap_or_default(),
+        sport: l4.src_port(),
+        dport: l4.dst_port(),
+        _pad: 0,
+    };
+    fresh_walk(&mut s.flow.walk);
+    let seq = seq.wrapping_add(1);
+    s.flow.first_seq = seq;
+    s.flow.next_seq = seq;
+    s.flow.state = FLOW_PENDING;
+    if maps::FLOWS.insert(key, &s.flow, BPF_NOEXIST).is_ok() {
+        maps::mark_flow(key.mark_slot(), true);
+        maps::count_global(Global::FlowsCreated);
+    } else {
+        let _ = maps::FLOWS.insert(key, &s.flow, BPF_EXIST);
+    }
+}
+
+/// `bpf_map_update_elem` flags (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
 
 /// Judges a TCP segment with payload to a TLS port.
 // Map values are passed by reference on purpose: by value they would be copied onto the
@@ -226,8 +274,14 @@ pub fn judge(
                     }
                 }
             }
+        } else if (f.seq.wrapping_sub(st.next_seq) as i32) > 0 {
+            // Ahead of the bytes expected, before the ClientHello was decided: dropped, so the
+            // client sends the bytes in between, then this one again ("disorder" evasions,
+            // which send a hello's second part first, meet the walk in order).
+            return TlsOutcome::pass(Reason::TcpOutOfOrder).dropped();
         } else {
-            // Out of order, or a segment missing.
+            // Behind: a retransmission of part of what the walk read, which cannot be judged
+            // again from here (`on_unparsed_tls` decides).
             broken = true;
         }
     } else if !may_start_hello(first) {

@@ -324,31 +324,38 @@ policy = "strict"
         let res = r.run(&segment(KID, 7, 443, 777_000, &hello)).expect("run");
         assert_eq!((res.verdict, res.reason), (Verdict::Tx, Reason::Explicit));
 
-        // Out of order: the walk ends and on_unparsed_tls decides (staff: allow; strict: block).
-        // Twice per device: a second segment that skips bytes (flow 8), and "disorder" (flow 12):
-        // the second segment sent first passes (a flow without state, not a record start); the
-        // first then waits for bytes that already went by, so the client's next segment (its
-        // Finished, after the server's reply) is out of order.
+        // Out of order before the decision: a segment beyond the next byte expected is dropped
+        // (the client sends it again), and the walk goes on when the bytes come in order (staff
+        // allows the name, strict drops it). Flow 8: a second segment that skips bytes. Flow 12:
+        // "disorder" with its SYN unseen: the second segment, sent first, passes (a flow without
+        // state, not a record start); the first then waits for it, so the client's next segment
+        // (its Finished) is dropped until the second comes again. (With the SYN seen, the
+        // second segment sent first is dropped too: tests/evasion.rs.)
         let next = 1000 + hello.len() as u32;
         for (dev, want) in [
-            (STAFF, (Verdict::Pass, Some(Action::Allow))),
-            (STRICT, (Verdict::Drop, Some(Action::Block))),
+            (STAFF, (Verdict::Pass, Reason::Default, Some(Action::Allow))),
+            (
+                STRICT,
+                (Verdict::Drop, Reason::Explicit, Some(Action::Block)),
+            ),
         ] {
+            let out_of_order = (Verdict::Drop, Reason::TcpOutOfOrder, None);
             let f = segment(dev, 8, 443, 1000, a);
             assert_eq!(r.run(&f).expect("run").reason, Reason::TlsPending);
-            let skipped = r.run(&segment(dev, 8, 443, 1100 + 50, b)).expect("run");
+            let res = r.run(&segment(dev, 8, 443, 1100 + 50, b)).expect("run");
+            assert_eq!((res.verdict, res.reason, res.action), out_of_order);
+            let res = r.run(&segment(dev, 8, 443, 1100, b)).expect("run");
+            assert_eq!((res.verdict, res.reason, res.action), want);
 
             let res = r.run(&segment(dev, 12, 443, 1100, b)).expect("run");
             assert_eq!((res.verdict, res.action), (Verdict::Pass, None));
             let res = r.run(&segment(dev, 12, 443, 1000, a)).expect("run");
             assert_eq!(res.reason, Reason::TlsPending);
             let f = segment(dev, 12, 443, next, b"\x14\x03\x03\x00\x01\x01");
-            let disorder = r.run(&f).expect("run");
-
-            for res in [skipped, disorder] {
-                assert_eq!(res.reason, Reason::TlsUnparsed);
-                assert_eq!((res.verdict, res.action), want);
-            }
+            let res = r.run(&f).expect("run");
+            assert_eq!((res.verdict, res.reason, res.action), out_of_order);
+            let res = r.run(&segment(dev, 12, 443, 1100, b)).expect("run");
+            assert_eq!((res.verdict, res.reason, res.action), want);
         }
         // `drop` instead of a reset.
         let res = flow(&mut r, STRICT, 9, &[&hello]);

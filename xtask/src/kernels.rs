@@ -27,7 +27,9 @@ const GUEST_TESTS: &[(&str, &str)] = &[
     ("gateway-user", "fixtures"),
     ("gateway-user", "dns"),
     ("gateway-user", "tls"),
+    ("gateway-user", "evasion"),
     ("gateway-testbed", "kernels"),
+    ("gateway-testbed", "evasion"),
 ];
 
 /// Numbers of a version string, for ordering (`6.12.115+deb12` → [6, 12, 115, 12]).

@@ -145,6 +145,20 @@ impl Addr {
     pub const fn is_unspecified(self) -> bool {
         self.0[0] == 0 && self.0[1] == 0
     }
+
+    /// A multicast or broadcast destination: IPv6 `ff00::/8`, IPv4 `224.0.0.0/4` and
+    /// `255.255.255.255`.
+    #[inline(always)]
+    pub const fn is_multicast(self) -> bool {
+        if self.0[0] as u8 == 0xff {
+            return true;
+        }
+        if self.0[0] != 0 || self.0[1] as u32 != 0xffff_0000 {
+            return false;
+        }
+        let first = (self.0[1] >> 32) as u8;
+        first & 0xf0 == 0xe0 || self.0[1] >> 32 == 0xffff_ffff
+    }
 }
 
 /// What the transport layer says.

@@ -39,6 +39,9 @@ pub struct Desired {
     pub block_ports: BTreeSet<(u32, u8, u16)>,
     /// The TLS ports as a bitmap (`TLS_PORTS` of one generation).
     pub tls_ports: Vec<u64>,
+    /// Every policy's `dns_resolvers` together (`RESOLVERS` of one generation; at most
+    /// `MAX_RESOLVERS`); bit `i` of a policy's `resolvers` is entry `i`.
+    pub resolvers: Vec<[u8; 16]>,
 }
 
 /// Every domain the categories and policies of a configuration name, with the rule set each
@@ -397,6 +400,14 @@ impl Desired {
         rules: DomainRules,
     ) -> Self {
         let mut d = Desired::default();
+        let all: std::collections::BTreeSet<[u8; 16]> = config
+            .policies
+            .iter()
+            .filter_map(|p| p.dns_resolvers.as_ref())
+            .flatten()
+            .copied()
+            .collect();
+        d.resolvers = all.into_iter().collect();
         for p in &config.policies {
             let mut flags = POLICY_PRESENT;
             for (on, bit) in [
@@ -431,6 +442,14 @@ impl Desired {
                 ttl: p.block_ttl,
                 sinkhole_v4_be: p.sinkhole_v4,
                 sinkhole_v6_be: p.sinkhole_v6,
+                resolvers: p.dns_resolvers.as_ref().map_or(0, |set| {
+                    d.resolvers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| set.contains(*a))
+                        .fold(0, |m, (i, _)| m | 1 << i)
+                }),
+                _pad: 0,
             });
         }
         d.rules = rules;

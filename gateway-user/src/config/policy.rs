@@ -107,6 +107,9 @@ pub struct Policy {
     pub sinkhole_v4: [u8; 4],
     pub sinkhole_v6: [u8; 16],
     pub block_ttl: u32,
+    /// The resolvers plain DNS may go to (IPv6 or IPv4-mapped bytes; the policy's own
+    /// `dns_resolvers`, else the gateway's): DNS to any other address is refused. `None`: any.
+    pub dns_resolvers: Option<BTreeSet<[u8; 16]>>,
     /// Windows during which another policy applies to this policy's devices; the first that
     /// contains the local time wins.
     pub schedule: Vec<Window>,
@@ -209,6 +212,7 @@ impl Policy {
             sinkhole_v4: [0; 4],
             sinkhole_v6: [0; 16],
             block_ttl: DEFAULT_BLOCK_TTL,
+            dns_resolvers: None,
             schedule: Vec::new(),
         }
     }

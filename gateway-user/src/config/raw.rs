@@ -67,6 +67,7 @@ pub(super) struct RawGateway {
     pub(super) max_domains: Option<Spanned<u32>>,
     pub(super) max_tls_flows: Option<Spanned<u32>>,
     pub(super) tls_ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub(super) dns_resolvers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) inventories: Vec<Spanned<PathBuf>>,
     pub(super) timezone: Option<Spanned<String>>,
@@ -131,6 +132,7 @@ pub(super) struct RawPolicy {
     pub(super) sinkhole_ipv4: Option<Spanned<String>>,
     pub(super) sinkhole_ipv6: Option<Spanned<String>>,
     pub(super) block_ttl: Option<u32>,
+    pub(super) dns_resolvers: Option<Vec<Spanned<String>>>,
 }
 
 /// A string or a list of strings.

@@ -252,7 +252,7 @@ fn errors_are_located_and_specific() {
         ),
         (
             "[gateway]\nfoo = 1\n",
-            "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `inventories`, `timezone`, `state_dir`",
+            "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `dns_resolvers`, `inventories`, `timezone`, `state_dir`",
         ),
         (
             "[[policy]]\nname = \"a\"\nlog = \"some\"\n",
@@ -337,6 +337,14 @@ fn errors_are_located_and_specific() {
         (
             "[[device]]\nname = \"d\"\nip = \"10.0.0.1\"\n",
             "t.toml:1:1: missing field `policy`",
+        ),
+        (
+            "[gateway]\ndns_resolvers = [\"10.0.0.1\", \"dns.example\"]\n",
+            "t.toml:2:30: dns_resolvers: \"dns.example\" is not an IP address (expected e.g. \"10.0.0.1\" or \"fd00::53\")",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\ndns_resolvers = [\"1.2.3\"]\n",
+            "t.toml:3:18: policy \"p\": dns_resolvers: \"1.2.3\" is not an IP address (expected e.g. \"10.0.0.1\" or \"fd00::53\")",
         ),
     ];
     for (text, want) in cases {
@@ -705,4 +713,56 @@ fn cidr_masks() {
     assert!(parse_cidr("fd00::1/64").is_err());
     assert_eq!(parse_cidr("0.0.0.0/0").map(|c| c.prefix), Ok(96));
     assert!(parse_cidr("10.0.0.0").is_err());
+}
+
+#[test]
+fn dns_resolvers_and_the_dns_bypass_ports() {
+    let c = parse(
+        "[gateway]\ndns_resolvers = [\"10.0.0.1\", \"fd00::53\"]\n\n\
+         [[policy]]\nname = \"own\"\ndns_resolvers = [\"192.0.2.53\", \"10.0.0.1\"]\n\n\
+         [[policy]]\nname = \"inherits\"\nblock_categories = [\"dns-bypass\"]\n",
+    )
+    .expect("valid");
+    let d = Desired::compile(
+        &c,
+        &std::collections::HashMap::new(),
+        jiff::Timestamp::now(),
+    );
+    let v4 = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
+    let v6: [u8; 16] = "fd00::53"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("v6")
+        .octets();
+    // The union, in order; each policy a mask of it.
+    assert_eq!(d.resolvers, [v4([10, 0, 0, 1]), v4([192, 0, 2, 53]), v6]);
+    let id = |name: &str| {
+        c.policies
+            .iter()
+            .position(|p| p.name == name)
+            .expect("policy")
+    };
+    assert_eq!(d.policies[id("own")].resolvers, 0b011);
+    assert_eq!(d.policies[id("inherits")].resolvers, 0b101);
+    // Blocking dns-bypass blocks DoT and DoQ by port.
+    let ports: Vec<(u8, u16)> = d
+        .block_ports
+        .iter()
+        .filter(|(p, _, _)| *p == id("inherits") as u32)
+        .map(|&(_, proto, port)| (proto, port))
+        .collect();
+    assert_eq!(ports, [(6, 853), (17, 853)]);
+    assert!(
+        d.block_ports
+            .iter()
+            .all(|(p, _, _)| *p == id("inherits") as u32)
+    );
+
+    // At most MAX_RESOLVERS distinct addresses, the first one too many named.
+    let many: Vec<String> = (1..=17).map(|i| format!("\"10.0.1.{i}\"")).collect();
+    let text = format!("[gateway]\ndns_resolvers = [{}]\n", many.join(", "));
+    let e = first_error(&text);
+    assert!(
+        e.starts_with("t.toml:2:") && e.contains("\"10.0.1.17\" is one address too many"),
+        "{e}"
+    );
 }

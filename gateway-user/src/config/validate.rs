@@ -7,8 +7,11 @@ use std::{
     sync::Arc,
 };
 
-use gateway_common::maps::{
-    DeviceName, MAX_CIDR_IDS, MAX_DEVICES, MAX_IP_IDS, MAX_MAC_IDS, MAX_POLICIES,
+use gateway_common::{
+    maps::{
+        DeviceName, MAX_CIDR_IDS, MAX_DEVICES, MAX_IP_IDS, MAX_MAC_IDS, MAX_POLICIES, MAX_RESOLVERS,
+    },
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use toml::Spanned;
 
@@ -21,6 +24,40 @@ use super::{
     policy::{parse_days, parse_time},
     raw::RawConfig,
 };
+
+/// TCP and UDP port of DNS over TLS and DNS over QUIC, which the built-in `dns-bypass` category
+/// blocks.
+const DOT_PORT: u16 = 853;
+
+/// An address of `dns_resolvers` (IPv4 or IPv6) as IPv6 or IPv4-mapped bytes.
+fn resolver_address(s: &str) -> Result<[u8; 16], String> {
+    match s.trim().parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => Ok(a.to_ipv6_mapped().octets()),
+        Ok(std::net::IpAddr::V6(a)) => Ok(a.octets()),
+        Err(_) => Err(format!(
+            "\"{s}\" is not an IP address (expected e.g. \"10.0.0.1\" or \"fd00::53\")"
+        )),
+    }
+}
+
+/// The addresses of a `dns_resolvers` list (`key` names it in errors).
+fn resolvers(
+    list: &[Spanned<String>],
+    key: &str,
+    loc: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeSet<[u8; 16]> {
+    let mut out = BTreeSet::new();
+    for entry in list {
+        match resolver_address(entry.get_ref()) {
+            Ok(a) => {
+                out.insert(a);
+            }
+            Err(why) => errors.push(loc.at(entry, format!("{key}: {why}"))),
+        }
+    }
+    out
+}
 
 pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
@@ -136,7 +173,15 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         let mut pol = Policy::allow_all(name, p.mode.unwrap_or(raw.gateway.mode));
         for c in &p.block_categories {
             match categories.iter().position(|x| &x.name == c.get_ref()) {
-                Some(id) if id < MAX_CATEGORIES => pol.block_categories |= 1 << id,
+                Some(id) if id < MAX_CATEGORIES => {
+                    pol.block_categories |= 1 << id;
+                    if c.get_ref() == DNS_BYPASS_CATEGORY {
+                        // DNS over TLS and over QUIC (RFC 7858, RFC 9250) by their port.
+                        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+                            pol.block_ports.insert(BlockedPort { proto, port: DOT_PORT });
+                        }
+                    }
+                }
                 Some(_) => {}
                 None => errors.push(loc.at(c, format!("policy \"{name}\": block_categories: no category named \"{}\" (defined: {})", c.get_ref(), categories.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")))),
             }
@@ -210,6 +255,14 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         if let Some(t) = p.block_ttl {
             pol.block_ttl = t;
         }
+        if let Some(list) = &p.dns_resolvers {
+            pol.dns_resolvers = Some(resolvers(
+                list,
+                &format!("policy \"{name}\": dns_resolvers"),
+                loc,
+                &mut errors,
+            ));
+        }
         if let Some(a) = &p.sinkhole_ipv4 {
             match a.get_ref().parse::<std::net::Ipv4Addr>() {
                 Ok(ip) => pol.sinkhole_v4 = ip.octets(),
@@ -239,6 +292,34 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
     // A `default` policy that allows everything always exists, unless the file defines its own.
     if !policies.iter().any(|p| p.name == DEFAULT_POLICY) {
         policies.push(Policy::allow_all(DEFAULT_POLICY, raw.gateway.mode));
+    }
+    // `[gateway] dns_resolvers`: every policy without its own.
+    if let Some(list) = &raw.gateway.dns_resolvers {
+        let all = resolvers(list, "dns_resolvers", loc, &mut errors);
+        for p in policies.iter_mut().filter(|p| p.dns_resolvers.is_none()) {
+            p.dns_resolvers = Some(all.clone());
+        }
+    }
+    // The kernel's table holds every policy's resolvers together.
+    let mut distinct = BTreeSet::new();
+    let lists = raw
+        .policies
+        .iter()
+        .filter_map(|p| p.dns_resolvers.as_ref())
+        .chain(raw.gateway.dns_resolvers.as_ref());
+    for entry in lists.flatten() {
+        if let Ok(a) = resolver_address(entry.get_ref())
+            && distinct.insert(a)
+            && distinct.len() > MAX_RESOLVERS as usize
+        {
+            errors.push(loc.at(
+                entry,
+                format!(
+                    "dns_resolvers: \"{}\" is one address too many: at most {MAX_RESOLVERS} distinct resolvers in all (gateway and policies)",
+                    entry.get_ref()
+                ),
+            ));
+        }
     }
     // Schedules, now that every policy name is known.
     for p in &raw.policies {

@@ -18,7 +18,7 @@ use aya::maps::lpm_trie::Key;
 use gateway_common::{
     maps::{
         CidrData, DECISION_CACHE_SLOTS, DEVICE_SLOTS, DecisionKey, DecisionSlot, DeviceName,
-        DeviceRef, MAX_POLICIES, block_port_key, cidr_data, policy_index,
+        DeviceRef, MAX_POLICIES, MAX_RESOLVERS, block_port_key, cidr_data, policy_index,
     },
     table::DomainBucket,
 };
@@ -319,6 +319,19 @@ fn write_generation(
         maps.block_ports.remove(k)?;
     }
     changes += put.len() + del.len();
+
+    for i in 0..MAX_RESOLVERS {
+        let want = desired
+            .resolvers
+            .get(i as usize)
+            .copied()
+            .unwrap_or_default();
+        let idx = (generation & 1) * MAX_RESOLVERS + i;
+        if maps.resolvers.get(&idx, 0)? != want {
+            maps.resolvers.set(idx, want, 0)?;
+            changes += 1;
+        }
+    }
 
     if maps.settings(generation)? != desired.settings {
         maps.set_settings(generation, desired.settings)?;

@@ -42,6 +42,8 @@ pub struct Maps {
     /// Decision events from the kernel.
     /// (`None` once taken by `take_events`, for a reader of its own.)
     pub events: Option<RingBuf<MapData>>,
+    /// `[generation * MAX_RESOLVERS + i]`: the addresses of the policies' `dns_resolvers`.
+    pub resolvers: Array<MapData, [u8; 16]>,
     /// `block_port_key` -> 1.
     pub block_ports: aya::maps::HashMap<MapData, u32, u8>,
     /// TLS flows with a ClientHello in progress, or blocked.
@@ -85,6 +87,7 @@ impl Maps {
             ifaces: Array::try_from(take(names::IFACES)?)?,
             events: Some(RingBuf::try_from(take(names::EVENTS)?)?),
             block_ports: aya::maps::HashMap::try_from(take(names::BLOCK_PORTS)?)?,
+            resolvers: Array::try_from(take(names::RESOLVERS)?)?,
             flows: aya::maps::HashMap::try_from(take(names::FLOWS)?)?,
             uninspected_floor: (AtomicU64::new(0), AtomicU64::new(0)),
         })

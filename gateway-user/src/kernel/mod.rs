@@ -16,6 +16,6 @@ pub use apply::{Applied, Applier, GRACE};
 pub use maps::{Maps, cpu_count, slot_names, zeroed_per_cpu};
 pub use mmap::MmapArray;
 pub use objects::{
-    DNS_PROGRAM, EMPTY_OBJECT, EMPTY_PROGRAM, FILTER_OBJECT, FILTER_PROGRAM, Filter, LoadOptions,
-    TLS_PROGRAM, incompatible_pins, load_empty,
+    DNS_MSG_PROGRAM, DNS_PROGRAM, DNS_TCP_PROGRAM, EMPTY_OBJECT, EMPTY_PROGRAM, FILTER_OBJECT,
+    FILTER_PROGRAM, Filter, LoadOptions, TLS_PROGRAM, incompatible_pins, load_empty,
 };

@@ -28,10 +28,15 @@ pub const FILTER_PROGRAM: &str = "gateway";
 pub const DNS_PROGRAM: &str = "gateway_dns";
 /// Name of the TLS program the filter tail-calls.
 pub const TLS_PROGRAM: &str = "gateway_tls";
+/// Names of the DNS-over-TCP programs the filter tail-calls (the stream, and its messages).
+pub const DNS_TCP_PROGRAM: &str = "gateway_dns_tcp";
+pub const DNS_MSG_PROGRAM: &str = "gateway_dns_msg";
 /// The filter's program array, and the tail-called programs' indexes in it.
 const PROGS_MAP: &str = "PROGS";
 const PROG_DNS: u32 = 0;
 const PROG_TLS: u32 = 1;
+const PROG_DNS_TCP: u32 = 2;
+const PROG_DNS_MSG: u32 = 3;
 /// Name of the empty XDP program in its object.
 pub const EMPTY_PROGRAM: &str = "empty";
 
@@ -100,7 +105,13 @@ impl Filter {
             .load(FILTER_OBJECT)
             .context("loading the filter object")?;
         let mut verified_all = Vec::new();
-        for name in [DNS_PROGRAM, TLS_PROGRAM, FILTER_PROGRAM] {
+        for name in [
+            DNS_PROGRAM,
+            TLS_PROGRAM,
+            DNS_TCP_PROGRAM,
+            DNS_MSG_PROGRAM,
+            FILTER_PROGRAM,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the object has no program {name}"))?
@@ -122,12 +133,16 @@ impl Filter {
         };
         let dns_fd = fd_of(&ebpf, DNS_PROGRAM)?;
         let tls_fd = fd_of(&ebpf, TLS_PROGRAM)?;
+        let dns_tcp_fd = fd_of(&ebpf, DNS_TCP_PROGRAM)?;
+        let dns_msg_fd = fd_of(&ebpf, DNS_MSG_PROGRAM)?;
         let mut progs = aya::maps::ProgramArray::try_from(
             ebpf.map_mut(PROGS_MAP)
                 .ok_or_else(|| anyhow!("the object has no map {PROGS_MAP}"))?,
         )?;
         progs.set(PROG_DNS, &dns_fd, 0)?;
         progs.set(PROG_TLS, &tls_fd, 0)?;
+        progs.set(PROG_DNS_TCP, &dns_tcp_fd, 0)?;
+        progs.set(PROG_DNS_MSG, &dns_msg_fd, 0)?;
         Ok(Self {
             ebpf,
             link: opts.link,
