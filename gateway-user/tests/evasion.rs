@@ -507,9 +507,17 @@ fn runner() -> TestRunner {
     TestRunner::new(&config, LinkType::Ethernet).expect("load")
 }
 
+/// One filter instance for the three parts (loading it is most of the suite's time under the
+/// kernel matrix's emulated CPUs).
 #[test]
-fn every_technique_gets_its_verdict_under_both_policies() {
+fn the_evasion_suite() {
     let mut r = runner();
+    every_technique_gets_its_verdict_under_both_policies(&mut r);
+    a_tcp_query_split_at_every_byte_is_blocked(&mut r);
+    a_server_name_split_at_every_byte_is_blocked(&mut r);
+}
+
+fn every_technique_gets_its_verdict_under_both_policies(r: &mut TestRunner) {
     let mut failures = Vec::new();
     for (i, row) in rows().iter().enumerate() {
         for (dev, policy, expected) in [
@@ -541,14 +549,12 @@ fn run_all(r: &mut TestRunner, frames: &[Vec<u8>]) -> Vec<RunResult> {
     frames.iter().map(|f| r.run(f).expect("run")).collect()
 }
 
-#[test]
-fn a_tcp_query_split_at_every_byte_is_blocked() {
-    let mut r = runner();
+fn a_tcp_query_split_at_every_byte_is_blocked(r: &mut TestRunner) {
     let m = framed(&dns_query(BLOCKED));
     for cut in 1..m.len() {
         let (d, p) = (Dev(1), 20000 + cut as u16);
         let res = run_all(
-            &mut r,
+            r,
             &[
                 d.syn(RESOLVER, p, 53, 99),
                 d.tcp(RESOLVER, p, 53, 100, &m[..cut]),
@@ -581,9 +587,7 @@ fn a_tcp_query_split_at_every_byte_is_blocked() {
     }
 }
 
-#[test]
-fn a_server_name_split_at_every_byte_is_blocked() {
-    let mut r = runner();
+fn a_server_name_split_at_every_byte_is_blocked(r: &mut TestRunner) {
     let h = client_hello(BLOCKED, 2);
     let name_at = h
         .windows(BLOCKED.len())
@@ -592,7 +596,7 @@ fn a_server_name_split_at_every_byte_is_blocked() {
     for cut in name_at - 5..name_at + BLOCKED.len() {
         let (d, p) = (Dev(1), 30000 + cut as u16);
         let res = run_all(
-            &mut r,
+            r,
             &[
                 d.syn(SERVER, p, 443, 1000),
                 d.tcp(SERVER, p, 443, 1001, &h[..cut]),

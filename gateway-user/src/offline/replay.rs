@@ -126,7 +126,9 @@ fn dns_question(frame: &Frame) -> Option<(String, u16)> {
         return None;
     }
     let l4 = parse_l4(b, &l3).ok()?;
-    if l4.dst_port() != 53 {
+    // Port 53, or a DNS-shaped datagram to another port (judged as DNS by the kernel).
+    let header = b.read::<DNS_HEADER>(l4.payload_off)?;
+    if l4.dst_port() != 53 && !gateway_common::domain::is_query_shaped(&header) {
         return None;
     }
     let name_off = l4.payload_off + DNS_HEADER;
@@ -140,8 +142,9 @@ fn dns_question(frame: &Frame) -> Option<(String, u16)> {
 }
 
 /// The protocol of a decision (DNS, TLS, QUIC, port), else the frame's transport. A decision on
-/// a name is DNS when the frame goes to port 53 (the kernel's own dispatch rule), TLS otherwise
-/// (whichever TLS ports are configured).
+/// a name is DNS when the frame goes to port 53 or is UDP (DNS-shaped datagrams to other ports
+/// are judged as DNS: the kernel's own dispatch rule), TLS otherwise (whichever TLS ports are
+/// configured).
 fn decision_proto(frame: &Frame, decided: bool, reason: Reason) -> &'static str {
     if !decided || reason == Reason::Suspended {
         return proto_of(frame, reason);
@@ -149,7 +152,7 @@ fn decision_proto(frame: &Frame, decided: bool, reason: Reason) -> &'static str 
     match reason {
         Reason::BlockedPort => "port",
         Reason::Quic => "quic",
-        _ if dst_port(frame) == Some(53) => "dns",
+        _ if dst_port(frame) == Some(53) || proto_of(frame, reason) == "udp" => "dns",
         _ => "tls",
     }
 }
