@@ -114,7 +114,8 @@ labelled_enum! {
         DecisionMapFull = 0 => "decision_map_full",
         /// A decision event was lost: the event ring was full.
         RingLost = 1 => "ring_lost",
-        /// TLS flow state created (a ClientHello continued in a later segment, or a flow blocked).
+        /// TLS flow state created (at a SYN to a TLS port, for a ClientHello continued in a later
+        /// segment, or for a blocked flow).
         FlowsCreated = 2 => "flows_created",
         /// TLS flow state removed by the program (the walk ended); created - removed - present
         /// is what the LRU map evicted.

@@ -28,7 +28,7 @@ use gateway_common::{
     },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4, TCP_ACK,
-        TCP_SYN, is_suspend_exempt, parse_l2, parse_l3, parse_l4,
+        TCP_FIN, TCP_RST, TCP_SYN, is_suspend_exempt, parse_l2, parse_l3, parse_l4,
     },
     tls::may_start_hello,
 };
@@ -490,6 +490,15 @@ fn judge(ctx: &XdpContext) -> Outcome {
     if l4.payload_off >= l3.ip_end {
         if tcp && syn && is_tls_port(generation, settings, l4.dst_port()) {
             tls::start_flow(&pkt, &l3, &l4);
+        } else if tcp
+            && l4.tcp_flags & (TCP_RST | TCP_FIN) != 0
+            && is_tls_port(generation, settings, l4.dst_port())
+            && maps::flow_marked(flow_slot(&l3.src, l4.ports))
+        {
+            // The device ends a connection that still has state (one that never sent its
+            // ClientHello: a scan, the loser of a happy-eyeballs race): the state and its mark
+            // go, so marks do not pile up behind states the LRU map would evict.
+            tls::end_flow(&pkt, &l3, &l4);
         }
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }

@@ -196,6 +196,29 @@ pub fn start_flow(pkt: &PacketBytes, l3: &L3, l4: &L4) {
     }
 }
 
+/// A RST or FIN without payload from the device on a flow whose slot is marked: the flow's state,
+/// if it has one, is removed with its mark — unless the flow was blocked (its later packets stay
+/// dropped until the LRU map evicts it).
+#[inline(always)]
+pub fn end_flow(pkt: &PacketBytes, l3: &L3, l4: &L4) {
+    let key = FlowKey {
+        src: l3.src,
+        dst: l3.dst(pkt).unwrap_or_default(),
+        sport: l4.src_port(),
+        dport: l4.dst_port(),
+        _pad: 0,
+    };
+    // SAFETY: the value is only read.
+    let blocked = match unsafe { maps::FLOWS.get(key) } {
+        Some(st) => st.state == FLOW_BLOCKED,
+        None => return,
+    };
+    if !blocked && maps::FLOWS.remove(key).is_ok() {
+        maps::mark_flow(key.mark_slot(), false);
+        maps::count_global(Global::FlowsRemoved);
+    }
+}
+
 /// `bpf_map_update_elem` flags (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;

@@ -333,6 +333,33 @@ fn rows() -> Vec<Row> {
             ],
         },
         Row {
+            technique: "TLS: a connection reset before its hello keeps no state (not an evasion)",
+            frames: |d, p| {
+                let rst = frames::build(
+                    d.l2(),
+                    d.l3(SERVER),
+                    L4::Tcp {
+                        sport: p,
+                        dport: 443,
+                        seq: 1001,
+                        flags: TcpFlags {
+                            rst: true,
+                            ..Default::default()
+                        },
+                    },
+                    &[],
+                );
+                // Then data out of the SYN's order: with no state left, not looked at.
+                vec![
+                    d.syn(SERVER, p, 443, 1000),
+                    rst,
+                    d.tcp(SERVER, p, 443, 5000, b"\x17\x03\x03\x00\x01x"),
+                ]
+            },
+            default: &[PASS, PASS, PASS],
+            strict: &[PASS, PASS, PASS],
+        },
+        Row {
             technique: "TLS: the server name in a second TLS record",
             frames: |d, p| {
                 // 60 handshake bytes: the record ends inside the session id, before the name.
