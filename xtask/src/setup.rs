@@ -18,27 +18,28 @@ const LLVM_PACKAGES: &[&str] = &[
 ];
 /// What the tests, the demo and the benchmarks run.
 const TEST_PACKAGES: &[&str] = &[
-    "iproute2",        // ip, namespaces, veth
-    "iputils-ping",    // ping from simulated devices
-    "ethtool",         // offloads off on veths
-    "util-linux",      // nsenter
-    "procps",          // sysctl
-    "bpftool",         // inspecting programs and maps when a test fails
-    "dnsmasq-base",    // the DNS upstream of the namespace tests; a baseline of the benchmark
-    "dnsutils",        // dig
-    "knot-dnsutils",   // kdig
-    "tshark",          // the reference SNI of every corpus ClientHello
-    "openssl",         // s_server upstream and s_client in the TLS namespace tests
-    "gnutls-bin",      // gnutls-cli
-    "curl",            // HTTPS client
-    "socat",           // the HTTPS upstream of the TLS namespace tests
-    "chromium",        // a real browser's two-segment ClientHello
-    "dnsperf",         // the DNS benchmark's load
-    "unbound",         // a baseline of the DNS benchmark
-    "prometheus",      // promtool: checks a live /metrics scrape
+    "iproute2",                      // ip, namespaces, veth
+    "iputils-ping",                  // ping from simulated devices
+    "ethtool",                       // offloads off on veths
+    "util-linux",                    // nsenter
+    "procps",                        // sysctl
+    "bpftool",                       // inspecting programs and maps when a test fails
+    "dnsmasq-base", // the DNS upstream of the namespace tests; a baseline of the benchmark
+    "dnsutils",     // dig
+    "knot-dnsutils", // kdig
+    "tshark",       // the reference SNI of every corpus ClientHello
+    "openssl",      // s_server upstream and s_client in the TLS namespace tests
+    "gnutls-bin",   // gnutls-cli
+    "curl",         // HTTPS client
+    "socat",        // the HTTPS upstream of the TLS namespace tests
+    "chromium",     // a real browser's two-segment ClientHello
+    "dnsperf",      // the DNS benchmark's load
+    "unbound",      // a baseline of the DNS benchmark
+    "prometheus",   // promtool: checks a live /metrics scrape
     "qemu-system-x86", // the kernel matrix boots Debian's 6.1 and 6.12 under qemu
-    "kmod",            // modprobe, which the matrix guests run from the host's filesystem
-    "busybox-static",  // virtme-ng's guest init
+    "kmod",         // modprobe, which the matrix guests run from the host's filesystem
+    "busybox-static", // virtme-ng's guest init
+    "webext-ublock-origin-chromium", // EasyList and EasyPrivacy: real adblock lists for tests
 ];
 
 /// virtme-ng, which boots a kernel on the host's own filesystem (PyPI).

@@ -84,12 +84,46 @@ pub(super) struct RawWindow {
     pub(super) policy: Spanned<String>,
 }
 
+/// A list file: its path, or `{ path = "…", format = "…" }` to force its format.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a path, or a table { path = \"…\", format = \"hosts|domains|wildcard|adblock|dnsmasq|rpz\" }"
+)]
+pub(super) enum RawList {
+    Path(PathBuf),
+    Table(RawListTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListTable {
+    pub(super) path: PathBuf,
+    pub(super) format: Option<String>,
+}
+
+impl RawList {
+    pub(super) fn path(&self) -> &std::path::Path {
+        match self {
+            RawList::Path(p) => p,
+            RawList::Table(t) => &t.path,
+        }
+    }
+
+    pub(super) fn format(&self) -> Option<&str> {
+        match self {
+            RawList::Path(_) => None,
+            RawList::Table(t) => t.format.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCategory {
     pub(super) name: Spanned<String>,
     #[serde(default)]
-    pub(super) lists: Vec<Spanned<PathBuf>>,
+    pub(super) lists: Vec<Spanned<RawList>>,
     #[serde(default)]
     pub(super) domains: Vec<Spanned<String>>,
 }
@@ -114,9 +148,9 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub(super) block: Vec<Spanned<String>>,
     #[serde(default)]
-    pub(super) allow_lists: Vec<Spanned<PathBuf>>,
+    pub(super) allow_lists: Vec<Spanned<RawList>>,
     #[serde(default)]
-    pub(super) block_lists: Vec<Spanned<PathBuf>>,
+    pub(super) block_lists: Vec<Spanned<RawList>>,
     pub(super) default: Option<AllowBlock>,
     pub(super) https_records: Option<HttpsRecords>,
     pub(super) dns_block_answer: Option<DnsBlockAnswer>,

@@ -110,9 +110,20 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             lists: Vec::new(),
         };
         for list in &c.lists {
-            let path = base.join(list.get_ref());
+            let path = base.join(list.get_ref().path());
             files.push(path.clone());
-            match lists::read_shared(&path) {
+            let Ok(format) = list_format(list.get_ref()) else {
+                errors.push(loc.at(
+                    list,
+                    format!(
+                        "category \"{name}\": list {}: {}",
+                        path.display(),
+                        unknown_format(list.get_ref())
+                    ),
+                ));
+                continue;
+            };
+            match lists::read_shared(&path, format) {
                 Ok((domains, stats)) => {
                     cat.sources.push(domains);
                     if stats.invalid > 0 {
@@ -210,10 +221,21 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             (&p.block_lists, false, "block_lists"),
         ] {
             for f in list_files {
-                let path = base.join(f.get_ref());
+                let path = base.join(f.get_ref().path());
                 files.push(path.clone());
+                let Ok(format) = list_format(f.get_ref()) else {
+                    errors.push(loc.at(
+                        f,
+                        format!(
+                            "policy \"{name}\": {key}: {}: {}",
+                            path.display(),
+                            unknown_format(f.get_ref())
+                        ),
+                    ));
+                    continue;
+                };
                 let mut d = Domains::default();
-                match lists::read(&path, &mut d) {
+                match lists::read(&path, format, &mut d) {
                     Ok(_) => {
                         // A list's own @@ entries are allows whichever key it is under.
                         pol.allow.extend(d.allow);
@@ -666,4 +688,26 @@ pub(super) fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("contains whitespace or control characters");
     }
     Ok(())
+}
+
+/// The format a list entry forces, if any; `Err` for a name that is not a format.
+fn list_format(list: &super::raw::RawList) -> Result<Option<gateway_common::lists::Format>, ()> {
+    match list.format() {
+        None => Ok(None),
+        Some(f) => gateway_common::lists::Format::from_label(f)
+            .map(Some)
+            .ok_or(()),
+    }
+}
+
+fn unknown_format(list: &super::raw::RawList) -> String {
+    let known: Vec<&str> = gateway_common::lists::Format::ALL
+        .iter()
+        .map(|f| f.label())
+        .collect();
+    format!(
+        "format \"{}\" is not one of {}",
+        list.format().unwrap_or(""),
+        known.join(", ")
+    )
 }

@@ -47,6 +47,8 @@ pub struct Summary {
     pub config: String,
     pub categories: Vec<CategoryRow>,
     pub policies: Vec<PolicyRow>,
+    /// Every category's list files: what each gave and what it skipped.
+    pub lists: Vec<ListRow>,
     pub devices: usize,
     /// Distinct domains in the domain table (every category and policy entry).
     pub domains: usize,
@@ -56,6 +58,14 @@ pub struct Summary {
     pub kernel_bytes: u64,
     /// The largest maps.
     pub maps: Vec<MapRow>,
+}
+
+/// One list file of a category.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListRow {
+    pub category: String,
+    #[serde(flatten)]
+    pub stats: crate::config::ListStats,
 }
 
 /// Kernel memory the maps take with `config`: key and value of every entry the maps are sized
@@ -138,7 +148,7 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
                 domains,
                 exceptions,
                 lists: c.lists.len(),
-                skipped: c.lists.iter().map(|l| l.unsupported + l.invalid).sum(),
+                skipped: c.lists.iter().map(|l| l.skipped_lines() + l.invalid).sum(),
             })
             .collect(),
         policies: config
@@ -150,6 +160,16 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
                 devices: *n,
                 allow: p.allow.len(),
                 block: p.block.len(),
+            })
+            .collect(),
+        lists: config
+            .categories
+            .iter()
+            .flat_map(|c| {
+                c.lists.iter().map(|l| ListRow {
+                    category: c.name.clone(),
+                    stats: l.clone(),
+                })
             })
             .collect(),
         devices: config.devices.len(),
@@ -239,6 +259,40 @@ pub fn render(s: &Summary) -> String {
             "  {:<24} {:>9} domains {:>7} exceptions  {} list(s), {} line(s) skipped",
             c.name, c.domains, c.exceptions, c.lists, c.skipped
         );
+    }
+    if !s.lists.is_empty() {
+        let _ = writeln!(o, "\nlists:");
+    }
+    for l in &s.lists {
+        let st = &l.stats;
+        let how = if st.detected { "detected" } else { "forced" };
+        let _ = writeln!(
+            o,
+            "  {} {}: {} ({how}), {} lines, {} rules used, {} exceptions",
+            l.category, st.path, st.format, st.lines, st.block, st.allow
+        );
+        if st.widened + st.important + st.badfilter > 0 {
+            let _ = writeln!(
+                o,
+                "      {} widened to the name and its subdomains, {} $important, {} $badfilter",
+                st.widened, st.important, st.badfilter
+            );
+        }
+        for (kind, k) in &st.skipped {
+            let _ = writeln!(
+                o,
+                "      skipped {kind}: {} (first at line {})",
+                k.lines, k.first_line
+            );
+        }
+        if st.invalid > 0 {
+            let first = st
+                .invalid_examples
+                .first()
+                .map(|(n, why)| format!(" (line {n}: {why})"))
+                .unwrap_or_default();
+            let _ = writeln!(o, "      invalid names: {}{first}", st.invalid);
+        }
     }
     let _ = writeln!(o, "\npolicies:");
     for p in &s.policies {
