@@ -561,4 +561,51 @@ mod tests {
         assert!(d.block.len() >= 30);
         assert!(d.block.contains("dns.google") && d.block.contains("cloudflare-dns.com"));
     }
+
+    #[test]
+    fn a_list_entry_may_force_its_format() {
+        let dir = std::env::temp_dir().join(format!("gw-format-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Bare names only: detected as domains, read as dnsmasq they say nothing.
+        std::fs::write(dir.join("l.txt"), "a.example\nb.example\n").expect("write");
+        let toml = |entry: &str| {
+            format!(
+                "[[category]]\nname = \"c\"\nlists = [{entry}]\n[[policy]]\nname = \"p\"\nblock_categories = [\"c\"]\n"
+            )
+        };
+        let t = dir.join("t.toml");
+        let c = crate::config::Config::parse(&toml("\"l.txt\""), &t).expect("detected");
+        assert_eq!(
+            (
+                c.categories[0].lists[0].format,
+                c.categories[0].lists[0].detected
+            ),
+            ("domains", true)
+        );
+        let c =
+            crate::config::Config::parse(&toml("{ path = \"l.txt\", format = \"dnsmasq\" }"), &t)
+                .expect("forced");
+        let l = &c.categories[0].lists[0];
+        assert_eq!((l.format, l.detected, l.block), ("dnsmasq", false, 0));
+        assert_eq!(l.skipped["directive"].lines, 2);
+        let e = crate::config::Config::parse(&toml("{ path = \"l.txt\", format = \"zone\" }"), &t)
+            .expect_err("unknown format")
+            .to_string();
+        assert!(
+            e.contains("t.toml:3:")
+                && e.contains(": category \"c\": list ")
+                && e.contains(
+                    "format \"zone\" is not one of rpz, dnsmasq, adblock, hosts, wildcard, domains"
+                ),
+            "{e}"
+        );
+        let e = crate::config::Config::parse(&toml("{ file = \"l.txt\" }"), &t)
+            .expect_err("no path")
+            .to_string();
+        assert!(
+            e.contains("t.toml:3:") && e.contains("a path, or a table"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }
