@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod datapath;
 mod history;
+mod lists;
 mod streams;
 mod verdicts;
 
@@ -41,6 +42,9 @@ struct Args {
     /// Only the stream table (SYNs, first ClientHello segments, DNS over TCP).
     #[arg(long)]
     streams_only: bool,
+    /// Only the list parsing table.
+    #[arg(long)]
+    lists_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     }
     if args.history_only {
         print!("{}", history::render_history(&history::history()?));
+        return Ok(());
+    }
+    if args.lists_only {
+        print!("{}", lists::render_lists(&lists::lists()?));
         return Ok(());
     }
     if args.streams_only {
@@ -84,10 +92,11 @@ fn main() -> anyhow::Result<()> {
         .map(|&n| config_in_child(n))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let history = history::history()?;
+    let lists = lists::lists()?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "streams": streams, "config": config, "history": history })
+            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "streams": streams, "config": config, "history": history, "lists": lists })
         );
     } else {
         print!(
@@ -112,6 +121,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", config::render_config(&config));
         println!();
         print!("{}", history::render_history(&history));
+        println!();
+        print!("{}", lists::render_lists(&lists));
     }
     Ok(())
 }

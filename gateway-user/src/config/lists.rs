@@ -67,7 +67,8 @@ pub struct Domains {
 pub fn normalised(d: &str) -> Result<String, &'static str> {
     let mut out = [0u8; MAX_NAME];
     let n = normalise(d, &mut out)?;
-    Ok(String::from_utf8_lossy(&out[..n]).into_owned())
+    // `normalise` wrote ASCII only.
+    Ok(out[..n].iter().map(|&b| char::from(b)).collect())
 }
 
 /// Whether `name` is `ancestor` or below it.
@@ -113,7 +114,10 @@ pub fn parse_text(
         invalid: 0,
         invalid_examples: Vec::new(),
     };
-    let mut list = Domains::default();
+    // Collected, then sorted into sets at once (a bulk build: inserting a million names one by
+    // one into a B-tree took most of a parse).
+    let mut block: Vec<String> = Vec::new();
+    let mut allow: Vec<String> = Vec::new();
     // `$important` blocks and exceptions, `$badfilter`ed (allow, name) pairs: applied once the
     // whole list is read (a rule may come before or after what it acts on).
     let mut important_block: HashSet<String> = HashSet::new();
@@ -174,18 +178,22 @@ pub fn parse_text(
                     && within(&e, &d)
                 {
                     stats.allow += 1;
-                    list.allow.insert(e);
+                    allow.push(e);
                 }
             }
             if rule.allow {
                 stats.allow += 1;
-                list.allow.insert(d);
+                allow.push(d);
             } else {
                 stats.block += 1;
-                list.block.insert(d);
+                block.push(d);
             }
         }
     }
+    let mut list = Domains {
+        block: block.into_iter().collect(),
+        allow: allow.into_iter().collect(),
+    };
     for (allow, d) in cancelled {
         let set = if allow {
             &mut list.allow
@@ -206,8 +214,12 @@ pub fn parse_text(
         });
         stats.important += before - list.allow.len();
     }
-    into.block.extend(list.block);
-    into.allow.extend(list.allow);
+    if into.block.is_empty() && into.allow.is_empty() {
+        *into = list;
+    } else {
+        into.block.extend(list.block);
+        into.allow.extend(list.allow);
+    }
     stats
 }
 

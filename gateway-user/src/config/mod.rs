@@ -34,7 +34,7 @@ pub use crate::errors::{ConfigError, ConfigErrors};
 pub use compile::{Changed, Desired, DomainRules, domain_buckets};
 pub use devices::{display_addr, mapped, parse_cidr, parse_mac};
 pub use images::{Images, Previous, build_images};
-pub use lists::{Domains, ListStats};
+pub use lists::{Domains, ListStats, parse_text as parse_list};
 pub use policy::{
     AllowBlock, BlockedPort, DnsBlockAnswer, HttpsRecords, LogLevel, Policy, TlsBlockAnswer, Window,
 };
