@@ -98,6 +98,74 @@ struct PolicyLabel {
     policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabels {
+    category: String,
+    list: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListKindLabels {
+    category: String,
+    list: String,
+    kind: String,
+}
+
+/// What each category's list files gave when the configuration in force was read.
+fn list_metrics(r: &mut Registry, config: &Config, now: jiff::Timestamp) {
+    let lines: Family<ListLabels, Gauge> = gauge(
+        r,
+        "gateway_list_lines",
+        "Lines of each list file in the configuration in force",
+    );
+    let rules: Family<ListKindLabels, Gauge> = gauge(
+        r,
+        "gateway_list_rules",
+        "Rules each list file gave, by kind (block, exception)",
+    );
+    let skipped: Family<ListKindLabels, Gauge> = gauge(
+        r,
+        "gateway_list_skipped_lines",
+        "Lines of each list file skipped, by kind (cosmetic, path, browser_option, ...)",
+    );
+    let invalid: Family<ListLabels, Gauge> = gauge(
+        r,
+        "gateway_list_invalid_names",
+        "Names in each list file that are not valid domains",
+    );
+    let age: Family<ListLabels, Gauge> = gauge(
+        r,
+        "gateway_list_age_seconds",
+        "Age of each list file (since it was last written)",
+    );
+    for c in &config.categories {
+        for l in &c.lists {
+            let at = ListLabels {
+                category: c.name.clone(),
+                list: l.path.clone(),
+            };
+            let kind = |kind: &str| ListKindLabels {
+                category: c.name.clone(),
+                list: l.path.clone(),
+                kind: kind.to_string(),
+            };
+            lines.get_or_create(&at).set(l.lines as i64);
+            rules.get_or_create(&kind("block")).set(l.block as i64);
+            rules.get_or_create(&kind("exception")).set(l.allow as i64);
+            for (k, n) in &l.skipped {
+                skipped.get_or_create(&kind(k)).set(n.lines as i64);
+            }
+            invalid.get_or_create(&at).set(l.invalid as i64);
+            if let Ok(written) = std::fs::metadata(&l.path).and_then(|m| m.modified())
+                && let Ok(written) = jiff::Timestamp::try_from(written)
+            {
+                age.get_or_create(&at)
+                    .set(now.as_second().saturating_sub(written.as_second()).max(0));
+            }
+        }
+    }
+}
+
 fn counter<
     L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
 >(
@@ -303,6 +371,8 @@ pub fn render(s: &Snapshot, info: &Info, now: jiff::Timestamp) -> anyhow::Result
             .inc();
     }
 
+    list_metrics(&mut r, config, now);
+
     let global = |k: &str| s.global.get(k).copied().unwrap_or(0);
     plain_counter(
         &mut r,
@@ -484,5 +554,39 @@ mod tests {
             to_prometheus_text(om),
             "# HELP gateway_reloads_total Reloads applied.\n# TYPE gateway_reloads_total counter\ngateway_reloads_total 3\n# HELP gateway_generation The generation.\n# TYPE gateway_generation gauge\ngateway_generation 1\n"
         );
+    }
+
+    #[test]
+    fn every_list_has_its_lines_rules_skipped_kinds_and_age() {
+        let dir = std::env::temp_dir().join(format!("gw-list-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("l.txt"),
+            "! Title: t\n||a.example^\n@@||ok.a.example^\nx.example##.ad\n/re/\n",
+        )
+        .expect("write");
+        let toml = "[[category]]\nname = \"ads\"\nlists = [\"l.txt\"]\n";
+        let config = Config::parse(toml, &dir.join("t.toml")).expect("config");
+        let mut r = Registry::default();
+        list_metrics(&mut r, &config, jiff::Timestamp::now());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
+        let list = dir.join("l.txt").display().to_string();
+        for want in [
+            format!("gateway_list_lines{{category=\"ads\",list=\"{list}\"}} 5"),
+            format!("gateway_list_rules{{category=\"ads\",list=\"{list}\",kind=\"block\"}} 1"),
+            format!("gateway_list_rules{{category=\"ads\",list=\"{list}\",kind=\"exception\"}} 1"),
+            format!(
+                "gateway_list_skipped_lines{{category=\"ads\",list=\"{list}\",kind=\"cosmetic\"}} 1"
+            ),
+            format!(
+                "gateway_list_skipped_lines{{category=\"ads\",list=\"{list}\",kind=\"regex\"}} 1"
+            ),
+            format!("gateway_list_invalid_names{{category=\"ads\",list=\"{list}\"}} 0"),
+            format!("gateway_list_age_seconds{{category=\"ads\",list=\"{list}\"}} "),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
