@@ -10,21 +10,21 @@
 //! or dnsmasq line covers the name and its subdomains (as the kernel matches); `*.d` covers the
 //! subdomains only, `|d^` and an RPZ owner `d` the name only.
 
-/// The format of a list file.
+/// The format of a list file. Declared in `ALL`'s order: `f as usize` is its place there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
-    /// `0.0.0.0 domain`, `127.0.0.1 a b c`, `:: domain` (several names a line).
-    Hosts,
-    /// One domain a line.
-    Domains,
-    /// One domain a line, as `*.domain` (its subdomains) or `domain`.
-    Wildcard,
-    /// Adblock / AdGuard DNS filter syntax (`||domain^`, `@@||domain^`, options).
-    Adblock,
-    /// dnsmasq configuration: `address=/d/…`, `server=/d/…`, `local=/d/`.
-    Dnsmasq,
     /// A response policy zone (BIND RPZ): `d CNAME .`, `*.d CNAME .`, `d CNAME rpz-passthru.`.
     Rpz,
+    /// dnsmasq configuration: `address=/d/…`, `server=/d/…`, `local=/d/`.
+    Dnsmasq,
+    /// Adblock / AdGuard DNS filter syntax (`||domain^`, `@@||domain^`, options).
+    Adblock,
+    /// `0.0.0.0 domain`, `127.0.0.1 a b c`, `:: domain` (several names a line).
+    Hosts,
+    /// One domain a line, as `*.domain` (its subdomains) or `domain`.
+    Wildcard,
+    /// One domain a line.
+    Domains,
 }
 
 impl Format {
@@ -250,7 +250,9 @@ fn is_cosmetic(line: &str) -> bool {
 
 /// The shape of one line, for detection.
 fn shape(line: &str) -> Option<Format> {
-    let first = line.split_whitespace().next()?;
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let second = words.next();
     if line.starts_with('#') && !is_cosmetic(line) || line.starts_with(';') {
         return None;
     }
@@ -263,15 +265,14 @@ fn shape(line: &str) -> Option<Format> {
     {
         return Some(Format::Dnsmasq);
     }
-    let mut words = line.split_whitespace();
-    let _ = words.next();
-    if words
-        .take(3)
+    if second
+        .into_iter()
+        .chain(words.take(2))
         .any(|w| w.eq_ignore_ascii_case("CNAME") || w.eq_ignore_ascii_case("SOA"))
     {
         return Some(Format::Rpz);
     }
-    if is_address(first) && line.split_whitespace().nth(1).is_some() {
+    if is_address(first) && second.is_some() {
         return Some(Format::Hosts);
     }
     if let Some(rest) = first.strip_prefix("*.")
@@ -304,22 +305,13 @@ pub fn detect<'a>(lines: impl Iterator<Item = &'a str>) -> Format {
                 return Format::Rpz;
             }
         }
-        if let Some(f) = shape(line)
-            && let Some(i) = Format::ALL.iter().position(|x| *x == f)
-        {
-            counts[i] += 1;
+        if let Some(f) = shape(line) {
+            counts[f as usize] += 1;
         }
     }
     // A domains list with a few `*.` lines is a wildcard list; a wildcard list with bare names
     // reads the same either way.
-    let wildcard = Format::ALL
-        .iter()
-        .position(|f| *f == Format::Wildcard)
-        .unwrap_or(0);
-    let domains = Format::ALL
-        .iter()
-        .position(|f| *f == Format::Domains)
-        .unwrap_or(0);
+    let (wildcard, domains) = (Format::Wildcard as usize, Format::Domains as usize);
     if counts[wildcard] > 0 && counts[wildcard] * 10 >= counts[domains] {
         counts[wildcard] += counts[domains];
         counts[domains] = 0;
@@ -602,8 +594,8 @@ fn adblock(line: &str) -> Line<'_> {
     if line.starts_with('#') {
         return Line::Comment;
     }
-    let first = line.split_whitespace().next().unwrap_or("");
-    if is_address(first) && line.split_whitespace().nth(1).is_some() {
+    let mut words = line.split_whitespace();
+    if words.next().is_some_and(is_address) && words.next().is_some() {
         return hosts(line);
     }
     let (allow, body) = match line.strip_prefix("@@") {

@@ -256,6 +256,9 @@ fn detection() {
     assert_eq!(d(&easylist[..]), Format::Adblock);
     // Paths first, no header at all: still adblock by the whole file.
     assert_eq!(d(&easylist[2..]), Format::Adblock);
+    for (i, f) in Format::ALL.iter().enumerate() {
+        assert_eq!(*f as usize, i, "{f:?} declared out of ALL's order");
+    }
     assert_eq!(Format::from_label("rpz"), Some(Format::Rpz));
     assert_eq!(Format::from_label("zone"), None);
 }

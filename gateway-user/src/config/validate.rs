@@ -112,16 +112,15 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         for list in &c.lists {
             let path = base.join(list.get_ref().path());
             files.push(path.clone());
-            let Ok(format) = list_format(list.get_ref()) else {
-                errors.push(loc.at(
-                    list,
-                    format!(
-                        "category \"{name}\": list {}: {}",
-                        path.display(),
-                        unknown_format(list.get_ref())
-                    ),
-                ));
-                continue;
+            let format = match list_format(list.get_ref()) {
+                Ok(f) => f,
+                Err(why) => {
+                    errors.push(loc.at(
+                        list,
+                        format!("category \"{name}\": list {}: {why}", path.display()),
+                    ));
+                    continue;
+                }
             };
             match lists::read_shared(&path, format) {
                 Ok((domains, stats)) => {
@@ -223,16 +222,15 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             for f in list_files {
                 let path = base.join(f.get_ref().path());
                 files.push(path.clone());
-                let Ok(format) = list_format(f.get_ref()) else {
-                    errors.push(loc.at(
-                        f,
-                        format!(
-                            "policy \"{name}\": {key}: {}: {}",
-                            path.display(),
-                            unknown_format(f.get_ref())
-                        ),
-                    ));
-                    continue;
+                let format = match list_format(f.get_ref()) {
+                    Ok(format) => format,
+                    Err(why) => {
+                        errors.push(loc.at(
+                            f,
+                            format!("policy \"{name}\": {key}: {}: {why}", path.display()),
+                        ));
+                        continue;
+                    }
                 };
                 let mut d = Domains::default();
                 match lists::read(&path, format, &mut d) {
@@ -690,24 +688,16 @@ pub(super) fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The format a list entry forces, if any; `Err` for a name that is not a format.
-fn list_format(list: &super::raw::RawList) -> Result<Option<gateway_common::lists::Format>, ()> {
-    match list.format() {
-        None => Ok(None),
-        Some(f) => gateway_common::lists::Format::from_label(f)
-            .map(Some)
-            .ok_or(()),
-    }
-}
-
-fn unknown_format(list: &super::raw::RawList) -> String {
-    let known: Vec<&str> = gateway_common::lists::Format::ALL
-        .iter()
-        .map(|f| f.label())
-        .collect();
-    format!(
-        "format \"{}\" is not one of {}",
-        list.format().unwrap_or(""),
-        known.join(", ")
-    )
+/// The format a list entry forces, if any, or why its `format` names none.
+fn list_format(
+    list: &super::raw::RawList,
+) -> Result<Option<gateway_common::lists::Format>, String> {
+    use gateway_common::lists::Format;
+    let Some(label) = list.format() else {
+        return Ok(None);
+    };
+    Format::from_label(label).map(Some).ok_or_else(|| {
+        let known: Vec<&str> = Format::ALL.iter().map(|f| f.label()).collect();
+        format!("format \"{label}\" is not one of {}", known.join(", "))
+    })
 }
