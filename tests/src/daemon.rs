@@ -197,6 +197,14 @@ impl Daemon {
             .args(run_args)
             .env("RUST_LOG", rust_log)
             .env("NOTIFY_SOCKET", &socket_path)
+            // Lists by URL are fetched from servers in the bed only, never through a proxy
+            // the host's environment may name.
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY")
             .stdout(file.try_clone()?)
             .stderr(file)
             .stdin(Stdio::null())

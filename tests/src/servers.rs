@@ -1,5 +1,5 @@
 //! Real servers and clients in the bed's namespaces: dnsmasq, dig, an HTTPS upstream (socat
-//! with openssl), curl.
+//! with openssl), curl, nginx serving files.
 
 use std::{
     fs,
@@ -232,5 +232,84 @@ pub fn curl_https(ns: &Netns, upstream: &str, name: &str) -> anyhow::Result<Hand
         // 35: the TLS handshake failed; 56: receiving failed; with the reset as the cause.
         Some(35 | 56) if t.contains("reset") => Ok(Handshake::Reset),
         _ => bail!("curl {name}: {t}"),
+    }
+}
+
+/// nginx in `ns` serving the files of its `root` directory on `addr`:8080 (with ETag and
+/// Last-Modified, answering conditional requests with 304), logging every request.
+pub struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(ns: &Netns, addr: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("gwnginx"));
+        let root = dir.join("www");
+        fs::create_dir_all(&root)?;
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n  server {{ listen {addr}:8080; root {}; }}\n}}\n",
+            root.display()
+        );
+        fs::write(dir.join("nginx.conf"), conf)?;
+        let child = ns
+            .command("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (cargo xtask setup installs it)")?;
+        let n = Self { child, dir, root };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ns
+            .run("ss", &["-tln"])
+            .map(|o| o.contains(&format!("{addr}:8080")))
+            .unwrap_or(false)
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "nginx did not start listening on {addr}:8080: {}",
+                    fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(n)
+    }
+
+    /// Puts `bytes` at `name` under the root whole (written aside, then renamed).
+    pub fn serve(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let tmp = self.dir.join(format!("{name}.new"));
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, self.root.join(name))?;
+        Ok(())
+    }
+
+    /// The statuses of the GETs of `path` so far, in order.
+    pub fn statuses(&self, path: &str) -> Vec<u16> {
+        let log = fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let request = format!("\"GET {path} HTTP/");
+        log.lines()
+            .filter_map(|l| l.split_once(&request).map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_once("\" ").map(|(_, after)| after))
+            .filter_map(|after| after.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -26,7 +26,14 @@ pub struct Skipped {
 /// What one list file held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListStats {
+    /// The file read (for a list by URL, its cached copy).
     pub path: String,
+    /// A list by URL: where it is downloaded from (credentials and query removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A list by URL: when the copy read was downloaded (Unix seconds; `None`: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<i64>,
     pub format: &'static str,
     /// Whether the format was detected (`false`: the configuration's `format`).
     pub detected: bool,
@@ -102,6 +109,8 @@ pub fn parse_text(
     let format = format.unwrap_or_else(|| lists::detect(text.lines()));
     let mut stats = ListStats {
         path: source.to_string(),
+        url: None,
+        fetched_at: None,
         format: format.label(),
         detected,
         lines: 0,
@@ -605,7 +614,7 @@ mod tests {
             .to_string();
         assert!(
             e.contains("t.toml:3:")
-                && e.contains(": category \"c\": list ")
+                && e.contains(": category \"c\": list: ")
                 && e.contains(
                     "format \"zone\" is not one of rpz, dnsmasq, adblock, hosts, wildcard, domains"
                 ),
@@ -615,7 +624,7 @@ mod tests {
             .expect_err("no path")
             .to_string();
         assert!(
-            e.contains("t.toml:3:") && e.contains("a path, or a table"),
+            e.contains("t.toml:3:") && e.contains("a path or URL, or a table"),
             "{e}"
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");

@@ -16,6 +16,7 @@ pub mod lists;
 mod locate;
 mod policy;
 mod raw;
+pub mod remote;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -75,8 +76,11 @@ pub struct Config {
     pub tls_ports: BTreeSet<u16>,
     /// The time zone of schedules (`[gateway] timezone`; the system's if not given).
     pub timezone: jiff::tz::TimeZone,
-    /// The files it was read from: itself, its inventories and list files.
+    /// The files it was read from: itself, its inventories and list files (for a list by URL,
+    /// its cached copy).
     pub files: Vec<PathBuf>,
+    /// Lists by URL, each once: what the daemon downloads.
+    pub remote_lists: Vec<remote::RemoteList>,
     /// Id of the policy for devices in no inventory.
     pub unknown_policy: usize,
     pub devices: Vec<Device>,

@@ -84,32 +84,38 @@ pub(super) struct RawWindow {
     pub(super) policy: Spanned<String>,
 }
 
-/// A list file: its path, or `{ path = "…", format = "…" }` to force its format.
+/// A list: its path or URL, or a table `{ path = "…" }` / `{ url = "…", refresh = "…" }` with
+/// options (`format`; for a URL `refresh`, `max_shrink`, `min_rules`).
 #[derive(Debug, Deserialize)]
 #[serde(
     untagged,
-    expecting = "a path, or a table { path = \"…\", format = \"hosts|domains|wildcard|adblock|dnsmasq|rpz\" }"
+    expecting = "a path or URL, or a table { path = \"…\" } or { url = \"…\" } with format = \"hosts|domains|wildcard|adblock|dnsmasq|rpz\" (and refresh, max_shrink, min_rules for a url)"
 )]
 pub(super) enum RawList {
-    Path(PathBuf),
+    Path(String),
     Table(RawListTable),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListTable {
-    pub(super) path: PathBuf,
+    pub(super) path: Option<String>,
+    pub(super) url: Option<String>,
     pub(super) format: Option<String>,
+    pub(super) refresh: Option<RawRefresh>,
+    pub(super) max_shrink: Option<i64>,
+    pub(super) min_rules: Option<i64>,
+}
+
+/// `refresh`: seconds or a duration text.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRefresh {
+    Seconds(i64),
+    Text(String),
 }
 
 impl RawList {
-    pub(super) fn path(&self) -> &std::path::Path {
-        match self {
-            RawList::Path(p) => p,
-            RawList::Table(t) => &t.path,
-        }
-    }
-
     pub(super) fn format(&self) -> Option<&str> {
         match self {
             RawList::Path(_) => None,

@@ -23,6 +23,7 @@ use super::{
     locate::Locator,
     policy::{parse_days, parse_time},
     raw::RawConfig,
+    remote,
 };
 
 /// TCP and UDP port of DNS over TLS and DNS over QUIC, which the built-in `dns-bypass` category
@@ -95,6 +96,12 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
     }
 
     let base = loc.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let state_dir = raw.gateway.state_dir.as_ref().map_or_else(
+        || PathBuf::from(DEFAULT_STATE_DIR),
+        |p| base.join(p.get_ref()),
+    );
+    // Lists by URL, each once (the daemon downloads them).
+    let mut remote_lists: Vec<remote::RemoteList> = Vec::new();
     let mut categories: Vec<Category> = Vec::new();
     for c in &raw.categories {
         let name = c.name.get_ref();
@@ -110,29 +117,26 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             lists: Vec::new(),
         };
         for list in &c.lists {
-            let path = base.join(list.get_ref().path());
-            files.push(path.clone());
-            let format = match list_format(list.get_ref()) {
-                Ok(f) => f,
+            let entry = match remote::resolve(list.get_ref(), &base, &state_dir) {
+                Ok(e) => e,
                 Err(why) => {
-                    errors.push(loc.at(
-                        list,
-                        format!("category \"{name}\": list {}: {why}", path.display()),
-                    ));
+                    errors.push(loc.at(list, format!("category \"{name}\": list: {why}")));
                     continue;
                 }
             };
-            match lists::read_shared(&path, format) {
+            files.push(entry.path.clone());
+            remote_lists.extend(entry.remote.clone());
+            match remote::read(&entry) {
                 Ok((domains, stats)) => {
                     cat.sources.push(domains);
                     if stats.invalid > 0 {
-                        tracing::warn!(list = %path.display(), invalid = stats.invalid, examples = ?stats.invalid_examples, "list lines that are not domain names were skipped");
+                        tracing::warn!(list = %stats.url.as_deref().unwrap_or(&stats.path), invalid = stats.invalid, examples = ?stats.invalid_examples, "list lines that are not domain names were skipped");
                     }
                     cat.lists.push(stats);
                 }
                 Err(e) => errors.push(loc.at(
                     list,
-                    format!("category \"{name}\": list {}: {e}", path.display()),
+                    format!("category \"{name}\": list {}: {e}", entry.path.display()),
                 )),
             }
         }
@@ -220,32 +224,28 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             (&p.block_lists, false, "block_lists"),
         ] {
             for f in list_files {
-                let path = base.join(f.get_ref().path());
-                files.push(path.clone());
-                let format = match list_format(f.get_ref()) {
-                    Ok(format) => format,
+                let entry = match remote::resolve(f.get_ref(), &base, &state_dir) {
+                    Ok(e) => e,
                     Err(why) => {
-                        errors.push(loc.at(
-                            f,
-                            format!("policy \"{name}\": {key}: {}: {why}", path.display()),
-                        ));
+                        errors.push(loc.at(f, format!("policy \"{name}\": {key}: {why}")));
                         continue;
                     }
                 };
-                let mut d = Domains::default();
-                match lists::read(&path, format, &mut d) {
-                    Ok(_) => {
+                files.push(entry.path.clone());
+                remote_lists.extend(entry.remote.clone());
+                match remote::read(&entry) {
+                    Ok((d, _)) => {
                         // A list's own @@ entries are allows whichever key it is under.
-                        pol.allow.extend(d.allow);
+                        pol.allow.extend(d.allow.iter().cloned());
                         if allow {
-                            pol.allow.extend(d.block)
+                            pol.allow.extend(d.block.iter().cloned())
                         } else {
-                            pol.block.extend(d.block)
+                            pol.block.extend(d.block.iter().cloned())
                         }
                     }
                     Err(e) => errors.push(loc.at(
                         f,
-                        format!("policy \"{name}\": {key}: {}: {e}", path.display()),
+                        format!("policy \"{name}\": {key}: {}: {e}", entry.path.display()),
                     )),
                 }
             }
@@ -541,11 +541,6 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         }
     }
 
-    let base = loc.file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let state_dir = raw.gateway.state_dir.as_ref().map_or_else(
-        || PathBuf::from(DEFAULT_STATE_DIR),
-        |p| base.join(p.get_ref()),
-    );
     let listen = match &raw.api.listen {
         None => DEFAULT_LISTEN.parse().ok(),
         Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
@@ -626,6 +621,11 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             tls_ports,
             timezone,
             files,
+            remote_lists: {
+                let mut seen = std::collections::HashSet::new();
+                remote_lists.retain(|r| seen.insert(r.cache.clone()));
+                remote_lists
+            },
             unknown_policy,
             devices,
             state_dir: state_dir.clone(),
@@ -686,18 +686,4 @@ pub(super) fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("contains whitespace or control characters");
     }
     Ok(())
-}
-
-/// The format a list entry forces, if any, or why its `format` names none.
-fn list_format(
-    list: &super::raw::RawList,
-) -> Result<Option<gateway_common::lists::Format>, String> {
-    use gateway_common::lists::Format;
-    let Some(label) = list.format() else {
-        return Ok(None);
-    };
-    Format::from_label(label).map(Some).ok_or_else(|| {
-        let known: Vec<&str> = Format::ALL.iter().map(|f| f.label()).collect();
-        format!("format \"{label}\" is not one of {}", known.join(", "))
-    })
 }

@@ -7,7 +7,9 @@
 //! validation is rejected and the running one stays. Schedules switch policies at their window
 //! boundaries (checked every second) by applying a new generation.
 
+mod lists;
 mod notify;
+mod pull;
 mod reload;
 mod state;
 
@@ -164,6 +166,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot open the maps for /metrics"),
     }
     state.publish(&running);
+    // Lists by URL are downloaded beside the state; a new copy reaches the filter through the
+    // file watcher below.
+    let mut refresher = match lists::Refresher::start(&state.config.remote_lists) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the list downloads: lists by URL keep their cached copies");
+            None
+        }
+    };
     let config = &state.config;
     for a in &running.attachments {
         tracing::info!(iface = %a.iface, mode = a.mode.label(), link = a.link.label(), adopted = a.adopted, "filtering");
@@ -208,6 +219,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     state.settling = Some((now, tokio::time::Instant::now() + SETTLE));
                 }
                 follow(&mut running, &mut state, jiff::Timestamp::now());
+                if let Some(r) = &mut refresher {
+                    r.follow(&state.config.remote_lists);
+                }
             }
             _ = tokio::time::sleep_until(state.settling.as_ref().map_or_else(tokio::time::Instant::now, |(_, at)| *at)), if state.settling.is_some() => {
                 let now = stamps(&state.config.files);

@@ -111,6 +111,13 @@ struct ListKindLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListResultLabels {
+    category: String,
+    list: String,
+    result: String,
+}
+
 /// What each category's list files gave when the configuration in force was read.
 fn list_metrics(r: &mut Registry, config: &Config, now: jiff::Timestamp) {
     let lines: Family<ListLabels, Gauge> = gauge(
@@ -138,17 +145,52 @@ fn list_metrics(r: &mut Registry, config: &Config, now: jiff::Timestamp) {
         "gateway_list_age_seconds",
         "Age of each list file (since it was last written)",
     );
+    let success: Family<ListLabels, Gauge> = gauge(
+        r,
+        "gateway_list_last_success_timestamp_seconds",
+        "Lists by URL: when the server last answered with a list taken or a 304 (Unix time)",
+    );
+    let failures: Family<ListLabels, Gauge> = gauge(
+        r,
+        "gateway_list_fetch_failures",
+        "Lists by URL: attempts failed or refused since the last success",
+    );
+    let fetches: Family<ListResultLabels, Counter> = counter(
+        r,
+        "gateway_list_fetches",
+        "Lists by URL: download attempts by result (changed, unchanged, failed, refused)",
+    );
     for c in &config.categories {
         for l in &c.lists {
+            let name = l.url.clone().unwrap_or_else(|| l.path.clone());
             let at = ListLabels {
                 category: c.name.clone(),
-                list: l.path.clone(),
+                list: name.clone(),
             };
             let kind = |kind: &str| ListKindLabels {
                 category: c.name.clone(),
-                list: l.path.clone(),
+                list: name.clone(),
                 kind: kind.to_string(),
             };
+            if l.url.is_some() {
+                let meta = crate::config::remote::Meta::read(&crate::config::remote::meta_path(
+                    std::path::Path::new(&l.path),
+                ))
+                .unwrap_or_default();
+                if let Some(t) = meta.last_success {
+                    success.get_or_create(&at).set(t);
+                }
+                failures.get_or_create(&at).set(meta.failures as i64);
+                for (result, n) in &meta.results {
+                    fetches
+                        .get_or_create(&ListResultLabels {
+                            category: c.name.clone(),
+                            list: name.clone(),
+                            result: result.clone(),
+                        })
+                        .inc_by(*n);
+                }
+            }
             lines.get_or_create(&at).set(l.lines as i64);
             rules.get_or_create(&kind("block")).set(l.block as i64);
             rules.get_or_create(&kind("exception")).set(l.allow as i64);

@@ -66,6 +66,9 @@ pub struct ListRow {
     pub category: String,
     #[serde(flatten)]
     pub stats: crate::config::ListStats,
+    /// A list by URL: seconds since its copy was downloaded (`None`: never downloaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<i64>,
 }
 
 /// Kernel memory the maps take with `config`: key and value of every entry the maps are sized
@@ -169,6 +172,9 @@ pub fn summary(config: &Config) -> anyhow::Result<Summary> {
                 c.lists.iter().map(|l| ListRow {
                     category: c.name.clone(),
                     stats: l.clone(),
+                    age_seconds: l
+                        .fetched_at
+                        .map(|t| (jiff::Timestamp::now().as_second() - t).max(0)),
                 })
             })
             .collect(),
@@ -269,8 +275,28 @@ pub fn render(s: &Summary) -> String {
         let _ = writeln!(
             o,
             "  {} {}: {} ({how}), {} lines, {} rules used, {} exceptions",
-            l.category, st.path, st.format, st.lines, st.block, st.allow
+            l.category,
+            st.url.as_deref().unwrap_or(&st.path),
+            st.format,
+            st.lines,
+            st.block,
+            st.allow
         );
+        if st.url.is_some() {
+            let _ = match l.age_seconds {
+                Some(age) => writeln!(
+                    o,
+                    "      cached copy {} ({:#} old)",
+                    st.path,
+                    jiff::SignedDuration::from_secs(age)
+                ),
+                None => writeln!(
+                    o,
+                    "      not downloaded yet: empty until the daemon fetches it into {}",
+                    st.path
+                ),
+            };
+        }
         if st.widened + st.important + st.badfilter > 0 {
             let _ = writeln!(
                 o,

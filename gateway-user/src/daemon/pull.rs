@@ -1,0 +1,154 @@
+//! Pulling over HTTP: one conditional GET (`If-None-Match` / `If-Modified-Since`, a 304 when
+//! nothing changed), every body size-limited, HTTPS through rustls with Mozilla's roots; and
+//! when to ask next — after a jittered delay, backing off exponentially (capped, full jitter)
+//! while attempts fail, as OPA's bundle downloader does. The lists use it; fleet bundles will.
+
+use std::time::Duration;
+
+/// What a pull got.
+#[derive(Debug)]
+pub(super) enum Pulled {
+    /// 304: the copy in use is current.
+    NotModified,
+    /// 200: a new body and its validators.
+    Body {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+/// Connecting may take this long; a whole pull (headers and body) twice the second one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The HTTP client: timeouts, our user agent, statuses as values (a 404 is an answer to
+/// report, not a transport error), rustls.
+pub(super) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(PULL_TIMEOUT))
+        .http_status_as_error(false)
+        .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
+        .max_redirects(5)
+        .build()
+        .into()
+}
+
+/// GETs `url`, conditional on the validators of the copy in use; a body over `limit` bytes
+/// (decompressed) is an error. The error says what went wrong without the URL (which may hold
+/// credentials: the caller names the list).
+pub(super) fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+    limit: u64,
+) -> Result<Pulled, String> {
+    let mut request = agent.get(url);
+    if let Some(e) = etag {
+        request = request.header("If-None-Match", e);
+    }
+    if let Some(m) = last_modified {
+        request = request.header("If-Modified-Since", m);
+    }
+    let mut response = request.call().map_err(describe)?;
+    let status = response.status();
+    if status == ureq::http::StatusCode::NOT_MODIFIED {
+        return Ok(Pulled::NotModified);
+    }
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (etag, last_modified) = (header("etag"), header("last-modified"));
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(describe)?;
+    Ok(Pulled::Body {
+        bytes,
+        etag,
+        last_modified,
+    })
+}
+
+/// A transport error in words.
+fn describe(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::BodyExceedsLimit(n) => format!("the body is larger than {n} bytes"),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        other => other.to_string(),
+    }
+}
+
+/// A random number in [0, 1): the per-process random keys of std's hasher, drawn anew each
+/// call (enough to spread a fleet's requests; nothing secret depends on it).
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The delay before the next pull after a success: `every`, give or take a tenth, so that
+/// gateways started together drift apart.
+pub(super) fn after_success(every: Duration) -> Duration {
+    every.mul_f64(0.9 + 0.2 * unit_random())
+}
+
+/// The delay before the next pull after `failures` failures in a row: 30 s doubling each time,
+/// capped at `every` (and at an hour), the actual delay drawn uniformly below that ("full
+/// jitter"), at least a second.
+pub(super) fn after_failure(failures: u64, every: Duration) -> Duration {
+    let cap = every.min(Duration::from_secs(3600));
+    let exp = failures.saturating_sub(1).min(16) as u32;
+    let ceiling = Duration::from_secs(30).saturating_mul(1 << exp).min(cap);
+    ceiling.mul_f64(unit_random()).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_jittered_and_bounded() {
+        let day = Duration::from_secs(86_400);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let d = after_success(day);
+            assert!(d >= day.mul_f64(0.9) && d <= day.mul_f64(1.1), "{d:?}");
+            seen.insert(d.as_secs());
+        }
+        assert!(
+            seen.len() > 100,
+            "not random: {} distinct delays",
+            seen.len()
+        );
+        for failures in 1..40 {
+            let d = after_failure(failures, day);
+            let ceiling = Duration::from_secs(30 << failures.saturating_sub(1).min(7));
+            assert!(d >= Duration::from_secs(1), "{d:?}");
+            assert!(
+                d <= ceiling.min(Duration::from_secs(3600)),
+                "{failures}: {d:?}"
+            );
+        }
+        // A short refresh caps the backoff.
+        assert!(after_failure(10, Duration::from_secs(2)) <= Duration::from_secs(2));
+    }
+}
