@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -43,6 +43,30 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 pub const MAX_CIDR_IDS: u32 = 8_192;
 /// Distinct rule sets (combinations of categories and explicit entries) per generation.
 pub const MAX_RULESETS: u32 = 16_384;
+const _: () = assert!(
+    MAX_RULESETS <= 1 << 16,
+    "two rule set ids share a domain's value"
+);
+
+/// A domain-table value: the rule set for the name itself (`|d^`, and every rule for `d` and
+/// its subdomains) in the low 16 bits, the one for names below it (`*.d`, and those same
+/// subtree rules) in the high 16. Id 0 is the empty rule set.
+#[inline(always)]
+pub const fn domain_value(here: u32, below: u32) -> u32 {
+    (here & 0xffff) | (below << 16)
+}
+
+/// The rule set id of a domain-table value for the name itself.
+#[inline(always)]
+pub const fn here_id(value: u32) -> u32 {
+    value & 0xffff
+}
+
+/// The rule set id of a domain-table value for the names below it.
+#[inline(always)]
+pub const fn below_id(value: u32) -> u32 {
+    value >> 16
+}
 /// Domain-table buckets per generation unless the configuration asks for more
 /// (`[gateway] max_domains`): 65,536 buckets of 5 slots, 4 MiB, for up to 262,144 domains.
 pub const DEFAULT_DOMAIN_BUCKETS: u32 = 65_536;

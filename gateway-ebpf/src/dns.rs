@@ -289,7 +289,8 @@ extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
     let (buckets, seed, policy, blocked) = (c.buckets, c.seed, c.policy, c.blocked);
     let fp = s.fps[level as usize];
     let c = &mut s.matching;
-    match decide_suffix(generation, buckets, seed, fp, policy, blocked) {
+    // A shorter suffix is an ancestor of the name: its rules for the names below it apply.
+    match decide_suffix(generation, buckets, seed, fp, policy, blocked, true) {
         Some(d) => {
             c.found = 1;
             c.block = u32::from(d.block);
@@ -304,7 +305,8 @@ extern "C" fn match_step(index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// The decision of `policy` (blocking the categories `blocked`) at the suffix with fingerprint
-/// `fp`: its rule set in the domain table of `generation` (0 or 1), if any.
+/// `fp`: its rule set in the domain table of `generation` (0 or 1), if any — the one for names
+/// below the suffix (`below`) or for the suffix itself (the whole name).
 #[inline(always)]
 fn decide_suffix(
     generation: u32,
@@ -313,8 +315,15 @@ fn decide_suffix(
     fp: u64,
     policy: u32,
     blocked: u64,
+    below: bool,
 ) -> Option<Decision> {
-    let id = maps::domain(generation, buckets, seed, fp)?;
+    let value = maps::domain(generation, buckets, seed, fp)?;
+    let id = if below {
+        gateway_common::maps::below_id(value)
+    } else {
+        gateway_common::maps::here_id(value)
+    };
+    // Masked for the verifier: the index is bounded by the map's size whatever the value.
     let rules = maps::ruleset(generation, id & (gateway_common::maps::MAX_RULESETS - 1))?;
     decide_level(&rules, policy, blocked)
 }
@@ -355,6 +364,7 @@ pub(crate) fn decide(
         whole,
         policy_id,
         policy.block_categories,
+        false,
     ) {
         return d;
     }

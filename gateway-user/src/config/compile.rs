@@ -15,7 +15,7 @@ use gateway_common::{
         POLICY_LOG_NONE, POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT,
         POLICY_QUIC_BLOCK, POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry,
         SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC,
-        SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS,
+        SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS, below_id, domain_value, here_id,
     },
     table,
 };
@@ -49,13 +49,14 @@ pub struct Desired {
 /// compiled from the difference.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct DomainRules {
-    /// Domain (normalised text) -> rule set id; ids index `rulesets`.
+    /// Domain (normalised text) -> its table value: the rule set ids (indexes of `rulesets`) for
+    /// the name and for the names below it (`gateway_common::maps::domain_value`).
     pub domains: HashMap<String, u32>,
     /// Rule sets by id; id 0 is the empty one (never stored in the table), free ids are empty.
     pub rulesets: Vec<RuleSet>,
     /// Rule set -> id.
     pub ids: HashMap<RuleSet, u32>,
-    /// Domains per rule set id (an id is freed when it reaches 0).
+    /// Uses per rule set id, by domains and their halves (an id is freed when it reaches 0).
     uses: Vec<usize>,
     /// Category names and their sources; policy names and their allow and block entries.
     categories: Vec<(String, Vec<Arc<Domains>>)>,
@@ -78,7 +79,7 @@ impl DomainRules {
             .categories
             .iter()
             .flat_map(|c| &c.sources)
-            .map(|s| s.block.len() + s.allow.len())
+            .map(|s| s.names().count())
             .sum::<usize>()
             + config
                 .policies
@@ -86,42 +87,62 @@ impl DomainRules {
                 .map(|p| p.allow.len() + p.block.len())
                 .sum::<usize>();
         let mut domains: HashMap<String, u32> = HashMap::with_capacity(size);
-        let mut sets: Vec<RuleSet> = Vec::with_capacity(size);
-        let mut add = |d: &String, set: &dyn Fn(&mut RuleSet)| {
+        // Per domain: the rule set of the name itself, and of the names below it.
+        let mut sets: Vec<[RuleSet; 2]> = Vec::with_capacity(size);
+        let mut add = |d: &String, halves: [bool; 2], set: &dyn Fn(&mut RuleSet)| {
             let next = sets.len() as u32;
             let i = *domains.entry(d.clone()).or_insert(next);
             if i == next {
-                sets.push(RuleSet::default());
+                sets.push([RuleSet::default(); 2]);
             }
-            if let Some(r) = sets.get_mut(i as usize) {
-                set(r);
+            if let Some(pair) = sets.get_mut(i as usize) {
+                for (r, on) in pair.iter_mut().zip(halves) {
+                    if on {
+                        set(r);
+                    }
+                }
             }
         };
+        const BOTH: [bool; 2] = [true, true];
+        const HERE: [bool; 2] = [true, false];
+        const BELOW: [bool; 2] = [false, true];
         for (id, c) in config.categories.iter().enumerate() {
             let bit = 1u64 << (id & 63);
             for s in &c.sources {
-                for d in &s.block {
-                    add(d, &|r| r.categories |= bit);
+                for (names, halves) in [
+                    (&s.block, BOTH),
+                    (&s.exact.block, HERE),
+                    (&s.below.block, BELOW),
+                ] {
+                    for d in names {
+                        add(d, halves, &|r| r.categories |= bit);
+                    }
                 }
-                for d in &s.allow {
-                    add(d, &|r| r.category_exceptions |= bit);
+                for (names, halves) in [
+                    (&s.allow, BOTH),
+                    (&s.exact.allow, HERE),
+                    (&s.below.allow, BELOW),
+                ] {
+                    for d in names {
+                        add(d, halves, &|r| r.category_exceptions |= bit);
+                    }
                 }
             }
         }
         for (id, p) in config.policies.iter().enumerate() {
             let bit = 1u64 << (id & 63);
             for d in &p.allow {
-                add(d, &|r| r.allow_policies |= bit);
+                add(d, BOTH, &|r| r.allow_policies |= bit);
             }
             for d in &p.block {
-                add(d, &|r| r.block_policies |= bit);
+                add(d, BOTH, &|r| r.block_policies |= bit);
             }
         }
         // Neighbours mostly share a rule set (a list's domains): hash only where it changes.
         let mut distinct: HashSet<RuleSet> = HashSet::new();
         let mut last = None;
-        for r in &sets {
-            if last != Some(r) {
+        for r in sets.iter().flatten() {
+            if last != Some(r) && *r != RuleSet::default() {
                 distinct.insert(*r);
                 last = Some(r);
             }
@@ -149,22 +170,29 @@ impl DomainRules {
         for (r, id) in &ids {
             out.rulesets[*id as usize] = *r;
         }
-        // Rule set index -> id, the same way.
+        // Rule set index -> the domain's value (both ids), the same way.
         let mut set_ids = Vec::with_capacity(sets.len());
-        let mut last: Option<(&RuleSet, u32)> = None;
-        for r in &sets {
-            let id = match last {
-                Some((l, id)) if l == r => id,
-                _ => ids.get(r).copied().unwrap_or(0),
+        let mut last: Option<(&[RuleSet; 2], u32)> = None;
+        for pair in &sets {
+            let value = match last {
+                Some((l, v)) if l == pair => v,
+                _ => {
+                    let [here, below] = pair.map(|r| ids.get(&r).copied().unwrap_or(0));
+                    domain_value(here, below)
+                }
             };
-            last = Some((r, id));
-            set_ids.push(id);
+            last = Some((pair, value));
+            set_ids.push(value);
         }
         for v in domains.values_mut() {
-            let id = set_ids.get(*v as usize).copied().unwrap_or(0);
-            *v = id;
-            if let Some(n) = out.uses.get_mut(id as usize) {
-                *n += 1;
+            let value = set_ids.get(*v as usize).copied().unwrap_or(0);
+            *v = value;
+            for id in [here_id(value), below_id(value)] {
+                if id != 0
+                    && let Some(n) = out.uses.get_mut(id as usize)
+                {
+                    *n += 1;
+                }
             }
         }
         // Domains without any rule (none today: every source entry sets a bit) carry id 0.
@@ -263,19 +291,20 @@ impl DomainRules {
         self.policies = next.policies;
         let mut changed = Vec::new();
         for d in touched {
-            let want = rule_set_of(config, &d);
+            let want = rule_sets_of(config, &d);
             let old = self.domains.get(&d).copied().unwrap_or(0);
-            if self.rulesets.get(old as usize) == Some(&want)
-                && (old != 0 || want == RuleSet::default())
-            {
+            let have =
+                [here_id(old), below_id(old)].map(|id| self.rulesets.get(id as usize).copied());
+            if have == want.map(Some) && (old != 0 || want == [RuleSet::default(); 2]) {
                 continue;
             }
-            self.release(old);
-            if want == RuleSet::default() {
+            self.release(here_id(old));
+            self.release(below_id(old));
+            if want == [RuleSet::default(); 2] {
                 self.domains.remove(&d);
             } else {
-                let id = self.number(want);
-                self.domains.insert(d.clone(), id);
+                let [here, below] = want.map(|r| self.number(r));
+                self.domains.insert(d.clone(), domain_value(here, below));
             }
             changed.push((d, old));
         }
@@ -296,7 +325,7 @@ impl DomainRules {
                 .iter()
                 .filter(|x| !old.iter().any(|y| Arc::ptr_eq(x, y)));
             for s in gone.chain(came) {
-                touched.extend(s.block.iter().chain(&s.allow).map(String::as_str));
+                touched.extend(s.names().map(String::as_str));
                 if touched.len() > limit {
                     return None;
                 }
@@ -311,8 +340,12 @@ impl DomainRules {
         (touched.len() <= limit).then(|| touched.into_iter().map(str::to_string).collect())
     }
 
-    /// The id of `r`, numbering it (lowest free id) if it is new; counts one more use.
+    /// The id of `r`, numbering it (lowest free id) if it is new; counts one more use. The empty
+    /// rule set is id 0, never counted.
     fn number(&mut self, r: RuleSet) -> u32 {
+        if r == RuleSet::default() {
+            return 0;
+        }
         let id = match self.ids.get(&r) {
             Some(&id) => id,
             None => {
@@ -346,31 +379,37 @@ impl DomainRules {
     }
 }
 
-/// What `config`'s categories and policies say about `domain` (exactly that name).
-fn rule_set_of(config: &Config, domain: &str) -> RuleSet {
-    let mut r = RuleSet::default();
+/// What `config`'s categories and policies say about the name `domain` itself, and about the
+/// names below it.
+fn rule_sets_of(config: &Config, domain: &str) -> [RuleSet; 2] {
+    let mut r = [RuleSet::default(); 2];
     for (id, c) in config.categories.iter().enumerate() {
         let bit = 1u64 << (id & 63);
-        if c.blocks(domain) {
-            r.categories |= bit;
-        }
-        if c.allows(domain) {
-            r.category_exceptions |= bit;
+        for s in &c.sources {
+            for (half, (block, allow)) in r.iter_mut().zip(s.rules_of(domain)) {
+                if block {
+                    half.categories |= bit;
+                }
+                if allow {
+                    half.category_exceptions |= bit;
+                }
+            }
         }
     }
     for (id, p) in config.policies.iter().enumerate() {
         let bit = 1u64 << (id & 63);
-        if p.allow.contains(domain) {
-            r.allow_policies |= bit;
-        }
-        if p.block.contains(domain) {
-            r.block_policies |= bit;
+        for half in &mut r {
+            if p.allow.contains(domain) {
+                half.allow_policies |= bit;
+            }
+            if p.block.contains(domain) {
+                half.block_policies |= bit;
+            }
         }
     }
     r
 }
 
-/// Domain-table buckets for a capacity of `max_domains` (a power of two, at least 1,024).
 pub fn domain_buckets(max_domains: u32) -> u32 {
     let slots = u64::from(max_domains) * 100 / u64::from(DOMAIN_LOAD_PERCENT);
     let buckets = slots
@@ -515,11 +554,16 @@ mod tests {
 
     use super::*;
 
-    /// Each domain's rule set, independent of the numbering.
-    fn meaning(r: &DomainRules) -> BTreeMap<String, RuleSet> {
+    /// Each domain's rule sets (the name's, the names' below), independent of the numbering.
+    fn meaning(r: &DomainRules) -> BTreeMap<String, [RuleSet; 2]> {
         r.domains
             .iter()
-            .map(|(d, id)| (d.clone(), r.rulesets[*id as usize]))
+            .map(|(d, v)| {
+                (
+                    d.clone(),
+                    [here_id(*v), below_id(*v)].map(|id| r.rulesets[id as usize]),
+                )
+            })
             .collect()
     }
 
@@ -595,7 +639,12 @@ mod tests {
             // Ids in use are consistent: every rule set numbered once, counted right.
             for (r, id) in &next.ids {
                 assert_eq!(next.rulesets[*id as usize], *r);
-                let n = next.domains.values().filter(|v| *v == id).count();
+                let n = next
+                    .domains
+                    .values()
+                    .flat_map(|v| [here_id(*v), below_id(*v)])
+                    .filter(|v| v == id)
+                    .count();
                 assert_eq!(next.uses[*id as usize], n, "step {i}: uses of {id}");
             }
             if i == steps.len() - 1 {
@@ -655,12 +704,66 @@ mod tests {
             .get("play.example")
             .expect("play.example");
         assert_eq!(
-            kept_rules.rulesets[*play as usize].categories,
+            kept_rules.rulesets[here_id(*play) as usize].categories,
             1 << fun,
             "fun keeps its number"
         );
         assert!(!kept_rules.domains.contains_key("a.example"));
         assert!(changed.iter().any(|(d, id)| d == "a.example" && *id != 0));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A name's two halves are numbered apart and updated in place like whole rules.
+    #[test]
+    fn scoped_rules_compile_to_their_halves() {
+        let dir = std::env::temp_dir().join(format!("gw-halves-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let text = "[[category]]\nname = \"ads\"\nlists = [\"ads.txt\"]\n[[policy]]\nname = \"p\"\nblock_categories = [\"ads\"]\n";
+        std::fs::write(
+            dir.join("ads.txt"),
+            "[Adblock Plus]\n|e.example^\n||*.w.example^\n||s.example^\n",
+        )
+        .expect("list");
+        let c = config(&dir, text);
+        let rules = DomainRules::compile(&c, &HashMap::new());
+        let ads = RuleSet {
+            categories: 1,
+            ..RuleSet::default()
+        };
+        let none = RuleSet::default();
+        let m = meaning(&rules);
+        assert_eq!(m["e.example"], [ads, none]);
+        assert_eq!(m["w.example"], [none, ads]);
+        assert_eq!(m["s.example"], [ads, ads]);
+        assert_eq!(
+            rules.rulesets.iter().filter(|r| **r == ads).count(),
+            1,
+            "one id for the set"
+        );
+        // Rewritten (a new mtime and size): e widened, w gone, s for the name only.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(
+            dir.join("ads.txt"),
+            "[Adblock Plus]\n||e.example^\n|s.example^\n",
+        )
+        .expect("list");
+        let c = config(&dir, text);
+        let (next, changed) = match rules.update_in_place(&c) {
+            Ok(done) => done,
+            Err(_) => panic!("compiled anew"),
+        };
+        assert_eq!(
+            meaning(&next),
+            meaning(&DomainRules::compile(&c, &HashMap::new()))
+        );
+        let m = meaning(&next);
+        assert_eq!((m["e.example"], m["s.example"]), ([ads, ads], [ads, none]));
+        assert!(!m.contains_key("w.example"));
+        let reported: BTreeSet<&str> = changed.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(
+            reported,
+            BTreeSet::from(["e.example", "s.example", "w.example"])
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -106,6 +106,9 @@ pub struct Category {
     pub sources: Vec<Arc<Domains>>,
     /// One entry per list file.
     pub lists: Vec<ListStats>,
+    /// The list files as read, when `$badfilter` or `$important` rules of one list changed
+    /// another (`lists::across`): kept so that the parsed files stay shared across reloads.
+    pub as_read: Vec<Arc<Domains>>,
 }
 
 impl Category {
@@ -115,30 +118,35 @@ impl Category {
             name: name.to_string(),
             sources: vec![Arc::new(domains)],
             lists: Vec::new(),
+            as_read: Vec::new(),
         }
     }
 
-    /// Whether some source blocks `domain`.
+    /// Whether some source blocks the name `domain` itself.
     pub fn blocks(&self, domain: &str) -> bool {
-        self.sources.iter().any(|s| s.block.contains(domain))
+        self.sources.iter().any(|s| s.rules_of(domain)[0].0)
     }
 
-    /// Whether some source excepts `domain` (`@@||domain^`).
+    /// Whether some source excepts the name `domain` itself (`@@||domain^`).
     pub fn allows(&self, domain: &str) -> bool {
-        self.sources.iter().any(|s| s.allow.contains(domain))
+        self.sources.iter().any(|s| s.rules_of(domain)[0].1)
     }
 
-    /// Distinct domains blocked, and distinct exceptions.
+    /// Distinct names blocked, and distinct names excepted (whatever the scope).
     pub fn counts(&self) -> (usize, usize) {
-        let distinct = |pick: fn(&Domains) -> &BTreeSet<String>| match self.sources.as_slice() {
-            [one] => pick(one).len(),
+        let distinct = |pick: fn(&Domains) -> [&BTreeSet<String>; 3]| match self.sources.as_slice()
+        {
+            [one] => pick(one).iter().map(|s| s.len()).sum(),
             many => many
                 .iter()
-                .flat_map(|s| pick(s).iter())
+                .flat_map(|s| pick(s).into_iter().flatten())
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
         };
-        (distinct(|d| &d.block), distinct(|d| &d.allow))
+        (
+            distinct(|d| [&d.block, &d.exact.block, &d.below.block]),
+            distinct(|d| [&d.allow, &d.exact.allow, &d.below.allow]),
+        )
     }
 }
 
@@ -392,6 +400,7 @@ impl Config {
                         name: previous.get(n).cloned().unwrap_or_default(),
                         sources: Vec::new(),
                         lists: Vec::new(),
+                        as_read: Vec::new(),
                     })
             })
             .collect();

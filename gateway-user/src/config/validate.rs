@@ -115,6 +115,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             name: name.clone(),
             sources: Vec::new(),
             lists: Vec::new(),
+            as_read: Vec::new(),
         };
         for list in &c.lists {
             let entry = match remote::resolve(list.get_ref(), &base, &state_dir) {
@@ -158,6 +159,16 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         if !c.domains.is_empty() {
             cat.sources.push(Arc::new(inline));
         }
+        let as_read = cat.sources.clone();
+        let removed = lists::across(&mut cat.sources);
+        if removed > 0 {
+            tracing::info!(
+                category = name.as_str(),
+                rules = removed,
+                "$badfilter and $important rules of one list removed rules of another"
+            );
+            cat.as_read = as_read;
+        }
         if c.lists.is_empty() && c.domains.is_empty() {
             errors.push(loc.at(
                 &c.name,
@@ -171,6 +182,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             name: DNS_BYPASS_CATEGORY.into(),
             sources: vec![lists::dns_bypass()],
             lists: Vec::new(),
+            as_read: Vec::new(),
         });
     }
     if categories.len() > MAX_CATEGORIES {
@@ -235,12 +247,15 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
                 remote_lists.extend(entry.remote.clone());
                 match remote::read(&entry) {
                     Ok((d, _)) => {
+                        // A policy's entries cover a name and its subdomains: a rule of a
+                        // narrower scope is widened to that.
+                        let (blocks, allows) = Domains::clone(&d).widened();
                         // A list's own @@ entries are allows whichever key it is under.
-                        pol.allow.extend(d.allow.iter().cloned());
+                        pol.allow.extend(allows);
                         if allow {
-                            pol.allow.extend(d.block.iter().cloned())
+                            pol.allow.extend(blocks)
                         } else {
-                            pol.block.extend(d.block.iter().cloned())
+                            pol.block.extend(blocks)
                         }
                     }
                     Err(e) => errors.push(loc.at(

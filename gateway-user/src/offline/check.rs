@@ -297,11 +297,11 @@ pub fn render(s: &Summary) -> String {
                 ),
             };
         }
-        if st.widened + st.important + st.badfilter > 0 {
+        if st.name_only + st.subdomains_only + st.important + st.badfilter > 0 {
             let _ = writeln!(
                 o,
-                "      {} widened to the name and its subdomains, {} $important, {} $badfilter",
-                st.widened, st.important, st.badfilter
+                "      {} for the name only, {} for its subdomains only, {} $important, {} $badfilter",
+                st.name_only, st.subdomains_only, st.important, st.badfilter
             );
         }
         for (kind, k) in &st.skipped {
