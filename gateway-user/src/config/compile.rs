@@ -109,22 +109,23 @@ impl DomainRules {
         for (id, c) in config.categories.iter().enumerate() {
             let bit = 1u64 << (id & 63);
             for s in &c.sources {
-                for (names, halves) in [
-                    (&s.block, BOTH),
-                    (&s.exact.block, HERE),
-                    (&s.below.block, BELOW),
+                for (names, halves, exception) in [
+                    (&s.block, BOTH, false),
+                    (&s.exact.block, HERE, false),
+                    (&s.below.block, BELOW, false),
+                    (&s.allow, BOTH, true),
+                    (&s.exact.allow, HERE, true),
+                    (&s.below.allow, BELOW, true),
                 ] {
+                    let field = |r: &mut RuleSet| {
+                        if exception {
+                            r.category_exceptions |= bit
+                        } else {
+                            r.categories |= bit
+                        }
+                    };
                     for d in names {
-                        add(d, halves, &|r| r.categories |= bit);
-                    }
-                }
-                for (names, halves) in [
-                    (&s.allow, BOTH),
-                    (&s.exact.allow, HERE),
-                    (&s.below.allow, BELOW),
-                ] {
-                    for d in names {
-                        add(d, halves, &|r| r.category_exceptions |= bit);
+                        add(d, halves, &field);
                     }
                 }
             }

@@ -89,6 +89,17 @@ pub struct Marks {
     pub important_allow: BTreeSet<String>,
 }
 
+impl Marks {
+    /// Adds `other`'s rules to these.
+    fn absorb(&mut self, other: &Marks) {
+        self.badfilter.extend(other.badfilter.iter().cloned());
+        self.important_block
+            .extend(other.important_block.iter().cloned());
+        self.important_allow
+            .extend(other.important_allow.iter().cloned());
+    }
+}
+
 /// Whether an important block in `important_block` beats the exception `e`.
 fn beaten(e: &str, important_block: &BTreeSet<String>, important_allow: &BTreeSet<String>) -> bool {
     !important_allow.contains(e)
@@ -385,13 +396,7 @@ pub fn parse_text(
             to.block.extend(from.block);
             to.allow.extend(from.allow);
         }
-        into.marks.badfilter.extend(list.marks.badfilter);
-        into.marks
-            .important_block
-            .extend(list.marks.important_block);
-        into.marks
-            .important_allow
-            .extend(list.marks.important_allow);
+        into.marks.absorb(&list.marks);
         into.merge_scopes();
     }
     stats
@@ -407,11 +412,7 @@ pub fn across(sources: &mut [Arc<Domains>]) -> usize {
     }
     let mut all = Marks::default();
     for s in sources.iter() {
-        all.badfilter.extend(s.marks.badfilter.iter().cloned());
-        all.important_block
-            .extend(s.marks.important_block.iter().cloned());
-        all.important_allow
-            .extend(s.marks.important_allow.iter().cloned());
+        all.absorb(&s.marks);
     }
     let mut removed = 0;
     for s in sources.iter_mut() {
