@@ -10,7 +10,7 @@ use gateway_user::{
     config::Config,
     offline::{
         frames::{self, L2, L3, L4, TcpFlags, client_hello, dns_query},
-        testrun::{RunResult, TestRunner},
+        testrun::{RunResult, SharedRunner, TestRunner},
     },
 };
 
@@ -523,7 +523,7 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-fn runner() -> TestRunner {
+fn runner() -> SharedRunner {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -531,7 +531,7 @@ fn runner() -> TestRunner {
         "needs root (cargo xtask test)"
     );
     let config = Config::parse(CONFIG, std::path::Path::new("evasion.toml")).expect("config");
-    TestRunner::new(&config, LinkType::Ethernet).expect("load")
+    TestRunner::shared(&config, LinkType::Ethernet).expect("load")
 }
 
 /// One filter instance for the three parts (loading it is most of the suite's time under the

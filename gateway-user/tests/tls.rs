@@ -95,7 +95,7 @@ mod kernel {
             capture,
             frames::{self, L2, L3, L4, TcpFlags},
             sni::tcp_segment,
-            testrun::{RunResult, TestRunner},
+            testrun::{RunResult, SharedRunner, TestRunner},
         },
     };
 
@@ -137,14 +137,14 @@ mac = "02:00:00:00:01:03"
 policy = "strict"
 "#;
 
-    fn runner() -> TestRunner {
+    fn runner() -> SharedRunner {
         assert_eq!(
             unsafe { libc::geteuid() },
             0,
             "needs root (cargo xtask test)"
         );
         let config = Config::parse(CONFIG, std::path::Path::new("tls.toml")).expect("config");
-        TestRunner::new(&config, LinkType::Ethernet).expect("load")
+        TestRunner::shared(&config, LinkType::Ethernet).expect("load")
     }
 
     /// Chromium's ClientHello from the corpus (SNI lh3.google.com, in its first 1,756 bytes).
@@ -393,7 +393,7 @@ policy = "strict"
             }
         }
         let config = Config::parse(&text, std::path::Path::new("log.toml")).expect("config");
-        let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+        let mut r = TestRunner::shared(&config, LinkType::Ethernet).expect("load");
         r.maps.drain_events();
         let hello = chrome_hello();
         for (mac, block, want_event) in devices {
@@ -427,7 +427,7 @@ policy = "strict"
             std::path::Path::new("tls.toml"),
         )
         .expect("config");
-        let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+        let mut r = TestRunner::shared(&config, LinkType::Ethernet).expect("load");
         for port in [443, 8443] {
             let res = r.run(&segment(KID, 20, port, 1, &hello)).expect("run");
             assert_eq!(

@@ -256,36 +256,68 @@ fn refused_kernel(cache: &Path) -> anyhow::Result<(Kernel, PathBuf)> {
 }
 
 /// Boots `vmlinuz` under qemu (virtme-ng, TCG, two CPUs, the host's filesystem) with `script`
-/// as what the guest runs; `cache` is writable in the guest.
-fn boot(cache: &Path, release: &str, vmlinuz: &Path, script: &str) -> anyhow::Result<()> {
+/// as what the guest runs; `cache` is writable in the guest. `log` is the file the script opens
+/// first: a guest that never created it never ran the script (it did not boot, or qemu failed),
+/// which is the machine's fault, not the kernel's: that boot is tried once more, and a second
+/// failure ends with the end of the guest's console.
+fn boot(
+    cache: &Path,
+    release: &str,
+    vmlinuz: &Path,
+    script: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
     let path = cache.join(format!("guest-{release}.sh"));
     fs::write(&path, script)?;
     crate::step("chmod", &["+x", &path.to_string_lossy()])?;
-    eprintln!("$ vng (kernel {release}) {}", path.display());
-    let status = Command::new("vng")
-        .args([
-            "--disable-kvm",
-            "--force-9p",
-            "-r",
-            &vmlinuz.to_string_lossy(),
-            "--memory",
-            "2G",
-            "--cpus",
-            "2",
-            &format!("--rwdir={}", cache.display()),
-            "--exec",
-            &path.to_string_lossy(),
-        ])
-        // Not our own: qemu opens the guest's stdout and stderr as files on /proc/self/fd/1
-        // and 2, truncating them, and would empty a log the suite's output is redirected to.
-        .stdout(fs::File::create(cache.join(format!("vng-{release}.out")))?)
-        .stderr(fs::File::create(cache.join(format!("vng-{release}.err")))?)
-        .status()
-        .context("running vng (virtme-ng)")?;
-    // vng's exit status reflects the guest's shutdown, not the script's: callers read the
-    // files the script wrote.
-    eprintln!("vng exited with {status}");
-    Ok(())
+    let console = cache.join(format!("vng-{release}.err"));
+    for attempt in 1..=2 {
+        let _ = fs::remove_file(log);
+        eprintln!("$ vng (kernel {release}) {}", path.display());
+        let status = Command::new("vng")
+            .args([
+                "--disable-kvm",
+                "--force-9p",
+                // The kernel's console on stderr, kept for a guest that fails to boot.
+                "--verbose",
+                "-r",
+                &vmlinuz.to_string_lossy(),
+                "--memory",
+                "2G",
+                "--cpus",
+                "2",
+                &format!("--rwdir={}", cache.display()),
+                "--exec",
+                &path.to_string_lossy(),
+            ])
+            // Not our own: qemu opens the guest's stdout and stderr as files on /proc/self/fd/1
+            // and 2, truncating them, and would empty a log the suite's output is redirected to.
+            .stdout(fs::File::create(cache.join(format!("vng-{release}.out")))?)
+            .stderr(fs::File::create(&console)?)
+            .status()
+            .context("running vng (virtme-ng)")?;
+        // vng's exit status reflects the guest's shutdown, not the script's: callers read the
+        // files the script wrote.
+        eprintln!("vng exited with {status}");
+        if log.exists() {
+            return Ok(());
+        }
+        eprintln!(
+            "kernel {release}: the guest never ran its script (attempt {attempt} of 2); its console ends:\n{}",
+            tail(&console, 40)
+        );
+    }
+    bail!(
+        "kernel {release}: the guest did not run its script in two boots (console: {})",
+        console.display()
+    )
+}
+
+/// The last `n` lines of the file at `path` (empty if it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// On a kernel without `bpf_loop`, `gateway check --kernel` and `gateway replay` refuse with
@@ -293,7 +325,6 @@ fn boot(cache: &Path, release: &str, vmlinuz: &Path, script: &str) -> anyhow::Re
 fn check_refusal(root: &Path, cache: &Path, bin: &Path) -> anyhow::Result<()> {
     let (k, vmlinuz) = refused_kernel(cache)?;
     let log = cache.join(format!("guest-{}.log", k.release));
-    let _ = fs::remove_file(&log);
     let capture = root.join("../shared/corpus/pcaps/dns/dns-https.pcap");
     let script = format!(
         "#!/bin/sh\n\
@@ -305,7 +336,7 @@ fn check_refusal(root: &Path, cache: &Path, bin: &Path) -> anyhow::Result<()> {
         bin = bin.display(),
         capture = capture.display(),
     );
-    boot(cache, &k.release, &vmlinuz, &script)?;
+    boot(cache, &k.release, &vmlinuz, &script, &log)?;
     let text = fs::read_to_string(&log).unwrap_or_default();
     let line = format!(
         "error: kernel {} has no bpf_loop (needs 5.17+; 6.1 LTS or newer is supported)",
@@ -344,6 +375,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             &k.release,
             &vmlinuz,
             &guest_script(root, &bin, &tests, &log, &rc),
+            &log,
         )?;
         let code = fs::read_to_string(&rc).unwrap_or_default();
         let text = fs::read_to_string(&log).unwrap_or_default();

@@ -1,11 +1,19 @@
-//! Reading a whole map in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+), which aya
-//! does not wrap. Reading the decision map key by key costs two system calls per key; a scrape
-//! of 1,000 devices is thousands of keys.
+//! Whole-map operations aya does not wrap. Reading a whole map in a few system calls
+//! (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+): reading the decision map key by key costs two system
+//! calls per key; a scrape of 1,000 devices is thousands of keys. Emptying a loaded filter's
+//! maps in place (`Emptied`), so that one loaded filter serves many test cases: verification is
+//! most of what a load costs, minutes per load under qemu on the kernel matrix.
 
-use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 /// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_UPDATE_BATCH`.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// `BPF_MAP_DELETE_ELEM`.
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+/// `BPF_MAP_GET_NEXT_KEY`.
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -54,15 +62,7 @@ pub fn lookup_all(
         };
         // SAFETY: `attr` points at buffers that live across the call and hold `count` keys
         // and values of the sizes the map has; the kernel writes at most that much.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (r < 0).then(std::io::Error::last_os_error);
+        let err = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         let n = (attr.count as usize).min(CHUNK);
         for i in 0..n {
             out.push((
@@ -101,4 +101,168 @@ pub fn per_cpu<T: aya::Pod + Default>(raw: &[u8], add: impl Fn(&mut T, &T)) -> T
         add(&mut total, &v);
     }
     total
+}
+
+/// The `bpf` system call with the attribute struct `attr`.
+///
+/// # Safety
+/// Every pointer in `attr` must point at a live buffer as large as the command reads or writes.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
+    // SAFETY: `attr` is a live, properly sized attribute struct; the caller vouches for the
+    // buffers it points at.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The `map_elem` member of `union bpf_attr` (lookups, deletions, next keys).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next: u64,
+    flags: u64,
+}
+
+/// How a map is brought back to what a fresh load holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emptying {
+    /// Arrays: every element zeroed (value bytes per element).
+    Zero(usize),
+    /// Hash maps and tries: every key deleted.
+    Delete,
+    /// The event ring: read to its end.
+    Drain,
+    /// As loaded: the tail-call table and the global sections, which the loader fills.
+    Keep,
+}
+
+/// The maps of a loaded filter, to be emptied again and again (`Emptied::empty`).
+#[derive(Debug, Default)]
+pub struct Emptied {
+    /// (name, map id, how).
+    maps: Vec<(String, u32, Emptying)>,
+}
+
+impl Emptied {
+    /// Notes every map of `ebpf` (before any is taken from it); fails on a map of a type it
+    /// cannot empty, so that a new map is never silently left full between test cases.
+    pub fn of(ebpf: &aya::Ebpf) -> anyhow::Result<Self> {
+        use aya::maps::Map;
+        let cpus = super::cpu_count()?;
+        let mut maps = Vec::new();
+        for (name, map) in ebpf.maps() {
+            let (data, per_cpu) = match map {
+                Map::Array(d) | Map::PerCpuArray(d) => (d, matches!(map, Map::PerCpuArray(_))),
+                Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuHashMap(d)
+                | Map::PerCpuLruHashMap(d)
+                | Map::LpmTrie(d)
+                | Map::RingBuf(d)
+                | Map::ProgramArray(d) => (d, false),
+                other => anyhow::bail!("map {name}: cannot empty a map of type {other:?}"),
+            };
+            let info = data.info()?;
+            let value = info.value_size() as usize;
+            let how = match map {
+                _ if name.starts_with('.') => Emptying::Keep,
+                Map::ProgramArray(_) => Emptying::Keep,
+                Map::RingBuf(_) => Emptying::Drain,
+                Map::Array(_) | Map::PerCpuArray(_) if per_cpu => {
+                    // Per-CPU values: each CPU's in a slot rounded up to 8 bytes.
+                    Emptying::Zero(value.div_ceil(8) * 8 * cpus)
+                }
+                Map::Array(_) | Map::PerCpuArray(_) => Emptying::Zero(value),
+                _ => Emptying::Delete,
+            };
+            maps.push((name.to_string(), info.id(), how));
+        }
+        Ok(Self { maps })
+    }
+
+    /// Empties every map noted: afterwards the filter's maps hold what a fresh load's do.
+    pub fn empty(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        for (name, id, how) in &self.maps {
+            let data = aya::maps::MapData::from_id(*id)
+                .with_context(|| format!("opening map {name} (id {id})"))?;
+            let info = data.info()?;
+            let fd = data.fd().as_fd();
+            let done = match how {
+                Emptying::Zero(value) => zero(fd, info.max_entries(), *value),
+                Emptying::Delete => delete_all(fd, info.key_size() as usize),
+                Emptying::Drain => {
+                    let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data))?;
+                    while ring.next().is_some() {}
+                    Ok(())
+                }
+                Emptying::Keep => Ok(()),
+            };
+            done.with_context(|| format!("emptying map {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Zeroes elements `0..entries` of the array `fd` (values of `value` bytes).
+fn zero(fd: BorrowedFd<'_>, entries: u32, value: usize) -> std::io::Result<()> {
+    let zeros = vec![0u8; CHUNK * value];
+    let mut first = 0u32;
+    while first < entries {
+        let n = (entries - first).min(CHUNK as u32);
+        let keys: Vec<u32> = (first..first + n).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: zeros.as_ptr() as u64,
+            count: n,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `keys` holds `n` u32 keys and `zeros` at least `n` values of the map's size.
+        unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
+        first += n;
+    }
+    Ok(())
+}
+
+/// Deletes every key (of `key_size` bytes) of the map `fd`.
+fn delete_all(fd: BorrowedFd<'_>, key_size: usize) -> std::io::Result<()> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut next = vec![0u8; key_size];
+        let mut attr = ElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            // No key: the first one.
+            key: keys.last().map_or(0, |k| k.as_ptr() as u64),
+            value_or_next: next.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: `key` (if any) and `next` are buffers of the map's key size.
+        match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+            Ok(()) => keys.push(next),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    for key in &keys {
+        let mut attr = ElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: `key` is a buffer of the map's key size.
+        match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
+            // An LRU map may have evicted it meanwhile.
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use gateway_common::{
 
 use crate::{
     config::{Config, domain_buckets},
-    kernel::{Applied, Applier, Filter, LoadOptions, Maps},
+    kernel::{Applied, Applier, Filter, LoadOptions, Maps, batch::Emptied},
 };
 
 /// Room after the frame in the output buffer, for answers longer than their query.
@@ -64,6 +64,42 @@ pub struct RunResult {
     pub output: Vec<u8>,
 }
 
+/// What distinguishes one shared filter from another: the link and the map sizes.
+type PoolKey = (LinkType, u32, u32);
+
+/// Filters loaded by `TestRunner::shared` and not in use.
+static IDLE: std::sync::Mutex<Vec<(PoolKey, TestRunner)>> = std::sync::Mutex::new(Vec::new());
+
+/// A `TestRunner` from `TestRunner::shared`, back to the idle ones when dropped.
+pub struct SharedRunner {
+    key: PoolKey,
+    /// Moved back to the idle ones in `drop`.
+    runner: std::mem::ManuallyDrop<TestRunner>,
+}
+
+impl std::ops::Deref for SharedRunner {
+    type Target = TestRunner;
+    fn deref(&self) -> &TestRunner {
+        &self.runner
+    }
+}
+
+impl std::ops::DerefMut for SharedRunner {
+    fn deref_mut(&mut self) -> &mut TestRunner {
+        &mut self.runner
+    }
+}
+
+impl Drop for SharedRunner {
+    fn drop(&mut self) {
+        // SAFETY: `drop` runs once, and nothing uses `self.runner` after it.
+        let runner = unsafe { std::mem::ManuallyDrop::take(&mut self.runner) };
+        IDLE.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((self.key, runner));
+    }
+}
+
 /// A filter instance with private maps, loaded with a configuration.
 pub struct TestRunner {
     pub filter: Filter,
@@ -74,6 +110,8 @@ pub struct TestRunner {
     applier: Applier,
     device_names: HashMap<u32, String>,
     policy_names: Vec<String>,
+    /// The filter's maps, to be emptied when the runner is used again (`shared`).
+    emptied: Emptied,
 }
 
 impl TestRunner {
@@ -112,6 +150,7 @@ impl TestRunner {
 
     fn load(config: &Config, opts: &LoadOptions) -> anyhow::Result<Self> {
         let mut filter = Filter::load(opts)?;
+        let emptied = Emptied::of(&filter.ebpf)?;
         let maps = filter.take_maps()?;
         let trace = if opts.trace {
             Some(filter.take_trace()?)
@@ -126,9 +165,49 @@ impl TestRunner {
             applier: Applier::default(),
             device_names: HashMap::new(),
             policy_names: Vec::new(),
+            emptied,
         };
         runner.reconfigure(config)?;
         Ok(runner)
+    }
+
+    /// As `new`, on a filter loaded earlier in this process if one for `link` and `config`'s
+    /// sizes is idle (emptied, then `config` written into it as into a fresh one), else on a
+    /// new one; it is kept for the next caller when the returned runner is dropped. For test
+    /// suites: a load's verification dominates the time of a test case, and under qemu it
+    /// takes minutes.
+    pub fn shared(config: &Config, link: LinkType) -> anyhow::Result<SharedRunner> {
+        let opts = load_options(config, link);
+        let key = (link, opts.domain_buckets, opts.tls_flows);
+        let idle = {
+            let mut pool = IDLE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = pool.iter().position(|(k, _)| *k == key);
+            at.map(|i| pool.swap_remove(i).1)
+        };
+        let runner = match idle {
+            Some(mut runner) => {
+                // The event ring through the runner's own reader first: a reader keeps its own
+                // copy of the ring's read position.
+                if let Some(ring) = runner.maps.events.as_mut() {
+                    while ring.next().is_some() {}
+                }
+                runner.emptied.empty()?;
+                let (packets, bytes) = &runner.maps.uninspected_floor;
+                packets.store(0, std::sync::atomic::Ordering::Relaxed);
+                bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+                runner.applier = Applier::default();
+                runner.applied = Applied::default();
+                runner.reconfigure(config)?;
+                runner
+            }
+            None => Self::load(config, &opts)?,
+        };
+        Ok(SharedRunner {
+            key,
+            runner: std::mem::ManuallyDrop::new(runner),
+        })
     }
 
     /// Writes a new configuration (as a reload would).

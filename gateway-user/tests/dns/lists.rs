@@ -72,7 +72,7 @@ policy = "staff"
 "#
     );
     let config = Config::parse(&text, &dir.join("scopes.toml")).expect("config");
-    let mut eth = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+    let mut eth = TestRunner::shared(&config, LinkType::Ethernet).expect("load");
     let rows: &[(&str, bool)] = &[
         ("exact.example.", true),
         ("www.exact.example.", false),

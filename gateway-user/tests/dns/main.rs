@@ -20,7 +20,7 @@ use gateway_user::{
     observe::history::{Names, Naming},
     offline::{
         frames::{self, L2, L3, L4},
-        testrun::{RunResult, TestRunner},
+        testrun::{RunResult, SharedRunner, TestRunner},
     },
 };
 use hickory_proto::{
@@ -111,7 +111,7 @@ mac = "02:00:00:00:01:06"
 policy = "watch"
 "#;
 
-fn runners() -> (TestRunner, TestRunner) {
+fn runners() -> (SharedRunner, SharedRunner) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -120,8 +120,8 @@ fn runners() -> (TestRunner, TestRunner) {
     );
     let config = Config::parse(CONFIG, std::path::Path::new("dns.toml")).expect("config");
     (
-        TestRunner::new(&config, LinkType::Ethernet).expect("ethernet"),
-        TestRunner::new(&config, LinkType::RawIp).expect("raw ip"),
+        TestRunner::shared(&config, LinkType::Ethernet).expect("ethernet"),
+        TestRunner::shared(&config, LinkType::RawIp).expect("raw ip"),
     )
 }
 

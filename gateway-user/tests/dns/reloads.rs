@@ -1,6 +1,6 @@
 //! DNS through the kernel across configurations: schedules, reloads that write the
 //! difference, `log` levels, events named across a reload, and the decision counters read in
-//! batches and across slot reuse.
+//! batches and across slot reuse; a shared filter emptied between uses.
 
 use super::*;
 
@@ -27,7 +27,7 @@ mac = "02:00:00:00:01:01"
 policy = "students"
 "#;
     let config = Config::parse(text, std::path::Path::new("schedule.toml")).expect("config");
-    let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+    let mut r = TestRunner::shared(&config, LinkType::Ethernet).expect("load");
     let l2 = L2::Ethernet {
         src: mac(1),
         dst: GW_MAC,
@@ -71,7 +71,8 @@ fn small_changes_write_few_entries() {
         );
         Config::parse(&text, std::path::Path::new("big.toml")).expect("config")
     };
-    let mut r = TestRunner::new(&config_with(&[], usize::MAX), LinkType::Ethernet).expect("load");
+    let mut r =
+        TestRunner::shared(&config_with(&[], usize::MAX), LinkType::Ethernet).expect("load");
     let l2 = L2::Ethernet {
         src: mac(1),
         dst: GW_MAC,
@@ -165,7 +166,7 @@ mac = "02:00:00:00:01:03"
 policy = "private"
 "#;
     let config = Config::parse(text, std::path::Path::new("log.toml")).expect("config");
-    let mut r = TestRunner::new(&config, LinkType::Ethernet).expect("load");
+    let mut r = TestRunner::shared(&config, LinkType::Ethernet).expect("load");
     r.maps.drain_events();
     for (dev, want) in [(1u8, 2usize), (2, 1), (3, 0)] {
         let l2 = L2::Ethernet {
@@ -216,7 +217,7 @@ fn events_drained_after_a_reload_keep_their_policy() {
     )
     .expect("config");
     assert_eq!(after.policies[0].name, "guests");
-    let mut r = TestRunner::new(&before, LinkType::Ethernet).expect("load");
+    let mut r = TestRunner::shared(&before, LinkType::Ethernet).expect("load");
     r.maps.drain_events();
     let mut naming = Naming::default();
     naming.set(
@@ -453,5 +454,75 @@ fn a_reused_slot_starts_without_the_old_devices_decisions() {
     assert!(
         counts.iter().all(|(k, _)| *k == FOREIGN),
         "only the foreign key is left: {counts:?}"
+    );
+}
+
+/// A filter from `TestRunner::shared` serves its next user as a fresh load would: the same
+/// programs (not verified again), none of the last use's counters, decisions, flows or events,
+/// and the same frames decided the same way.
+#[test]
+fn a_shared_filter_is_emptied_between_uses() {
+    // A table size no other test uses: no other test can take this filter in between.
+    let text = format!("[gateway]\nmax_tls_flows = 777\n{CONFIG}");
+    let config = Config::parse(&text, std::path::Path::new("shared.toml")).expect("config");
+    let e = L2::Ethernet {
+        src: mac(1),
+        dst: GW_MAC,
+    };
+    let blocked = query(7, "www.ads.example.", RecordType::A, false);
+    let frames = [
+        tcp_dns_frame(e, V4, 1_000_000, 1, &blocked, None),
+        // The flow is blocked now.
+        tcp_dns_frame(
+            e,
+            V4,
+            1_000_002 + blocked.len() as u32,
+            1,
+            &query(8, "allowed.example.", RecordType::A, false),
+            None,
+        ),
+        dns_frame(e, V4, &query(9, "ads.example.", RecordType::A, false)),
+    ];
+    let program_id = |r: &mut TestRunner| {
+        r.filter
+            .program()
+            .expect("program")
+            .info()
+            .expect("info")
+            .id()
+    };
+    let (program, first) = {
+        let mut r = TestRunner::shared(&config, LinkType::Ethernet).expect("load");
+        let first: Vec<RunResult> = frames.iter().map(|f| r.run(f).expect("run")).collect();
+        assert_eq!(
+            first[1].reason,
+            Reason::FlowBlocked,
+            "state kept within a use"
+        );
+        let events = r.maps.events.as_mut().expect("events");
+        assert!(events.next().is_some(), "the blocks made events");
+        (program_id(&mut r), first)
+    };
+    let mut r = TestRunner::shared(&config, LinkType::Ethernet).expect("again");
+    assert_eq!(
+        program_id(&mut r),
+        program,
+        "the idle filter was taken again"
+    );
+    let counters = gateway_user::kernel::counters::reason_counters(&r.maps).expect("counters");
+    let counted: Vec<_> = counters
+        .iter()
+        .filter(|(_, c)| c.packets > 0 || c.bytes > 0)
+        .collect();
+    assert!(counted.is_empty(), "counters of the last use: {counted:?}");
+    let decisions = gateway_user::kernel::counters::decision_counts(&r.maps).expect("decisions");
+    assert!(decisions.is_empty(), "{decisions:?}");
+    assert_eq!(r.maps.flows.keys().count(), 0, "no TLS flows");
+    let events = r.maps.events.as_mut().expect("events");
+    assert!(events.next().is_none(), "no events of the last use");
+    let again: Vec<RunResult> = frames.iter().map(|f| r.run(f).expect("run")).collect();
+    assert_eq!(
+        again, first,
+        "decided as by a fresh filter (the DNS stream forgotten)"
     );
 }
