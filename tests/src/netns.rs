@@ -149,6 +149,64 @@ pub struct Device {
     pub gw_if: String,
 }
 
+/// A device namespace joined to `gw`: `eth0` `<net>.2/24` — `gw:<gw_if>` `<net>.1/24`, IPv6
+/// off, static neighbours, the pass-only XDP program on its end of the pair.
+pub fn device(gw: &Netns, net: &str, gw_if: &str) -> anyhow::Result<Device> {
+    let ns = Netns::new("gwd")?;
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    veth(&ns, "eth0", gw, gw_if)?;
+    // Frames the gateway answers with XDP_TX are delivered to a veth peer promptly only
+    // if the peer runs an XDP program itself (otherwise they wait in its ring for the
+    // next poll). The project's pass-only program serves.
+    let obj = empty_xdp_object()?;
+    ns.ip(&[
+        "link",
+        "set",
+        "dev",
+        "eth0",
+        "xdpdrv",
+        "obj",
+        &obj.to_string_lossy(),
+        "sec",
+        "xdp",
+    ])?;
+    let ip = format!("{net}.2");
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    gw.ip(&["addr", "add", &format!("{net}.1/24"), "dev", gw_if])?;
+    ns.ip(&["route", "add", "default", "via", &format!("{net}.1")])?;
+    let mac = ns.mac("eth0")?;
+    let gw_mac = gw.mac(gw_if)?;
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &format!("{net}.1"),
+        "lladdr",
+        &gw_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    gw.ip(&[
+        "neigh",
+        "replace",
+        &ip,
+        "lladdr",
+        &mac,
+        "dev",
+        gw_if,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(Device {
+        ns,
+        ip,
+        mac,
+        gw_if: gw_if.to_string(),
+    })
+}
+
 /// Two (or more) devices, a gateway and an upstream:
 ///
 /// ```text
@@ -176,55 +234,7 @@ impl Bed {
         up.ip(&["route", "add", "10.201.0.0/16", "via", "10.201.99.1"])?;
         let mut list = Vec::new();
         for i in 1..=devices {
-            let ns = Netns::new("gwd")?;
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-            let gw_if = format!("d{i}");
-            veth(&ns, "eth0", &gw, &gw_if)?;
-            // Frames the gateway answers with XDP_TX are delivered to a veth peer promptly only
-            // if the peer runs an XDP program itself (otherwise they wait in its ring for the
-            // next poll). The project's pass-only program serves.
-            let obj = empty_xdp_object()?;
-            ns.ip(&[
-                "link",
-                "set",
-                "dev",
-                "eth0",
-                "xdpdrv",
-                "obj",
-                &obj.to_string_lossy(),
-                "sec",
-                "xdp",
-            ])?;
-            let ip = format!("10.201.{i}.2");
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-            gw.ip(&["addr", "add", &format!("10.201.{i}.1/24"), "dev", &gw_if])?;
-            ns.ip(&["route", "add", "default", "via", &format!("10.201.{i}.1")])?;
-            let mac = ns.mac("eth0")?;
-            let gw_mac = gw.mac(&gw_if)?;
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &format!("10.201.{i}.1"),
-                "lladdr",
-                &gw_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            gw.ip(&[
-                "neigh",
-                "replace",
-                &ip,
-                "lladdr",
-                &mac,
-                "dev",
-                &gw_if,
-                "nud",
-                "permanent",
-            ])?;
-            list.push(Device { ns, ip, mac, gw_if });
+            list.push(device(&gw, &format!("10.201.{i}"), &format!("d{i}"))?);
         }
         Ok(Self {
             devices: list,
@@ -345,5 +355,54 @@ impl Bed {
             ns.run("ethtool", &args)?;
         }
         Ok(())
+    }
+}
+
+/// One gateway of a `FleetBed` and its device.
+pub struct Site {
+    pub gw: Netns,
+    pub device: Device,
+}
+
+/// `n` gateways, each with one device, behind one upstream that holds the fleet's origin:
+///
+/// ```text
+/// dev<g>:eth0 10.203.<g>.2/24 -- gw<g>:d1 10.203.<g>.1/24
+///                                gw<g>:up0 10.202.<g>.1/24 -- up:g<g> 10.202.<g>.2/24
+/// up:lo 10.202.0.2/32: the origin (nginx) and the DNS server, reached through each gateway
+/// ```
+pub struct FleetBed {
+    pub sites: Vec<Site>,
+    pub up: Netns,
+    /// The origin's and DNS server's address.
+    pub origin: String,
+}
+
+impl FleetBed {
+    pub fn new(gateways: usize) -> anyhow::Result<Self> {
+        require_root()?;
+        let up = Netns::new("gwu")?;
+        let origin = "10.202.0.2".to_string();
+        up.ip(&["addr", "add", &format!("{origin}/32"), "dev", "lo"])?;
+        let mut sites = Vec::new();
+        for g in 1..=gateways {
+            let gw = Netns::new("gwg")?;
+            gw.sysctl("net.ipv4.ip_forward", "1")?;
+            let up_if = format!("g{g}");
+            veth(&gw, "up0", &up, &up_if)?;
+            gw.ip(&["addr", "add", &format!("10.202.{g}.1/24"), "dev", "up0"])?;
+            up.ip(&["addr", "add", &format!("10.202.{g}.2/24"), "dev", &up_if])?;
+            gw.ip(&["route", "add", "default", "via", &format!("10.202.{g}.2")])?;
+            let device = device(&gw, &format!("10.203.{g}"), "d1")?;
+            up.ip(&[
+                "route",
+                "add",
+                &format!("10.203.{g}.0/24"),
+                "via",
+                &format!("10.202.{g}.1"),
+            ])?;
+            sites.push(Site { gw, device });
+        }
+        Ok(Self { sites, up, origin })
     }
 }

@@ -40,7 +40,8 @@ const TEST_PACKAGES: &[&str] = &[
     "kmod",         // modprobe, which the matrix guests run from the host's filesystem
     "busybox-static", // virtme-ng's guest init
     "webext-ublock-origin-chromium", // EasyList and EasyPrivacy: real adblock lists for tests
-    "nginx",        // serves lists by URL (ETag, 304) in the download tests
+    "nginx",        // serves lists by URL and fleet bundles (ETag, 304) in the download tests
+    "minisign",     // signs fleet bundles in the fleet tests, as operators do
 ];
 
 /// virtme-ng, which boots a kernel on the host's own filesystem (PyPI).

@@ -198,6 +198,18 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// The configuration in force, its reloads, and for a fleet gateway the bundle in force
+    /// and the last attempts to fetch one (read from the gateway's files: works without the
+    /// daemon).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fleet bundles: build one from a directory (see docs/fleet.md).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Run a pcap/pcapng capture through the real kernel program and print each decision.
     Replay {
         #[arg(long)]
@@ -208,4 +220,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `gateway bundle …`.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Build a bundle from DIR (its gateway.toml and every file it names inside DIR), checked as
+    /// `gateway check` does; prints the minisign command that signs it.
+    Build {
+        /// The directory holding gateway.toml.
+        dir: PathBuf,
+        /// The bundle's revision: greater than every revision published before.
+        #[arg(long)]
+        revision: u64,
+        /// A manifest label, KEY=VALUE (repeatable), e.g. group=buses.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The archive to write; its file name is the bundle's name (the last segment of the
+        /// URL gateways fetch it from).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
 }

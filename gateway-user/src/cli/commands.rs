@@ -5,7 +5,7 @@ use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 
-use super::args::Command;
+use super::args::{BundleCommand, Command};
 use crate::{
     BadInput,
     config::Config,
@@ -97,6 +97,36 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             report.as_ref().map_or(Ok(()), check::KernelReport::refusal)
         }
         Command::Reload { config, timeout } => reload(config.as_deref(), timeout),
+        Command::Status { config, json } => {
+            let config = Config::resolve(config.as_deref())?;
+            let status = ReloadStatus::read(&runtime_file(&config.bpffs, "status"));
+            let view = crate::observe::status::StatusView::of(&config, &status);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", view.render());
+            }
+            Ok(())
+        }
+        Command::Bundle(BundleCommand::Build {
+            dir,
+            revision,
+            labels,
+            output,
+        }) => {
+            let comment = crate::config::bundle::build(
+                &dir,
+                revision,
+                labels.into_iter().collect(),
+                &output,
+            )?;
+            println!(
+                "built {} (revision {revision}); sign it with:\n  minisign -S -s KEY -m {} -t \"{comment}\"",
+                output.display(),
+                output.display()
+            );
+            Ok(())
+        }
         Command::Devices { config, json } => {
             let config = Config::resolve(config.as_deref())?;
             let answer =

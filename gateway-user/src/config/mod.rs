@@ -8,8 +8,10 @@
 //! each of those errors is located with the span `toml` recorded for the offending value. All
 //! errors are reported, not just the first.
 
+pub mod bundle;
 mod compile;
 mod devices;
+pub mod fleet;
 mod images;
 mod inventory;
 pub mod lists;
@@ -89,6 +91,8 @@ pub struct Config {
     pub api: Api,
     pub history: History,
     pub lifecycle: Lifecycle,
+    /// `[fleet]`: the policy comes from a signed bundle (`bundle`).
+    pub fleet: Option<fleet::Fleet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

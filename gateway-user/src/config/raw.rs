@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) history: RawHistory,
     #[serde(default)]
     pub(super) lifecycle: RawLifecycle,
+    pub(super) fleet: Option<super::fleet::RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]

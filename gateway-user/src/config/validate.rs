@@ -18,6 +18,7 @@ use toml::Spanned;
 use super::*;
 use super::{
     devices::DeviceIndex,
+    fleet,
     inventory::inventory_devices,
     lists,
     locate::Locator,
@@ -617,6 +618,12 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         pseudonymize: raw.history.pseudonymize.unwrap_or(false),
     };
 
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| fleet::validate(f, &base, loc, &mut errors));
+    files.extend(fleet.as_ref().and_then(|f| f.local.clone()));
+
     if let (true, Some(listen)) = (errors.is_empty(), listen) {
         Ok(Config {
             source: loc.file.clone(),
@@ -657,6 +664,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
                 hold_checked_in: raw.lifecycle.hold_checked_in.unwrap_or(false),
                 overdue: raw.lifecycle.overdue.unwrap_or_default(),
             },
+            fleet,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -337,6 +337,24 @@ async fn not_found() -> Response {
         .into_response()
 }
 
+/// `/api/v1/status`: the configuration in force, its reloads, the fleet bundle in force and the
+/// last attempts (`StatusView`).
+async fn status(State(s): State<Arc<Shared>>) -> ApiResult {
+    let view = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let info = s
+            .info
+            .read()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+            .clone();
+        let view = crate::observe::status::StatusView::of(&info.config, &info.status);
+        Ok(serde_json::to_value(view)?)
+    })
+    .await
+    .map_err(|e| ApiError(ControlError::Internal(anyhow::anyhow!("{e}"))))?
+    .map_err(|e| ApiError(ControlError::Internal(e)))?;
+    Ok(axum::Json(view))
+}
+
 /// The routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
@@ -350,6 +368,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/devices/{name}/events", get(events))
         .route("/checkouts", get(checkouts))
         .route("/history", get(history))
+        .route("/status", get(status))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

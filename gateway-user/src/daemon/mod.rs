@@ -7,6 +7,7 @@
 //! validation is rejected and the running one stays. Schedules switch policies at their window
 //! boundaries (checked every second) by applying a new generation.
 
+mod fleet;
 mod lists;
 mod notify;
 mod pull;
@@ -50,7 +51,22 @@ pub struct RunOptions {
 
 /// Runs the daemon until SIGTERM/SIGINT, or until the filter is detached from outside.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let mut config = Config::resolve(opts.config.as_deref())?;
+    let main = Config::resolve(opts.config.as_deref())?;
+    let main_file = main.source.clone();
+    // A fleet gateway enforces its last good bundle from the start, before any network.
+    let mut bundle = fleet::at_start(&main);
+    let mut config = match bundle
+        .as_deref()
+        .map(|d| crate::config::bundle::compose(&main_file, d))
+    {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "the last good fleet bundle no longer composes with this file; the file alone is in force");
+            bundle = None;
+            main
+        }
+        None => main,
+    };
     // Counters pinned by an earlier daemon keep its category numbers (none pinned: nothing
     // to keep, whatever an old status file says).
     let pinned = attach::Pins::new(&config.bpffs)
@@ -105,6 +121,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         shared: None,
         pseudonym,
         recorder_stats: None,
+        bundle,
         config,
     };
     state.status.write(&state.status_path);
@@ -175,6 +192,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             None
         }
     };
+    // A fleet gateway polls for bundles; one verified and valid is applied in the loop below.
+    let mut poller = state.config.fleet.as_ref().and_then(|f| {
+        fleet::Poller::start(f, &main_file, &state.config.state_dir)
+            .map_err(|e| tracing::error!(error = %e, "cannot start polling for fleet bundles: the policy in force stays"))
+            .ok()
+    });
     let config = &state.config;
     for a in &running.attachments {
         tracing::info!(iface = %a.iface, mode = a.mode.label(), link = a.link.label(), adopted = a.adopted, "filtering");
@@ -200,7 +223,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&opts, &mut running, &mut state, "signal"),
+            _ = hup.recv() => {
+                reload(&opts, &mut running, &mut state, "signal");
+            }
             Some((req, reply)) = commands.recv() => {
                 let answer = control(&mut running, &mut state, req, jiff::Timestamp::now());
                 let _ = reply.send(answer);
@@ -221,6 +246,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 follow(&mut running, &mut state, jiff::Timestamp::now());
                 if let Some(r) = &mut refresher {
                     r.follow(&state.config.remote_lists);
+                }
+                let candidate = poller
+                    .as_mut()
+                    .zip(state.config.fleet.clone())
+                    .and_then(|(p, f)| p.follow(&f));
+                if let Some(c) = candidate {
+                    let previous = state.bundle.replace(c.dir.clone());
+                    let applied = reload(&opts, &mut running, &mut state, "bundle");
+                    if !applied {
+                        state.bundle = previous;
+                    }
+                    tracing::debug!(revision = c.revision, applied, "fleet bundle handed over");
+                    let _ = c.reply.send(if applied {
+                        Ok(())
+                    } else {
+                        Err(state.status.last_error.clone().unwrap_or_default())
+                    });
                 }
             }
             _ = tokio::time::sleep_until(state.settling.as_ref().map_or_else(tokio::time::Instant::now, |(_, at)| *at)), if state.settling.is_some() => {

@@ -1,7 +1,7 @@
 //! Pulling over HTTP: one conditional GET (`If-None-Match` / `If-Modified-Since`, a 304 when
 //! nothing changed), every body size-limited, HTTPS through rustls with Mozilla's roots; and
 //! when to ask next — after a jittered delay, backing off exponentially (capped, full jitter)
-//! while attempts fail, as OPA's bundle downloader does. The lists use it; fleet bundles will.
+//! while attempts fail, as OPA's bundle downloader does. The lists and the fleet bundles use it.
 
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ fn describe(e: ureq::Error) -> String {
 
 /// A random number in [0, 1): the per-process random keys of std's hasher, drawn anew each
 /// call (enough to spread a fleet's requests; nothing secret depends on it).
-fn unit_random() -> f64 {
+pub(super) fn unit_random() -> f64 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(

@@ -1,7 +1,10 @@
 //! Reloads: the configuration read again, validated and applied as a difference, the running
 //! one kept when the new one is rejected.
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use super::{RunOptions, notify::notify, state::State};
 use crate::{
@@ -56,11 +59,18 @@ pub(super) fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
 pub(super) const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Re-reads the configuration and applies it; keeps the running one if the new one is bad.
-/// The outcome is logged and counted in the status file `gateway reload` reads.
-pub(super) fn reload(opts: &RunOptions, running: &mut Running, state: &mut State, trigger: &str) {
+/// The outcome is logged and counted in the status file `gateway reload` reads; returns
+/// whether it was applied.
+pub(super) fn reload(
+    opts: &RunOptions,
+    running: &mut Running,
+    state: &mut State,
+    trigger: &str,
+) -> bool {
     notify("RELOADING=1");
     let result = try_reload(opts, running, state);
     state.status.last_trigger = Some(trigger.to_string());
+    let ok = result.is_ok();
     match result {
         Ok(()) => {
             state.status.reloads += 1;
@@ -78,10 +88,21 @@ pub(super) fn reload(opts: &RunOptions, running: &mut Running, state: &mut State
     state.status.write(&state.status_path);
     state.publish(running);
     notify("READY=1");
+    ok
+}
+
+/// The configuration in force: the gateway's own file, composed with the fleet bundle in
+/// force if the file has `[fleet]` and a bundle was activated.
+pub(super) fn resolve(opts: &RunOptions, bundle: Option<&Path>) -> anyhow::Result<Config> {
+    let main = Config::resolve(opts.config.as_deref())?;
+    match (&main.fleet, bundle) {
+        (Some(_), Some(dir)) => crate::config::bundle::compose(&main.source, dir),
+        _ => Ok(main),
+    }
 }
 
 fn try_reload(opts: &RunOptions, running: &mut Running, state: &mut State) -> anyhow::Result<()> {
-    let mut config = Config::resolve(opts.config.as_deref())?;
+    let mut config = resolve(opts, state.bundle.as_deref())?;
     keep_category_numbers(&mut config, &state.status.categories);
     let wanted = interfaces(opts, &config);
     // A running filter whose file now names no interface was most likely given an empty or cut

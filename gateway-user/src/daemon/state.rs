@@ -50,6 +50,8 @@ pub(super) struct State {
     pub(super) shared: Option<Arc<http::Shared>>,
     pub(super) pseudonym: Option<Pseudonym>,
     pub(super) recorder_stats: Option<Arc<history::RecorderStats>>,
+    /// The fleet bundle in force, unpacked (`None`: the gateway's own file alone).
+    pub(super) bundle: Option<PathBuf>,
 }
 
 /// What decides the kernel state of each device at `now`: its policy in force and suspension.

@@ -208,6 +208,46 @@ fn list_metrics(r: &mut Registry, config: &Config, now: jiff::Timestamp) {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// A fleet gateway's bundle: the revision in force, the last poll that ended well, and the
+/// failures by reason (every reason present, zero until it happens).
+fn fleet_metrics(r: &mut Registry, config: &Config) {
+    if config.fleet.is_none() {
+        return;
+    }
+    let record = crate::config::bundle::Record::read(&config.state_dir);
+    plain_gauge(
+        r,
+        "gateway_bundle_revision",
+        "Revision of the fleet bundle in force (0: none, the gateway's own file)",
+        record.revision.map_or(0, |v| v as i64),
+    );
+    if let Some(t) = record.last_success {
+        plain_gauge(
+            r,
+            "gateway_bundle_last_success_timestamp_seconds",
+            "When a poll for the fleet bundle last ended well: a 304, or a bundle activated (Unix time)",
+            t,
+        );
+    }
+    let failures: Family<ReasonLabels, Counter> = counter(
+        r,
+        "gateway_bundle_failures",
+        "Fleet bundles not taken, by reason (network, http, size, signature, rollback, archive, manifest, validation, apply)",
+    );
+    for reason in crate::config::bundle::Failure::ALL {
+        failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.label().to_string(),
+            })
+            .inc_by(record.failures.get(&reason).copied().unwrap_or(0));
+    }
+}
+
 fn counter<
     L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
 >(
@@ -414,6 +454,7 @@ pub fn render(s: &Snapshot, info: &Info, now: jiff::Timestamp) -> anyhow::Result
     }
 
     list_metrics(&mut r, config, now);
+    fleet_metrics(&mut r, config);
 
     let global = |k: &str| s.global.get(k).copied().unwrap_or(0);
     plain_counter(

@@ -1,6 +1,6 @@
 //! The daemon's runtime files in `/run/gateway`: its pid, and its status (reloads, the
 //! categories and policies in force), which `gateway reload`, `gateway stats` and the next
-//! daemon read.
+//! daemon read; and the view `gateway status` and `/api/v1/status` give of them.
 
 use std::path::{Path, PathBuf};
 
@@ -65,5 +65,115 @@ impl ReloadStatus {
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the reload status");
         }
+    }
+}
+
+/// `gateway status` and `/api/v1/status`: the configuration in force, its reloads, and for a
+/// fleet gateway the bundle in force and the last attempts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusView {
+    /// The file in force (a fleet bundle's `gateway.toml` while one is).
+    pub config: String,
+    pub reloads: u64,
+    pub reloads_failed: u64,
+    pub last_reload_error: Option<String>,
+    pub fleet: Option<FleetView>,
+}
+
+/// The fleet part of `StatusView` (times in RFC 3339).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FleetView {
+    /// Credentials removed.
+    pub bundle_url: String,
+    pub revision: Option<u64>,
+    pub created: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub fetched_at: Option<String>,
+    pub activated_at: Option<String>,
+    pub last_check: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub last_reason: Option<String>,
+    /// Failures by reason (`bundle::Failure` labels).
+    pub failures: std::collections::BTreeMap<String, u64>,
+}
+
+impl StatusView {
+    /// The view of `config` (in force) and `status` (its reloads), with the fleet record read
+    /// from the state directory.
+    pub fn of(config: &Config, status: &ReloadStatus) -> Self {
+        let time = |t: Option<i64>| {
+            t.and_then(|s| jiff::Timestamp::from_second(s).ok())
+                .map(|t| t.to_string())
+        };
+        let fleet = config.fleet.as_ref().map(|f| {
+            let r = crate::config::bundle::Record::read(&config.state_dir);
+            FleetView {
+                bundle_url: crate::config::remote::redact(&f.bundle_url),
+                revision: r.revision,
+                created: r.created,
+                labels: r.labels,
+                fetched_at: time(r.fetched_at),
+                activated_at: time(r.activated_at),
+                last_check: time(r.last_check),
+                last_success: time(r.last_success),
+                last_error: r.last_error,
+                last_reason: r.last_reason.map(|x| x.label().to_string()),
+                failures: r
+                    .failures
+                    .iter()
+                    .map(|(k, v)| (k.label().to_string(), *v))
+                    .collect(),
+            }
+        });
+        Self {
+            config: config.source.display().to_string(),
+            reloads: status.reloads,
+            reloads_failed: status.failed,
+            last_reload_error: status.last_error.clone(),
+            fleet,
+        }
+    }
+
+    /// As text, one `key: value` a line.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "config: {}\nreloads: {} applied, {} rejected\n",
+            self.config, self.reloads, self.reloads_failed
+        );
+        if let Some(e) = &self.last_reload_error {
+            out.push_str(&format!("last reload error: {e}\n"));
+        }
+        let Some(f) = &self.fleet else {
+            out.push_str("fleet: not configured\n");
+            return out;
+        };
+        let or_never = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
+        out.push_str(&format!("fleet bundle: {}\n", f.bundle_url));
+        match f.revision {
+            Some(r) => out.push_str(&format!(
+                "revision in force: {r} (created {}, fetched {}, activated {})\n",
+                or_never(&f.created),
+                or_never(&f.fetched_at),
+                or_never(&f.activated_at)
+            )),
+            None => out.push_str("revision in force: none (the gateway's own file)\n"),
+        }
+        out.push_str(&format!(
+            "last check: {}\nlast success: {}\n",
+            or_never(&f.last_check),
+            or_never(&f.last_success)
+        ));
+        if let Some(e) = &f.last_error {
+            out.push_str(&format!(
+                "last error: {e} ({})\n",
+                f.last_reason.as_deref().unwrap_or("?")
+            ));
+        }
+        if !f.failures.is_empty() {
+            let list: Vec<String> = f.failures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("failures: {}\n", list.join(" ")));
+        }
+        out
     }
 }
