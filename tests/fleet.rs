@@ -241,6 +241,23 @@ fn a_fleet_follows_signed_bundles_and_refuses_bad_ones() -> anyhow::Result<()> {
         assert!(metrics.contains("gateway_bundle_revision 2"), "{metrics}");
         assert!(metrics.contains("gateway_bundle_last_success_timestamp_seconds"));
         assert_eq!(status(pins)["fleet"]["last_error"], serde_json::Value::Null);
+        // The same view from the API, with the daemon's token.
+        let token = std::fs::read_to_string(pins.state_dir.join("api.token"))?;
+        let auth = format!("Authorization: Bearer {}", token.trim());
+        let api = site.gw.run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-H",
+                &auth,
+                "http://127.0.0.1:9477/api/v1/status",
+            ],
+        )?;
+        let api: serde_json::Value = serde_json::from_str(&api).context("status JSON")?;
+        assert_eq!(api["fleet"]["revision"], 2, "{api}");
+        assert_eq!(api["fleet"]["labels"]["group"], "buses", "{api}");
     }
 
     // Each bad bundle: refused for its reason, revision 2 still enforced.
