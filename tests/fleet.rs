@@ -5,7 +5,8 @@
 //! its reason in `gateway status` while the policy in force goes on being enforced (checked
 //! with real queries): a flipped byte, a missing signature, a signature by an unknown key, an
 //! older revision, a truncated archive, `../` paths, a configuration that fails validation.
-//! With the origin gone, a restarted gateway enforces its last good bundle.
+//! With the origin gone, a restarted gateway enforces its last good bundle. Over HTTPS, an
+//! origin with a private CA's certificate is trusted with `ca_file` and refused without it.
 
 use std::{
     path::{Path, PathBuf},
@@ -140,6 +141,26 @@ fn raw_archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Puts a bundle on the origin: the signature first (or removes it), then the archive.
+fn publish(n: &Nginx, archive: &[u8], sig: Option<&[u8]>) -> anyhow::Result<()> {
+    match sig {
+        Some(s) => n.serve(&format!("{BUNDLE}.minisig"), s)?,
+        None => {
+            let _ = std::fs::remove_file(n.root.join(format!("{BUNDLE}.minisig")));
+        }
+    }
+    n.serve(BUNDLE, archive)
+}
+
+/// A gateway's own file: the filter on `iface`, bundles from `url` signed by `public`.
+fn own_file(iface: &str, url: &str, public: &str, extra: &str) -> String {
+    format!(
+        "[[interface]]\nname = \"{iface}\"\n\n[fleet]\nbundle_url = \"{url}\"\n\
+         public_keys = [\"{public}\"]\npoll = {{ min = 1, max = 2 }}\n\
+         labels = {{ group = \"buses\" }}\n{extra}"
+    )
+}
+
 /// `gateway status --json` of a gateway.
 fn status(pins: &Pins) -> serde_json::Value {
     pins.gateway("status", &["--json"])
@@ -168,15 +189,6 @@ fn a_fleet_follows_signed_bundles_and_refuses_bad_ones() -> anyhow::Result<()> {
     let mut nginx = Some(Nginx::start(&bed.up, &bed.origin)?);
     let (public, secret) = keypair(&work.0, "fleet")?;
     let (_, stranger) = keypair(&work.0, "stranger")?;
-    let publish = |n: &Nginx, archive: &[u8], sig: Option<&[u8]>| -> anyhow::Result<()> {
-        match sig {
-            Some(s) => n.serve(&format!("{BUNDLE}.minisig"), s)?,
-            None => {
-                let _ = std::fs::remove_file(n.root.join(format!("{BUNDLE}.minisig")));
-            }
-        }
-        n.serve(BUNDLE, archive)
-    };
     let r1 = build(&work.0, 1, &["first.example"])?;
     publish(
         origin(&nginx)?,
@@ -186,12 +198,8 @@ fn a_fleet_follows_signed_bundles_and_refuses_bad_ones() -> anyhow::Result<()> {
 
     let mut gateways = Vec::new();
     for site in &bed.sites {
-        let body = format!(
-            "[[interface]]\nname = \"{}\"\n\n[fleet]\nbundle_url = \"http://{}:8080/{BUNDLE}\"\n\
-             public_keys = [\"{public}\"]\npoll = {{ min = 1, max = 2 }}\n\
-             labels = {{ group = \"buses\" }}\n",
-            site.device.gw_if, bed.origin
-        );
+        let url = format!("http://{}:8080/{BUNDLE}", bed.origin);
+        let body = own_file(&site.device.gw_if, &url, &public, "");
         let pins = Pins::with_config("", &body)?;
         let daemon = Daemon::start(&site.gw, &pins, &["d1"])?;
         gateways.push((site, pins, daemon));
@@ -379,5 +387,117 @@ fn a_fleet_follows_signed_bundles_and_refuses_bad_ones() -> anyhow::Result<()> {
         failures(pins, "network") > 0
     })?;
     assert_eq!(status(pins)["fleet"]["revision"], 2);
+    Ok(())
+}
+
+/// A CA, and a certificate it signed for the address `ip`: (CA PEM, certificate, key).
+fn private_ca(dir: &Path, ip: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=fleet test CA", "-keyout"])
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")))?;
+    run(Command::new("openssl")
+        .arg("req")
+        .args(ec)
+        .args(["-subj", "/CN=origin", "-keyout"])
+        .arg(p("origin.key"))
+        .arg("-out")
+        .arg(p("origin.csr")))?;
+    std::fs::write(
+        p("ext.cnf"),
+        format!(
+            "subjectAltName = IP:{ip}\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+        ),
+    )?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(p("origin.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .args(["-CAcreateserial", "-extfile"])
+        .arg(p("ext.cnf"))
+        .arg("-out")
+        .arg(p("origin.pem")))?;
+    Ok((p("ca.pem"), p("origin.pem"), p("origin.key")))
+}
+
+#[test]
+fn bundles_over_https_from_an_origin_of_a_private_ca() -> anyhow::Result<()> {
+    let bed = FleetBed::new(2)?;
+    let work = Work(std::env::temp_dir().join(unique("gwfleettls")));
+    std::fs::create_dir_all(&work.0)?;
+    let records = [
+        ("first.example", "198.51.100.7"),
+        ("second.example", "198.51.100.8"),
+    ];
+    let _dns = Dnsmasq::start(&bed.up, &bed.origin, &records)?;
+    let (ca, cert, key) = private_ca(&work.0, &bed.origin)?;
+    let nginx = Nginx::start_tls(&bed.up, &bed.origin, &cert, &key)?;
+    let (public, secret) = keypair(&work.0, "fleet")?;
+    let r1 = build(&work.0, 1, &["first.example"])?;
+    publish(&nginx, &std::fs::read(&r1)?, Some(&sign(&r1, &secret, 1)?))?;
+    let url = format!("https://{}:8443/{BUNDLE}", bed.origin);
+    // The first gateway trusts the private CA; the second only Mozilla's roots.
+    let trusting = Pins::with_config(
+        "",
+        &own_file(
+            &bed.sites[0].device.gw_if,
+            &url,
+            &public,
+            &format!("ca_file = \"{}\"\n", ca.display()),
+        ),
+    )?;
+    let default_roots =
+        Pins::with_config("", &own_file(&bed.sites[1].device.gw_if, &url, &public, ""))?;
+    let d0 = Daemon::start(&bed.sites[0].gw, &trusting, &["d1"])?;
+    let d1 = Daemon::start(&bed.sites[1].gw, &default_roots, &["d1"])?;
+    let answer = |i: usize, name: &str| {
+        dig(&bed.sites[i].device.ns, "dig", &bed.origin, name, "A")
+            .map(|l| l.status)
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    eventually("the bundle over HTTPS in force", || {
+        answer(0, "first.example") == "NXDOMAIN"
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}\n{}", status(&trusting), d0.log_text()))?;
+    assert_eq!(answer(0, "second.example"), "NOERROR");
+    assert_eq!(status(&trusting)["fleet"]["revision"], 1);
+    eventually("an untrusted certificate refused", || {
+        failures(&default_roots, "network") > 0
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", d1.log_text()))?;
+    let s = status(&default_roots);
+    assert_eq!(s["fleet"]["revision"], serde_json::Value::Null, "{s}");
+    let why = s["fleet"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        why.contains("certificate"),
+        "refused for its certificate: {s}"
+    );
+    assert_eq!(
+        answer(1, "first.example"),
+        "NOERROR",
+        "its own file in force"
+    );
+    assert!(
+        nginx.statuses(&format!("/{BUNDLE}")).contains(&200),
+        "the trusting gateway fetched over TLS"
+    );
     Ok(())
 }

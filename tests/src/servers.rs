@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::Read as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -245,6 +245,26 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(ns: &Netns, addr: &str) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, None)
+    }
+
+    /// As `start`, serving HTTPS on `addr`:8443 with the certificate and key files `cert`, `key`.
+    pub fn start_tls(ns: &Netns, addr: &str, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, Some((cert, key)))
+    }
+
+    fn start_with(ns: &Netns, addr: &str, tls: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
+        let (port, listen) = match tls {
+            None => (8080, format!("listen {addr}:8080;")),
+            Some((cert, key)) => (
+                8443,
+                format!(
+                    "listen {addr}:8443 ssl; ssl_certificate {}; ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+        };
         let dir = std::env::temp_dir().join(unique("gwnginx"));
         let root = dir.join("www");
         fs::create_dir_all(&root)?;
@@ -254,7 +274,7 @@ impl Nginx {
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-             scgi_temp_path {d}/scgi;\n  server {{ listen {addr}:8080; root {}; }}\n}}\n",
+             scgi_temp_path {d}/scgi;\n  server {{ {listen} root {}; }}\n}}\n",
             root.display()
         );
         fs::write(dir.join("nginx.conf"), conf)?;
@@ -272,12 +292,12 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ns
             .run("ss", &["-tln"])
-            .map(|o| o.contains(&format!("{addr}:8080")))
+            .map(|o| o.contains(&format!("{addr}:{port}")))
             .unwrap_or(false)
         {
             if Instant::now() > deadline {
                 bail!(
-                    "nginx did not start listening on {addr}:8080: {}",
+                    "nginx did not start listening on {addr}:{port}: {}",
                     fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
                 );
             }

@@ -28,6 +28,7 @@ pub(super) struct RawFleet {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     max_bytes: Option<Spanned<i64>>,
+    ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +56,9 @@ pub struct Fleet {
     /// is not for it.
     pub labels: BTreeMap<String, String>,
     pub max_bytes: u64,
+    /// PEM certificates of the CAs an https origin's certificate must chain to, instead of
+    /// Mozilla's roots (a private PKI).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Fleet {
@@ -68,6 +72,13 @@ impl Fleet {
 pub fn name_of(url: &str) -> &str {
     let path = url.split(['?', '#']).next().unwrap_or(url);
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The default signature URL of a bundle at `url`: its path with `.minisig` appended, before
+/// any query (a pre-signed URL needs `signature_url` of its own).
+fn signature_of(url: &str) -> String {
+    let at = url.find(['?', '#']).unwrap_or(url.len());
+    format!("{}.minisig{}", &url[..at], &url[at..])
 }
 
 /// Validates `[fleet]`; errors are located in `loc`'s file and added to `errors`.
@@ -143,6 +154,20 @@ pub(super) fn validate(
             DEFAULT_MAX_BUNDLE_BYTES
         }
     };
+    let ca_file = raw.ca_file.as_ref().map(|c| base.join(c.get_ref()));
+    if let (Some(spanned), Some(path)) = (&raw.ca_file, &ca_file) {
+        match std::fs::read_to_string(path) {
+            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+            Ok(_) => errors.push(loc.at(
+                spanned,
+                format!("fleet.ca_file: {} holds no PEM certificate", path.display()),
+            )),
+            Err(e) => errors.push(loc.at(
+                spanned,
+                format!("fleet.ca_file: cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
     if errors.len() > before {
         return None;
     }
@@ -151,7 +176,7 @@ pub(super) fn validate(
         signature_url: raw
             .signature_url
             .as_ref()
-            .map_or_else(|| format!("{url}.minisig"), |s| s.get_ref().clone()),
+            .map_or_else(|| signature_of(url), |s| s.get_ref().clone()),
         public_keys: raw
             .public_keys
             .get_ref()
@@ -163,5 +188,6 @@ pub(super) fn validate(
         local: raw.local.as_ref().map(|l| base.join(l.get_ref())),
         labels: raw.labels.clone(),
         max_bytes,
+        ca_file,
     })
 }

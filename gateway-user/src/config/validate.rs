@@ -623,6 +623,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         .as_ref()
         .and_then(|f| fleet::validate(f, &base, loc, &mut errors));
     files.extend(fleet.as_ref().and_then(|f| f.local.clone()));
+    files.extend(fleet.as_ref().and_then(|f| f.ca_file.clone()));
 
     if let (true, Some(listen)) = (errors.is_empty(), listen) {
         Ok(Config {

@@ -135,7 +135,7 @@ fn run(
     updates: &mpsc::Receiver<Fleet>,
     candidates: &mpsc::Sender<Candidate>,
 ) {
-    let agent = pull::agent();
+    let mut agent = pull::agent_trusting(fleet.ca_file.as_deref());
     let mut failures = 0u64;
     let mut logged: Option<String> = None;
     // The first poll at once: a gateway started with an old bundle catches up.
@@ -144,6 +144,7 @@ fn run(
         match updates.recv_timeout(wait) {
             Ok(new) => {
                 fleet = new;
+                agent = pull::agent_trusting(fleet.ca_file.as_deref());
                 wait = Duration::ZERO;
                 continue;
             }
@@ -152,7 +153,14 @@ fn run(
         }
         let now = jiff::Timestamp::now().as_second();
         let mut record = Record::read(&site.state_dir);
-        match poll(&agent, &fleet, site, &mut record, candidates, now) {
+        let polled = match &agent {
+            Ok(agent) => poll(agent, &fleet, site, &mut record, candidates, now),
+            Err(e) => Err(Refused::new(
+                Failure::Network,
+                format!("fleet.ca_file: {e}"),
+            )),
+        };
+        match polled {
             Ok(outcome) => {
                 failures = 0;
                 record.succeeded(now);

@@ -22,17 +22,43 @@ pub(super) enum Pulled {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The HTTP client: timeouts, our user agent, statuses as values (a 404 is an answer to
-/// report, not a transport error), rustls.
-pub(super) fn agent() -> ureq::Agent {
+/// The HTTP client's settings: timeouts, our user agent, statuses as values (a 404 is an
+/// answer to report, not a transport error), rustls.
+fn settings() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(Some(PULL_TIMEOUT))
         .http_status_as_error(false)
         .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
         .max_redirects(5)
-        .build()
-        .into()
+}
+
+/// The HTTP client, trusting Mozilla's roots.
+pub(super) fn agent() -> ureq::Agent {
+    settings().build().into()
+}
+
+/// `agent`, trusting the CAs of the PEM file `ca_file` instead of Mozilla's roots if given.
+pub(super) fn agent_trusting(ca_file: Option<&std::path::Path>) -> Result<ureq::Agent, String> {
+    let Some(path) = ca_file else {
+        return Ok(agent());
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut roots = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+        .build();
+    Ok(settings().tls_config(tls).build().into())
 }
 
 /// GETs `url`, conditional on the validators of the copy in use; a body over `limit` bytes

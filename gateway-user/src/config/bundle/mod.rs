@@ -381,7 +381,7 @@ fn local_keys(path: &Path) -> anyhow::Result<Vec<(&'static str, toml::Value)>> {
             match *key {
                 "gateway.state_dir" | "gateway.bpffs" => absolute(&mut v),
                 "api" | "fleet" => {
-                    for path_key in ["token_file", "local"] {
+                    for path_key in ["token_file", "local", "ca_file"] {
                         if let Some(p) = v.as_table_mut().and_then(|t| t.get_mut(path_key)) {
                             absolute(p);
                         }

@@ -298,3 +298,46 @@ fn build_refuses_files_outside_the_directory_and_bad_configurations() {
     assert!(format!("{e:#}").contains("gateway.toml:"), "located: {e:#}");
     assert!(!s.0.join("b.tar.gz").exists() && !s.0.join("b.tar.partial").exists());
 }
+
+#[test]
+fn fleet_section_errors_are_located() {
+    let s = Scratch::new("fleetcfg");
+    std::fs::write(s.0.join("not-a-ca.pem"), "hello\n").expect("file");
+    let text = r#"
+[fleet]
+bundle_url = "ftp://cdn.example/b.tar.gz"
+public_keys = ["not a key"]
+poll = { min = 0, max = 100000 }
+ca_file = "not-a-ca.pem"
+"#;
+    let errors = Config::parse(text, &s.0.join("gateway.toml"))
+        .expect_err("invalid")
+        .to_string();
+    for (line, what) in [
+        (3, "fleet.bundle_url"),
+        (4, "fleet.public_keys"),
+        (5, "fleet.poll.min"),
+        (5, "fleet.poll.max"),
+        (6, "fleet.ca_file"),
+    ] {
+        assert!(
+            errors.contains(&format!("gateway.toml:{line}:")) && errors.contains(what),
+            "{what} at line {line}: {errors}"
+        );
+    }
+    let (public, _) = keypair(&s.0, "k");
+    let good = format!(
+        "[fleet]\nbundle_url = \"https://cdn.example/fleet/b.tar.gz?x=1\"\npublic_keys = [\"{public}\"]\n"
+    );
+    let config = Config::parse(&good, &s.0.join("gateway.toml")).expect("valid");
+    let fleet = config.fleet.expect("fleet");
+    assert_eq!(fleet.bundle_name(), "b.tar.gz");
+    assert_eq!(
+        fleet.signature_url,
+        "https://cdn.example/fleet/b.tar.gz.minisig?x=1"
+    );
+    assert_eq!(
+        (fleet.poll_min.as_secs(), fleet.poll_max.as_secs()),
+        (60, 120)
+    );
+}
