@@ -6,14 +6,11 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
-/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// `BPF_MAP_UPDATE_BATCH`.
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-/// `BPF_MAP_DELETE_ELEM`.
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-/// `BPF_MAP_GET_NEXT_KEY`.
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+use aya_obj::generated::bpf_cmd::{
+    BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH,
+};
+
+use super::sys::bpf;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -90,10 +87,16 @@ pub fn lookup_all(
     }
 }
 
+/// The bytes of one CPU's value in a per-CPU map element as the kernel lays it out for system
+/// calls: `value_size` rounded up to 8.
+pub fn per_cpu_slot(value_size: usize) -> usize {
+    value_size.div_ceil(8) * 8
+}
+
 /// The values of a per-CPU map element (`raw`, as `lookup_all` returns it) summed over CPUs
 /// with `add`, each CPU's value read from its 8-byte-aligned slot.
 pub fn per_cpu<T: aya::Pod + Default>(raw: &[u8], add: impl Fn(&mut T, &T)) -> T {
-    let stride = size_of::<T>().div_ceil(8) * 8;
+    let stride = per_cpu_slot(size_of::<T>());
     let mut total = T::default();
     for chunk in raw.chunks_exact(stride) {
         // SAFETY: `chunk` holds at least size_of::<T>() bytes written by the kernel for a Pod.
@@ -101,21 +104,6 @@ pub fn per_cpu<T: aya::Pod + Default>(raw: &[u8], add: impl Fn(&mut T, &T)) -> T
         add(&mut total, &v);
     }
     total
-}
-
-/// The `bpf` system call with the attribute struct `attr`.
-///
-/// # Safety
-/// Every pointer in `attr` must point at a live buffer as large as the command reads or writes.
-unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
-    // SAFETY: `attr` is a live, properly sized attribute struct; the caller vouches for the
-    // buffers it points at.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// The `map_elem` member of `union bpf_attr` (lookups, deletions, next keys).
@@ -157,29 +145,27 @@ impl Emptied {
         let cpus = super::cpu_count()?;
         let mut maps = Vec::new();
         for (name, map) in ebpf.maps() {
-            let (data, per_cpu) = match map {
-                Map::Array(d) | Map::PerCpuArray(d) => (d, matches!(map, Map::PerCpuArray(_))),
+            // The value bytes of an array element are known once its info is read.
+            let (data, how) = match map {
+                Map::Array(d) | Map::PerCpuArray(d) => (d, Emptying::Zero(0)),
                 Map::HashMap(d)
                 | Map::LruHashMap(d)
                 | Map::PerCpuHashMap(d)
                 | Map::PerCpuLruHashMap(d)
-                | Map::LpmTrie(d)
-                | Map::RingBuf(d)
-                | Map::ProgramArray(d) => (d, false),
+                | Map::LpmTrie(d) => (d, Emptying::Delete),
+                Map::RingBuf(d) => (d, Emptying::Drain),
+                Map::ProgramArray(d) => (d, Emptying::Keep),
                 other => anyhow::bail!("map {name}: cannot empty a map of type {other:?}"),
             };
             let info = data.info()?;
             let value = info.value_size() as usize;
-            let how = match map {
+            let how = match how {
                 _ if name.starts_with('.') => Emptying::Keep,
-                Map::ProgramArray(_) => Emptying::Keep,
-                Map::RingBuf(_) => Emptying::Drain,
-                Map::Array(_) | Map::PerCpuArray(_) if per_cpu => {
-                    // Per-CPU values: each CPU's in a slot rounded up to 8 bytes.
-                    Emptying::Zero(value.div_ceil(8) * 8 * cpus)
+                Emptying::Zero(_) if matches!(map, Map::PerCpuArray(_)) => {
+                    Emptying::Zero(per_cpu_slot(value) * cpus)
                 }
-                Map::Array(_) | Map::PerCpuArray(_) => Emptying::Zero(value),
-                _ => Emptying::Delete,
+                Emptying::Zero(_) => Emptying::Zero(value),
+                how => how,
             };
             maps.push((name.to_string(), info.id(), how));
         }
@@ -245,7 +231,7 @@ fn delete_all(fd: BorrowedFd<'_>, key_size: usize) -> std::io::Result<()> {
         };
         // SAFETY: `key` (if any) and `next` are buffers of the map's key size.
         match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
-            Ok(()) => keys.push(next),
+            Ok(_) => keys.push(next),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
             Err(e) => return Err(e),
         }
@@ -259,7 +245,7 @@ fn delete_all(fd: BorrowedFd<'_>, key_size: usize) -> std::io::Result<()> {
         // SAFETY: `key` is a buffer of the map's key size.
         match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
             // An LRU map may have evicted it meanwhile.
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }

@@ -64,7 +64,7 @@ pub fn batch_read<K: aya::Pod, V: aya::Pod + Default>(
     use std::os::fd::AsFd as _;
     let value_size = if per_cpu_sum.is_some() {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))?;
-        size_of::<V>().div_ceil(8) * 8 * cpus
+        batch::per_cpu_slot(size_of::<V>()) * cpus
     } else {
         size_of::<V>()
     };

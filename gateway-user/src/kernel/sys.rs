@@ -72,16 +72,21 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut [u64; 4]) -> io::Result<i64> {
-    // SAFETY: `attr` is a zero-initialised buffer at least as large as the attribute struct of
-    // the commands used here (BPF_OBJ_GET: 20 bytes, BPF_LINK_DETACH: 4 bytes); the kernel
-    // reads only `size` bytes of it.
+/// The `bpf` system call `cmd` with the attribute struct `attr` (the kernel reads only
+/// `size_of::<A>()` bytes of it); the call's non-negative result.
+///
+/// # Safety
+/// `attr` must be at least as large as the command's attribute struct, zero where unused, and
+/// every pointer in it must point at a live buffer as large as the command reads or writes.
+pub(super) unsafe fn bpf<A>(cmd: bpf_cmd, attr: &mut A) -> io::Result<i64> {
+    // SAFETY: `attr` is a live struct of `size_of::<A>()` bytes; the caller vouches for its
+    // contents and the buffers it points at.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd as libc::c_long,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr) as libc::c_uint,
+            attr as *mut A,
+            size_of::<A>() as libc::c_uint,
         )
     };
     if rc < 0 {
@@ -96,7 +101,9 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     let mut attr = [0u64; 4];
     attr[0] = c.as_ptr() as u64;
-    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET reads 20 bytes: the path pointer (to `c`, alive across the call)
+    // and zeroed flags.
+    let fd = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -108,7 +115,8 @@ pub fn force_detach_link(path: &Path) -> anyhow::Result<()> {
     let fd = obj_get(path).with_context(|| format!("opening pinned link {}", path.display()))?;
     let mut attr = [0u64; 4];
     attr[0] = fd.as_raw_fd() as u64;
-    match bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr) {
+    // SAFETY: BPF_LINK_DETACH reads 4 bytes: the link's descriptor; no pointers.
+    match unsafe { bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr) } {
         Ok(_) => {}
         // Already detached (its interface went away): only the pin is left.
         Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
