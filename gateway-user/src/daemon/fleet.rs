@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::pull::{self, Pulled};
+use super::pull::{self, PullError, Pulled};
 use crate::config::{
     Config,
     bundle::{self, Failure, Record, Refused},
@@ -104,11 +104,7 @@ pub(super) fn at_start(main: &Config) -> Option<PathBuf> {
             ));
         }
         let digest = blake3::hash(&archive).to_hex().to_string();
-        let dir = bundle::unpacked_dir(state, trusted.revision, &digest);
-        let _ = std::fs::remove_dir_all(&dir);
-        let manifest = bundle::unpack(&archive, &dir, fleet.max_bytes.saturating_mul(8))?;
-        bundle::check_manifest(&manifest, &trusted, &fleet.labels)?;
-        Ok(dir)
+        unpack_checked(&archive, &trusted, &digest, fleet, state).map(|(dir, _)| dir)
     };
     match restore() {
         Ok(dir) => {
@@ -228,13 +224,17 @@ fn poll(
         bundle::MAX_SIGNATURE_BYTES,
     )
     .map_err(|e| {
+        let refused = refused_pull(e);
         // No signature where the bundle is is a signature problem (unsigned or half
         // published), not the origin's.
-        let reason = match refused_pull(e.clone()).reason {
+        let reason = match refused.reason {
             Failure::Http => Failure::Signature,
             other => other,
         };
-        Refused::new(reason, format!("no signature at the signature URL ({e})"))
+        Refused::new(
+            reason,
+            format!("no signature at the signature URL ({})", refused.message),
+        )
     })? {
         Pulled::Body { bytes, .. } => String::from_utf8_lossy(&bytes).into_owned(),
         Pulled::NotModified => {
@@ -285,22 +285,11 @@ fn poll(
             }
         }
     }
-    let dir = bundle::unpacked_dir(&site.state_dir, trusted.revision, &digest);
-    let _ = std::fs::remove_dir_all(&dir);
-    let checked = (|| {
-        let manifest = bundle::unpack(&archive, &dir, fleet.max_bytes.saturating_mul(8))?;
-        bundle::check_manifest(&manifest, &trusted, &fleet.labels)?;
-        bundle::compose(&site.main, &dir)
-            .map_err(|e| Refused::new(Failure::Validation, format!("{e:#}")))?;
-        Ok(manifest)
-    })();
-    let manifest = match checked {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
+    let (dir, manifest) = unpack_checked(&archive, &trusted, &digest, fleet, &site.state_dir)?;
+    if let Err(e) = bundle::compose(&site.main, &dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(Refused::new(Failure::Validation, format!("{e:#}")));
+    }
     let (reply, answer) = mpsc::channel();
     let handed = candidates.send(Candidate {
         revision: trusted.revision,
@@ -345,14 +334,33 @@ fn poll(
     Ok(Some(trusted.revision))
 }
 
+/// Unpacks the verified `archive` (of blake3 `digest`) afresh into its directory under
+/// `state_dir` and checks its manifest against the signature and the gateway's labels; on
+/// refusal nothing is left there.
+fn unpack_checked(
+    archive: &[u8],
+    trusted: &bundle::Trusted,
+    digest: &str,
+    fleet: &Fleet,
+    state_dir: &Path,
+) -> Result<(PathBuf, bundle::Manifest), Refused> {
+    let dir = bundle::unpacked_dir(state_dir, trusted.revision, digest);
+    let _ = std::fs::remove_dir_all(&dir);
+    // Unpacked, a bundle may be at most 8 times its archive's limit.
+    let manifest = bundle::unpack(archive, &dir, fleet.max_bytes.saturating_mul(8))?;
+    if let Err(e) = bundle::check_manifest(&manifest, trusted, &fleet.labels) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok((dir, manifest))
+}
+
 /// A failed pull as a refusal: an HTTP status, a body over the limit, or no answer.
-fn refused_pull(e: String) -> Refused {
-    let reason = if e.starts_with("HTTP ") {
-        Failure::Http
-    } else if e.contains("larger than") {
-        Failure::Size
-    } else {
-        Failure::Network
+fn refused_pull(e: PullError) -> Refused {
+    let reason = match e {
+        PullError::Status(_) => Failure::Http,
+        PullError::TooLarge(_) => Failure::Size,
+        PullError::Transport(_) => Failure::Network,
     };
-    Refused::new(reason, e)
+    Refused::new(reason, e.to_string())
 }

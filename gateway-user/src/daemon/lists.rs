@@ -128,7 +128,7 @@ fn refresh(agent: &ureq::Agent, list: &RemoteList, now: i64) -> Duration {
         modified.as_deref(),
         MAX_LIST_BYTES,
     ) {
-        Err(why) => Outcome::Failed(why),
+        Err(why) => Outcome::Failed(why.to_string()),
         Ok(Pulled::NotModified) => Outcome::Unchanged,
         Ok(Pulled::Body {
             bytes,

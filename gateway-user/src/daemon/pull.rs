@@ -18,6 +18,28 @@ pub(super) enum Pulled {
     },
 }
 
+/// Why a pull got no answer to use. Its text says what went wrong without the URL (which may
+/// hold credentials: the caller names what it pulled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PullError {
+    /// An HTTP status other than 2xx and 304.
+    Status(ureq::http::StatusCode),
+    /// The body was larger than the limit (bytes).
+    TooLarge(u64),
+    /// No answer: DNS, connection, TLS, timeout.
+    Transport(String),
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PullError::Status(s) => write!(f, "HTTP {s}"),
+            PullError::TooLarge(n) => write!(f, "the body is larger than {n} bytes"),
+            PullError::Transport(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Connecting may take this long; a whole pull (headers and body) twice the second one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -62,15 +84,14 @@ pub(super) fn agent_trusting(ca_file: Option<&std::path::Path>) -> Result<ureq::
 }
 
 /// GETs `url`, conditional on the validators of the copy in use; a body over `limit` bytes
-/// (decompressed) is an error. The error says what went wrong without the URL (which may hold
-/// credentials: the caller names the list).
+/// (decompressed) is an error.
 pub(super) fn get(
     agent: &ureq::Agent,
     url: &str,
     etag: Option<&str>,
     last_modified: Option<&str>,
     limit: u64,
-) -> Result<Pulled, String> {
+) -> Result<Pulled, PullError> {
     let mut request = agent.get(url);
     if let Some(e) = etag {
         request = request.header("If-None-Match", e);
@@ -84,7 +105,7 @@ pub(super) fn get(
         return Ok(Pulled::NotModified);
     }
     if !status.is_success() {
-        return Err(format!("HTTP {status}"));
+        return Err(PullError::Status(status));
     }
     let header = |name: &str| {
         response
@@ -107,15 +128,15 @@ pub(super) fn get(
     })
 }
 
-/// A transport error in words.
-fn describe(e: ureq::Error) -> String {
-    match e {
-        ureq::Error::BodyExceedsLimit(n) => format!("the body is larger than {n} bytes"),
+/// A transport error as a `PullError`, in words.
+fn describe(e: ureq::Error) -> PullError {
+    PullError::Transport(match e {
+        ureq::Error::BodyExceedsLimit(n) => return PullError::TooLarge(n),
         ureq::Error::HostNotFound => "host not found".into(),
         ureq::Error::ConnectionFailed => "connection failed".into(),
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         other => other.to_string(),
-    }
+    })
 }
 
 /// A random number in [0, 1): the per-process random keys of std's hasher, drawn anew each

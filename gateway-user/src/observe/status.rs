@@ -72,7 +72,8 @@ impl ReloadStatus {
 /// fleet gateway the bundle in force and the last attempts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusView {
-    /// The file in force (a fleet bundle's `gateway.toml` while one is).
+    /// The configuration the view was made of: for `/api/v1/status` the daemon's in force (a
+    /// fleet bundle's `gateway.toml` while one is), for `gateway status` the gateway's own file.
     pub config: String,
     pub reloads: u64,
     pub reloads_failed: u64,
