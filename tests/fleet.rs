@@ -14,7 +14,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gateway_testbed::{Daemon, Dnsmasq, FleetBed, Nginx, Pins, dig, eventually, unique};
+use gateway_testbed::{
+    Daemon, Dnsmasq, FleetBed, Nginx, Pins, dig, eventually, private_ca, unique,
+};
 
 const BUNDLE: &str = "fleet.tar.gz";
 
@@ -388,51 +390,6 @@ fn a_fleet_follows_signed_bundles_and_refuses_bad_ones() -> anyhow::Result<()> {
     })?;
     assert_eq!(status(pins)["fleet"]["revision"], 2);
     Ok(())
-}
-
-/// A CA, and a certificate it signed for the address `ip`: (CA PEM, certificate, key).
-fn private_ca(dir: &Path, ip: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    let p = |n: &str| dir.join(n);
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(Command::new("openssl")
-        .args(["req", "-x509"])
-        .args(ec)
-        .args(["-days", "2", "-subj", "/CN=fleet test CA", "-keyout"])
-        .arg(p("ca.key"))
-        .arg("-out")
-        .arg(p("ca.pem")))?;
-    run(Command::new("openssl")
-        .arg("req")
-        .args(ec)
-        .args(["-subj", "/CN=origin", "-keyout"])
-        .arg(p("origin.key"))
-        .arg("-out")
-        .arg(p("origin.csr")))?;
-    std::fs::write(
-        p("ext.cnf"),
-        format!(
-            "subjectAltName = IP:{ip}\nbasicConstraints = CA:FALSE\n\
-             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
-        ),
-    )?;
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-in"])
-        .arg(p("origin.csr"))
-        .arg("-CA")
-        .arg(p("ca.pem"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .args(["-CAcreateserial", "-extfile"])
-        .arg(p("ext.cnf"))
-        .arg("-out")
-        .arg(p("origin.pem")))?;
-    Ok((p("ca.pem"), p("origin.pem"), p("origin.key")))
 }
 
 #[test]

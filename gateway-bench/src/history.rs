@@ -78,12 +78,14 @@ pub fn history() -> anyhow::Result<HistoryRow> {
         max_rows: 10_000_000,
         max_bytes: 1 << 30,
         pseudonymize: false,
+        ship: None,
     };
     let recorder = Recorder::start(
         runner.maps.take_events()?,
         Some(Store::open(&dir.join("ring"))?),
         Arc::new(RwLock::new(names)),
         Arc::new(RwLock::new(keep)),
+        None,
     );
     let frame = dns_query_frame("www.d500.site500.example");
     let (per_tick, tick) = (200u32, std::time::Duration::from_millis(10));
@@ -161,6 +163,7 @@ pub fn history() -> anyhow::Result<HistoryRow> {
         domains: 0,
         recorder: None,
         pseudonym: None,
+        ship: None,
     };
     let mut times = Vec::new();
     let mut scrape_bytes = 0;

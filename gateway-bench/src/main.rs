@@ -6,6 +6,7 @@ mod config;
 mod datapath;
 mod history;
 mod lists;
+mod shipping;
 mod streams;
 mod verdicts;
 
@@ -45,6 +46,9 @@ struct Args {
     /// Only the list parsing table.
     #[arg(long)]
     lists_only: bool,
+    /// Only the shipping table (syslog shipper on and off, remote-write push size).
+    #[arg(long)]
+    shipping_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +64,10 @@ fn main() -> anyhow::Result<()> {
     }
     if args.history_only {
         print!("{}", history::render_history(&history::history()?));
+        return Ok(());
+    }
+    if args.shipping_only {
+        print!("{}", shipping::render_shipping(&shipping::shipping()?));
         return Ok(());
     }
     if args.lists_only {
@@ -93,10 +101,11 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let history = history::history()?;
     let lists = lists::lists()?;
+    let shipping = shipping::shipping()?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "streams": streams, "config": config, "history": history, "lists": lists })
+            serde_json::json!({ "data_path": rows, "dns": dns, "tls": tls, "streams": streams, "config": config, "history": history, "lists": lists, "shipping": shipping })
         );
     } else {
         print!(
@@ -123,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", history::render_history(&history));
         println!();
         print!("{}", lists::render_lists(&lists));
+        println!();
+        print!("{}", shipping::render_shipping(&shipping));
     }
     Ok(())
 }

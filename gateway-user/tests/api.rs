@@ -58,6 +58,7 @@ fn app(rt: &tokio::runtime::Runtime) -> (axum::Router, Arc<Mutex<Vec<Request>>>)
             domains: 0,
             recorder: None,
             pseudonym: None,
+            ship: None,
         }),
         token: Some(TOKEN.into()),
         commands: tx,

@@ -65,15 +65,24 @@ pub fn host(program: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Waits up to 10 s until `f` holds (counters and answers come from other processes).
-pub fn eventually(what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn eventually(what: &str, f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    eventually_within(what, 10, f)
+}
+
+/// Waits up to `seconds` until `f` holds (a pipeline that backs off takes longer).
+pub fn eventually_within(
+    what: &str,
+    seconds: u64,
+    mut f: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         if f() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{what}: not seen within 10 s")
+    bail!("{what}: not seen within {seconds} s")
 }
 
 /// A client's exit status, stdout and stderr, as one text to search and to show on failure.

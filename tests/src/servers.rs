@@ -1,5 +1,6 @@
 //! Real servers and clients in the bed's namespaces: dnsmasq, dig, an HTTPS upstream (socat
-//! with openssl), curl, nginx serving files.
+//! with openssl), curl, nginx serving files, Prometheus taking remote-write, rsyslog taking
+//! syslog over TCP and TLS, and a private CA for their certificates.
 
 use std::{
     fs,
@@ -330,6 +331,308 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA, and a certificate it signed for the address `ip`: (CA PEM, certificate, key).
+pub fn private_ca(dir: &Path, ip: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let p = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "2", "-subj", "/CN=gateway test CA", "-keyout"])
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
+    )?;
+    run_ok(
+        Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", "/CN=origin", "-keyout"])
+            .arg(p("origin.key"))
+            .arg("-out")
+            .arg(p("origin.csr")),
+    )?;
+    std::fs::write(
+        p("ext.cnf"),
+        format!(
+            "subjectAltName = IP:{ip}\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+        ),
+    )?;
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(p("origin.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(p("ext.cnf"))
+            .arg("-out")
+            .arg(p("origin.pem")),
+    )?;
+    Ok((p("ca.pem"), p("origin.pem"), p("origin.key")))
+}
+
+fn run_ok(c: &mut Command) -> anyhow::Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until something in `ns` listens on TCP `addr:port`; `log` says why not.
+fn wait_listening(
+    ns: &Netns,
+    what: &str,
+    addr: &str,
+    port: u16,
+    log: impl Fn() -> String,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ns
+        .run("ss", &["-tln"])
+        .map(|o| o.contains(&format!("{addr}:{port}")))
+        .unwrap_or(false)
+    {
+        if Instant::now() > deadline {
+            bail!("{what} did not start listening on {addr}:{port}: {}", log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Debian's Prometheus in `ns` on `addr`:9090 as a remote-write receiver only (no scrapes),
+/// its TSDB in a directory of its own.
+pub struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    pub addr: String,
+    ns_path: PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(ns: &Netns, addr: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("gwprom"));
+        fs::create_dir_all(dir.join("data"))?;
+        fs::write(
+            dir.join("prometheus.yml"),
+            "global:\n  scrape_interval: 1m\n",
+        )?;
+        let log = fs::File::create(dir.join("prometheus.log"))?;
+        let child = ns
+            .command("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}:9090"))
+            .arg("--web.enable-remote-write-receiver")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting prometheus (cargo xtask setup installs it)")?;
+        let p = Self {
+            child,
+            dir,
+            addr: addr.to_string(),
+            ns_path: ns.path(),
+        };
+        wait_listening(ns, "prometheus", addr, 9090, || p.log())?;
+        Ok(p)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The remote-write endpoint.
+    pub fn write_url(&self) -> String {
+        format!("http://{}:9090/api/v1/write", self.addr)
+    }
+
+    /// The `data.result` of the instant query `query` through the HTTP API, from `ns`.
+    pub fn query(&self, query: &str) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .args(["curl", "-sS", "--max-time", "5", "-G"])
+            .arg(format!("http://{}:9090/api/v1/query", self.addr))
+            .arg("--data-urlencode")
+            .arg(format!("query={query}"))
+            .output()?;
+        let text = check("curl the Prometheus query API", out)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("the query API answered {text}"))?;
+        if v["status"] != "success" {
+            bail!("{query}: {text}");
+        }
+        Ok(v["data"]["result"].clone())
+    }
+
+    /// The value of a query whose answer is one number (0 if it has no series).
+    pub fn number(&self, query: &str) -> anyhow::Result<f64> {
+        let r = self.query(query)?;
+        match r.as_array().and_then(|a| a.first()) {
+            None => Ok(0.0),
+            Some(s) => s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{query}: {s}")),
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian's rsyslog in `ns` taking RFC 6587 syslog over TCP (or TLS, RFC 5425) on `addr`:`port`
+/// and writing each message as received, one per line, to `out`. It can be stopped and
+/// started again, appending to the same file.
+pub struct Rsyslog {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub out: PathBuf,
+    addr: String,
+    port: u16,
+}
+
+impl Rsyslog {
+    /// Plain TCP.
+    pub fn start(ns: &Netns, addr: &str, port: u16) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, port, None)
+    }
+
+    /// TLS with the certificate and key files `cert`, `key` (no client authentication).
+    pub fn start_tls(
+        ns: &Netns,
+        addr: &str,
+        port: u16,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, port, Some((ca, cert, key)))
+    }
+
+    fn start_with(
+        ns: &Netns,
+        addr: &str,
+        port: u16,
+        tls: Option<(&Path, &Path, &Path)>,
+    ) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("gwrsyslog"));
+        fs::create_dir_all(dir.join("work"))?;
+        let out = dir.join("received.log");
+        let (global, module) = match tls {
+            None => (String::new(), "module(load=\"imtcp\")".to_string()),
+            Some((ca, cert, key)) => (
+                format!(
+                    "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{}\" \
+                     DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")",
+                    ca.display(),
+                    cert.display(),
+                    key.display()
+                ),
+                "module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.Authmode=\"anon\")".to_string(),
+            ),
+        };
+        let conf = format!(
+            "global(workDirectory=\"{work}\" maxMessageSize=\"64k\")\n{global}\n{module}\n\
+             input(type=\"imtcp\" address=\"{addr}\" port=\"{port}\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+             action(type=\"omfile\" file=\"{out}\" template=\"raw\" asyncWriting=\"off\" flushOnTXEnd=\"on\")\n",
+            work = dir.join("work").display(),
+            out = out.display(),
+        );
+        fs::write(dir.join("rsyslog.conf"), conf)?;
+        let mut r = Self {
+            child: None,
+            dir,
+            out,
+            addr: addr.to_string(),
+            port,
+        };
+        r.resume(ns)?;
+        Ok(r)
+    }
+
+    /// Starts it (again).
+    pub fn resume(&mut self, ns: &Netns) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("rsyslogd.log"))?;
+        let child = ns
+            .command("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(self.dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(self.dir.join("rsyslogd.pid"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting rsyslogd (cargo xtask setup installs rsyslog)")?;
+        self.child = Some(child);
+        let dir = self.dir.clone();
+        wait_listening(ns, "rsyslogd", &self.addr, self.port, move || {
+            fs::read_to_string(dir.join("rsyslogd.log")).unwrap_or_default()
+        })
+    }
+
+    /// Stops it as an operator would (SIGTERM), and waits for it to exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with a pid of our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The messages received so far, each as received (without its octet count).
+    pub fn messages(&self) -> Vec<String> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -35,13 +35,15 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",     // a real browser's two-segment ClientHello
     "dnsperf",      // the DNS benchmark's load
     "unbound",      // a baseline of the DNS benchmark
-    "prometheus",   // promtool: checks a live /metrics scrape
+    "prometheus", // promtool checks a live /metrics scrape; the remote-write receiver of the shipping tests
     "qemu-system-x86", // the kernel matrix boots Debian's 6.1 and 6.12 under qemu
-    "kmod",         // modprobe, which the matrix guests run from the host's filesystem
+    "kmod",       // modprobe, which the matrix guests run from the host's filesystem
     "busybox-static", // virtme-ng's guest init
     "webext-ublock-origin-chromium", // EasyList and EasyPrivacy: real adblock lists for tests
-    "nginx",        // serves lists by URL and fleet bundles (ETag, 304) in the download tests
-    "minisign",     // signs fleet bundles in the fleet tests, as operators do
+    "nginx",      // serves lists by URL and fleet bundles (ETag, 304) in the download tests
+    "minisign",   // signs fleet bundles in the fleet tests, as operators do
+    "rsyslog",    // the syslog receiver (imtcp) of the history-shipping tests
+    "rsyslog-gnutls", // its TLS (RFC 5425) driver
 ];
 
 /// virtme-ng, which boots a kernel on the host's own filesystem (PyPI).

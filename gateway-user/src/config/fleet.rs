@@ -155,18 +155,10 @@ pub(super) fn validate(
         }
     };
     let ca_file = raw.ca_file.as_ref().map(|c| base.join(c.get_ref()));
-    if let (Some(spanned), Some(path)) = (&raw.ca_file, &ca_file) {
-        match std::fs::read_to_string(path) {
-            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
-            Ok(_) => errors.push(loc.at(
-                spanned,
-                format!("fleet.ca_file: {} holds no PEM certificate", path.display()),
-            )),
-            Err(e) => errors.push(loc.at(
-                spanned,
-                format!("fleet.ca_file: cannot read {}: {e}", path.display()),
-            )),
-        }
+    if let (Some(spanned), Some(path)) = (&raw.ca_file, &ca_file)
+        && let Err(e) = super::telemetry::check_ca_file(path, "fleet.ca_file")
+    {
+        errors.push(loc.at(spanned, e));
     }
     if errors.len() > before {
         return None;

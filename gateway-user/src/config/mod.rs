@@ -20,6 +20,7 @@ mod policy;
 mod raw;
 pub mod remote;
 mod sections;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -93,6 +94,8 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     /// `[fleet]`: the policy comes from a signed bundle (`bundle`).
     pub fleet: Option<fleet::Fleet>,
+    /// `[telemetry]`: metrics pushed by remote-write.
+    pub telemetry: Option<telemetry::Telemetry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) lifecycle: RawLifecycle,
     pub(super) fleet: Option<super::fleet::RawFleet>,
+    pub(super) telemetry: Option<super::telemetry::RawTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +57,9 @@ pub(super) struct RawHistory {
     pub(super) max_rows: Option<Spanned<i64>>,
     pub(super) max_megabytes: Option<Spanned<i64>>,
     pub(super) pseudonymize: Option<bool>,
+    pub(super) ship: Option<Spanned<String>>,
+    pub(super) ship_only: Option<Spanned<String>>,
+    pub(super) ship_ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

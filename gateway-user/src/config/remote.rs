@@ -209,7 +209,7 @@ pub(super) fn resolve(entry: &RawList, base: &Path, state_dir: &Path) -> Result<
     };
     let refresh = match refresh {
         None => DEFAULT_REFRESH,
-        Some(r) => parse_refresh(r)?,
+        Some(r) => parse_duration(r, "refresh")?,
     };
     let max_shrink = match max_shrink {
         None => DEFAULT_MAX_SHRINK,
@@ -265,12 +265,13 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `refresh`: seconds, or a duration such as `"6h"`, `"30m"`, `"1d"`; at least a second.
-fn parse_refresh(r: &RawRefresh) -> Result<Duration, String> {
+/// A duration setting (`key`: a list's `refresh`, `[telemetry] interval`): seconds, or a
+/// duration such as `"6h"`, `"30m"`, `"1d"`; at least a second.
+pub(super) fn parse_duration(r: &RawRefresh, key: &str) -> Result<Duration, String> {
     let d = match r {
         RawRefresh::Seconds(s) => u64::try_from(*s)
             .map(Duration::from_secs)
-            .map_err(|_| format!("refresh = {s}: seconds, 1 or more"))?,
+            .map_err(|_| format!("{key} = {s}: seconds, 1 or more"))?,
         RawRefresh::Text(t) => t
             .parse::<jiff::Span>()
             .ok()
@@ -281,12 +282,12 @@ fn parse_refresh(r: &RawRefresh) -> Result<Duration, String> {
             .and_then(|d| Duration::try_from(d).ok())
             .ok_or_else(|| {
                 format!(
-                    "refresh = \"{t}\" is not a duration (expected e.g. \"24h\", \"30m\", \"1d\")"
+                    "{key} = \"{t}\" is not a duration (expected e.g. \"24h\", \"30m\", \"1d\")"
                 )
             })?,
     };
     if d < Duration::from_secs(1) {
-        return Err("refresh: at least 1 second".into());
+        return Err(format!("{key}: at least 1 second"));
     }
     Ok(d)
 }
@@ -370,7 +371,7 @@ mod tests {
 
     #[test]
     fn refresh_durations() {
-        let ok = |r: RawRefresh| parse_refresh(&r).expect("duration");
+        let ok = |r: RawRefresh| parse_duration(&r, "refresh").expect("duration");
         assert_eq!(ok(RawRefresh::Text("24h".into())), DEFAULT_REFRESH);
         assert_eq!(ok(RawRefresh::Text("1d".into())), DEFAULT_REFRESH);
         assert_eq!(
@@ -383,7 +384,7 @@ mod tests {
             RawRefresh::Seconds(0),
             RawRefresh::Seconds(-5),
         ] {
-            assert!(parse_refresh(&bad).is_err());
+            assert!(parse_duration(&bad, "refresh").is_err());
         }
     }
 

@@ -80,6 +80,8 @@ pub struct History {
     pub max_bytes: u64,
     /// Store a keyed hash instead of the device name.
     pub pseudonymize: bool,
+    /// Where the stored decisions are shipped as syslog (`ship`, `ship_only`, `ship_ca_file`).
+    pub ship: Option<super::telemetry::Ship>,
 }
 
 /// The API token file in the state directory unless `[api] token_file` says otherwise.

@@ -670,7 +670,7 @@ fn api_and_history_settings() {
         ),
         (
             "[history]\npseudonymise = true\n",
-            "t.toml:2:1: unknown field `pseudonymise`, expected one of `enabled`, `retention_days`, `max_rows`, `max_megabytes`, `pseudonymize`",
+            "t.toml:2:1: unknown field `pseudonymise`, expected one of `enabled`, `retention_days`, `max_rows`, `max_megabytes`, `pseudonymize`, `ship`, `ship_only`, `ship_ca_file`",
         ),
     ] {
         assert_eq!(first_error(text), want, "{text}");

@@ -24,7 +24,7 @@ use super::{
     locate::Locator,
     policy::{parse_days, parse_time},
     raw::RawConfig,
-    remote,
+    remote, telemetry,
 };
 
 /// TCP and UDP port of DNS over TLS and DNS over QUIC, which the built-in `dns-bypass` category
@@ -616,7 +616,14 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
             DEFAULT_MAX_MEGABYTES,
         ) << 20,
         pseudonymize: raw.history.pseudonymize.unwrap_or(false),
+        ship: telemetry::validate_ship(&raw.history, &base, loc, &mut errors),
     };
+    let telemetry = raw
+        .telemetry
+        .as_ref()
+        .and_then(|t| telemetry::validate(t, &base, loc, &mut errors));
+    files.extend(telemetry.as_ref().and_then(|t| t.ca_file.clone()));
+    files.extend(history.ship.as_ref().and_then(|s| s.ca_file.clone()));
 
     let fleet = raw
         .fleet
@@ -666,6 +673,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
                 overdue: raw.lifecycle.overdue.unwrap_or_default(),
             },
             fleet,
+            telemetry,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -57,22 +57,7 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>, headers: HeaderMap) 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let snapshot = {
-            let maps = shared
-                .maps
-                .lock()
-                .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
-            stats::snapshot(&maps)?
-        };
-        let info = shared
-            .info
-            .read()
-            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
-            .clone();
-        metrics::render(&snapshot, &info, jiff::Timestamp::now())
-    })
-    .await;
+    let rendered = tokio::task::spawn_blocking(move || render_metrics(&shared)).await;
     match rendered {
         Ok(Ok(text)) if openmetrics => {
             ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
@@ -88,6 +73,24 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>, headers: HeaderMap) 
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// The exposition of the counters and the daemon's state now (OpenMetrics): what `/metrics`
+/// serves and remote-write pushes.
+pub fn render_metrics(shared: &Shared) -> anyhow::Result<String> {
+    let snapshot = {
+        let maps = shared
+            .maps
+            .lock()
+            .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+        stats::snapshot(&maps)?
+    };
+    let info = shared
+        .info
+        .read()
+        .map_err(|_| anyhow::anyhow!("state lock poisoned"))?
+        .clone();
+    metrics::render(&snapshot, &info, jiff::Timestamp::now())
 }
 
 /// An API error as JSON with its status.

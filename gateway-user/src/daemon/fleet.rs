@@ -191,7 +191,7 @@ fn run(
 
 /// A delay drawn uniformly in [min, max].
 fn uniform(min: Duration, max: Duration) -> Duration {
-    min + (max.saturating_sub(min)).mul_f64(pull::unit_random())
+    min + (max.saturating_sub(min)).mul_f64(crate::observe::ship::retry::unit_random())
 }
 
 /// One poll; `Ok(Some(revision))` when a new bundle was activated, `Ok(None)` when the one in

@@ -12,6 +12,7 @@ mod lists;
 mod notify;
 mod pull;
 mod reload;
+mod shipping;
 mod state;
 
 use std::{
@@ -122,6 +123,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pseudonym,
         recorder_stats: None,
         bundle,
+        ship: Default::default(),
         config,
     };
     state.status.write(&state.status_path);
@@ -138,7 +140,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The recorder owns the event ring; the HTTP handlers get map handles of their own.
     let recorder = match running.maps.take_events() {
         Ok(ring) => {
-            let r = Recorder::start(ring, store, state.names.clone(), state.keep.clone());
+            let r = Recorder::start(
+                ring,
+                store,
+                state.names.clone(),
+                state.keep.clone(),
+                Some(state.ship.syslog.clone()),
+            );
             state.recorder_stats = Some(r.stats.clone());
             Some(r)
         }
@@ -165,6 +173,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     domains: 0,
                     recorder: state.recorder_stats.clone(),
                     pseudonym: state.pseudonym.clone(),
+                    ship: Some(state.ship.clone()),
                 }),
                 token,
                 commands: commands_tx,
@@ -192,6 +201,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             None
         }
     };
+    // Metrics and history leave for the centre if configured; a reload that changes where
+    // restarts the pipeline.
+    let mut pipelines = shipping::Pipelines::new(state.ship.clone(), state.shared.clone());
+    pipelines.follow(&state.config);
     // A fleet gateway polls for bundles; one verified and valid is applied in the loop below.
     let mut poller = state.config.fleet.as_ref().and_then(|f| {
         fleet::Poller::start(f, &main_file, &state.config.state_dir)
@@ -234,6 +247,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if running.attachments.iter().all(|a| !running.pins.link(&a.iface).exists()) {
                     tracing::info!("the filter was detached (gateway detach); exiting");
                     let _ = std::fs::remove_file(&pid_path);
+                    pipelines.stop();
                     if let Some(r) = recorder {
                         r.stop();
                     }
@@ -247,6 +261,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Some(r) = &mut refresher {
                     r.follow(&state.config.remote_lists);
                 }
+                pipelines.follow(&state.config);
                 let candidate = poller
                     .as_mut()
                     .zip(state.config.fleet.clone())
@@ -285,6 +300,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&pid_path);
     notify("STOPPING=1");
+    pipelines.stop();
     if let Some(r) = recorder {
         r.stop();
     }

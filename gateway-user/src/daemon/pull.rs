@@ -1,9 +1,12 @@
 //! Pulling over HTTP: one conditional GET (`If-None-Match` / `If-Modified-Since`, a 304 when
 //! nothing changed), every body size-limited, HTTPS through rustls with Mozilla's roots; and
-//! when to ask next — after a jittered delay, backing off exponentially (capped, full jitter)
-//! while attempts fail, as OPA's bundle downloader does. The lists and the fleet bundles use it.
+//! when to ask next — after a jittered delay, backing off exponentially (capped, full jitter,
+//! `observe::ship::retry`) while attempts fail, as OPA's bundle downloader does. The lists,
+//! the fleet bundles and the remote-write pushes use it.
 
 use std::time::Duration;
+
+use crate::observe::ship::retry;
 
 /// What a pull got.
 #[derive(Debug)]
@@ -139,63 +142,17 @@ fn describe(e: ureq::Error) -> PullError {
     })
 }
 
-/// A random number in [0, 1): the per-process random keys of std's hasher, drawn anew each
-/// call (enough to spread a fleet's requests; nothing secret depends on it).
-pub(super) fn unit_random() -> f64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// The delay before the next pull after a success: `every`, give or take a tenth, so that
-/// gateways started together drift apart.
+/// The delay before the next pull after a success: `every`, give or take a tenth.
 pub(super) fn after_success(every: Duration) -> Duration {
-    every.mul_f64(0.9 + 0.2 * unit_random())
+    retry::jittered(every)
 }
 
 /// The delay before the next pull after `failures` failures in a row: 30 s doubling each time,
-/// capped at `every` (and at an hour), the actual delay drawn uniformly below that ("full
-/// jitter"), at least a second.
+/// capped at `every` (and at an hour), full jitter.
 pub(super) fn after_failure(failures: u64, every: Duration) -> Duration {
-    let cap = every.min(Duration::from_secs(3600));
-    let exp = failures.saturating_sub(1).min(16) as u32;
-    let ceiling = Duration::from_secs(30).saturating_mul(1 << exp).min(cap);
-    ceiling.mul_f64(unit_random()).max(Duration::from_secs(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_are_jittered_and_bounded() {
-        let day = Duration::from_secs(86_400);
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..200 {
-            let d = after_success(day);
-            assert!(d >= day.mul_f64(0.9) && d <= day.mul_f64(1.1), "{d:?}");
-            seen.insert(d.as_secs());
-        }
-        assert!(
-            seen.len() > 100,
-            "not random: {} distinct delays",
-            seen.len()
-        );
-        for failures in 1..40 {
-            let d = after_failure(failures, day);
-            let ceiling = Duration::from_secs(30 << failures.saturating_sub(1).min(7));
-            assert!(d >= Duration::from_secs(1), "{d:?}");
-            assert!(
-                d <= ceiling.min(Duration::from_secs(3600)),
-                "{failures}: {d:?}"
-            );
-        }
-        // A short refresh caps the backoff.
-        assert!(after_failure(10, Duration::from_secs(2)) <= Duration::from_secs(2));
-    }
+    retry::full_jitter(
+        failures,
+        Duration::from_secs(30),
+        every.min(Duration::from_secs(3600)),
+    )
 }

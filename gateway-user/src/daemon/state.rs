@@ -17,7 +17,7 @@ use crate::{
     kernel::attach::Running,
     observe::{
         history::{self, Names, Naming, Pseudonym, Store},
-        metrics,
+        metrics, ship,
         status::ReloadStatus,
     },
 };
@@ -52,6 +52,9 @@ pub(super) struct State {
     pub(super) recorder_stats: Option<Arc<history::RecorderStats>>,
     /// The fleet bundle in force, unpacked (`None`: the gateway's own file alone).
     pub(super) bundle: Option<PathBuf>,
+    /// What the shipping pipelines have done (they restart when their settings change; the
+    /// counts stay).
+    pub(super) ship: Arc<ship::ShipStats>,
 }
 
 /// What decides the kernel state of each device at `now`: its policy in force and suspension.
@@ -97,6 +100,7 @@ impl State {
                 domains: running.applier.domains(),
                 recorder: self.recorder_stats.clone(),
                 pseudonym: self.pseudonym.clone(),
+                ship: Some(self.ship.clone()),
             };
             *shared.info.write().unwrap_or_else(|e| e.into_inner()) = info;
         }

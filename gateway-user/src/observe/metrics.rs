@@ -33,6 +33,8 @@ pub struct Info {
     pub recorder: Option<std::sync::Arc<RecorderStats>>,
     /// For `device_labels = "pseudonym"`.
     pub pseudonym: Option<Pseudonym>,
+    /// The shipping pipelines' counts.
+    pub ship: Option<std::sync::Arc<super::ship::ShipStats>>,
 }
 
 /// Reasons that mean a frame or a query could not be parsed.
@@ -245,6 +247,65 @@ fn fleet_metrics(r: &mut Registry, config: &Config) {
                 reason: reason.label().to_string(),
             })
             .inc_by(record.failures.get(&reason).copied().unwrap_or(0));
+    }
+}
+
+/// The shipping pipelines that are configured: remote-write in samples, syslog in rows.
+fn ship_metrics(r: &mut Registry, config: &Config, ship: &super::ship::ShipStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if config.telemetry.is_some() {
+        let s = &ship.remote_write;
+        plain_gauge(
+            r,
+            "gateway_remote_write_pending_samples",
+            "Samples waiting to be pushed (in memory and in the spool)",
+            s.pending() as i64,
+        );
+        plain_counter(
+            r,
+            "gateway_remote_write_sent_samples",
+            "Samples the remote-write receiver took",
+            s.sent.load(Relaxed),
+        );
+        plain_counter(
+            r,
+            "gateway_remote_write_dropped_samples",
+            "Samples dropped: beyond the spool's cap, or refused by the receiver for good",
+            s.dropped.load(Relaxed),
+        );
+        plain_counter(
+            r,
+            "gateway_remote_write_errors",
+            "Pushes that failed (and collections that did)",
+            s.errors.load(Relaxed),
+        );
+    }
+    if config.history.ship.is_some() {
+        let s = &ship.syslog;
+        plain_gauge(
+            r,
+            "gateway_history_ship_pending_rows",
+            "History rows not yet confirmed shipped to syslog",
+            s.pending() as i64,
+        );
+        plain_counter(
+            r,
+            "gateway_history_shipped_rows",
+            "History rows the syslog receiver had (a row sent again counts again)",
+            s.sent.load(Relaxed),
+        );
+        plain_counter(
+            r,
+            "gateway_history_ship_lost_rows",
+            "History rows retention deleted before they were shipped",
+            s.dropped.load(Relaxed),
+        );
+        plain_counter(
+            r,
+            "gateway_history_ship_errors",
+            "Connections and writes to the syslog receiver that failed",
+            s.errors.load(Relaxed),
+        );
     }
 }
 
@@ -589,6 +650,10 @@ pub fn render(s: &Snapshot, info: &Info, now: jiff::Timestamp) -> anyhow::Result
         "Rows in the history at the last retention pass",
         load(|s| &s.rows) as i64,
     );
+
+    if let Some(ship) = &info.ship {
+        ship_metrics(&mut r, config, ship);
+    }
 
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)

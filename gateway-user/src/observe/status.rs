@@ -79,6 +79,17 @@ pub struct StatusView {
     pub reloads_failed: u64,
     pub last_reload_error: Option<String>,
     pub fleet: Option<FleetView>,
+    /// The shipping pipelines that are configured, as the daemon last wrote them (`None`:
+    /// not yet).
+    #[serde(default)]
+    pub shipping: Vec<ShippingView>,
+}
+
+/// One shipping pipeline in the status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShippingView {
+    pub pipeline: String,
+    pub state: Option<super::ship::PipelineView>,
 }
 
 /// The fleet part of `StatusView` (times in RFC 3339).
@@ -127,7 +138,20 @@ impl StatusView {
                     .collect(),
             }
         });
+        let mut shipping = Vec::new();
+        for (on, pipeline, file) in [
+            (config.telemetry.is_some(), "remote-write", "remote_write"),
+            (config.history.ship.is_some(), "syslog", "syslog"),
+        ] {
+            if on {
+                shipping.push(ShippingView {
+                    pipeline: pipeline.to_string(),
+                    state: super::ship::PipelineView::read(&config.state_dir, file),
+                });
+            }
+        }
         Self {
+            shipping,
             config: config.source.display().to_string(),
             reloads: status.reloads,
             reloads_failed: status.failed,
@@ -145,10 +169,31 @@ impl StatusView {
         if let Some(e) = &self.last_reload_error {
             out.push_str(&format!("last reload error: {e}\n"));
         }
-        let Some(f) = &self.fleet else {
-            out.push_str("fleet: not configured\n");
-            return out;
-        };
+        match &self.fleet {
+            Some(f) => out.push_str(&f.render()),
+            None => out.push_str("fleet: not configured\n"),
+        }
+        for p in &self.shipping {
+            match &p.state {
+                Some(v) => out.push_str(&v.render(&p.pipeline)),
+                None => out.push_str(&format!(
+                    "{}: configured, no state yet (is the daemon running?)\n",
+                    p.pipeline
+                )),
+            }
+        }
+        if self.shipping.is_empty() {
+            out.push_str("shipping: not configured\n");
+        }
+        out
+    }
+}
+
+impl FleetView {
+    /// Lines for `gateway status`.
+    fn render(&self) -> String {
+        let f = self;
+        let mut out = String::new();
         let or_never = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".into());
         out.push_str(&format!("fleet bundle: {}\n", f.bundle_url));
         match f.revision {

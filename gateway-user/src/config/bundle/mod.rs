@@ -42,6 +42,8 @@ pub const LOCAL_KEYS: &[&str] = &[
     "fleet",
     "gateway.state_dir",
     "gateway.bpffs",
+    // The gateway's identity on its metrics (id, site, group): its own, never a group's.
+    "telemetry.labels",
 ];
 
 /// Why a bundle was not taken: the `reason` label of `gateway_bundle_failures_total`.

@@ -79,6 +79,10 @@ block_categories = ["ads"]
 name = "tablet"
 mac = "02:00:00:00:00:01"
 policy = "students"
+
+[telemetry]
+remote_write_url = "https://metrics.example/api/v1/write"
+labels = { id = "central", group = "buses" }
 "#;
 
 /// A bundle source directory: the configuration and its list.
@@ -136,10 +140,16 @@ fn built_signed_verified_unpacked_and_composed() {
     std::fs::write(
         &main,
         format!(
-            "[gateway]\nstate_dir = \"state\"\n\n[[interface]]\nname = \"wlan0\"\n\n[fleet]\nbundle_url = \"https://cdn.example/buses.tar.gz\"\npublic_keys = [\"{public}\"]\n"
+            "[gateway]\nstate_dir = \"state\"\n\n[[interface]]\nname = \"wlan0\"\n\n[fleet]\nbundle_url = \"https://cdn.example/buses.tar.gz\"\npublic_keys = [\"{public}\"]\nlocal = \"local.toml\"\n"
         ),
     )
     .expect("main");
+    // The identity on the metrics comes from the gateway's own local file.
+    std::fs::write(
+        s.0.join("etc/local.toml"),
+        "[telemetry]\nlabels = { id = \"bus-17\", site = \"north\" }\n",
+    )
+    .expect("local");
     let config = compose(&main, &dest).expect("compose");
     let names: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["wlan0"], "the bundle's [[interface]] is not taken");
@@ -149,6 +159,16 @@ fn built_signed_verified_unpacked_and_composed() {
         "relative to the gateway's file"
     );
     assert!(config.fleet.is_some());
+    let telemetry = config.telemetry.as_ref().expect("the bundle's [telemetry]");
+    assert_eq!(
+        telemetry.remote_write_url,
+        "https://metrics.example/api/v1/write"
+    );
+    assert_eq!(
+        telemetry.labels,
+        labels(&[("id", "bus-17"), ("site", "north")]),
+        "the gateway's own identity, not the bundle's"
+    );
     assert_eq!(config.devices.len(), 1);
     assert!(config.categories[0].blocks("tracker.example"));
     assert!(

@@ -41,3 +41,34 @@ pub struct Row {
     pub reason: String,
     pub category: Option<String>,
 }
+
+/// A stored decision's fields, borrowed (from a query's row, or from a `Row`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    pub time_ms: i64,
+    pub device: &'a str,
+    pub policy: &'a str,
+    pub protocol: &'a str,
+    pub name: &'a str,
+    pub qtype: u16,
+    pub action: &'a str,
+    pub reason: &'a str,
+    pub category: Option<&'a str>,
+}
+
+impl Row {
+    /// The fields, borrowed.
+    pub fn borrowed(&self) -> RowRef<'_> {
+        RowRef {
+            time_ms: self.time_ms,
+            device: &self.device,
+            policy: &self.policy,
+            protocol: &self.protocol,
+            name: &self.name,
+            qtype: self.qtype,
+            action: &self.action,
+            reason: &self.reason,
+            category: self.category.as_deref(),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use gateway_common::{
 };
 
 use super::{Pseudonym, Row, Store};
-use crate::config::History;
+use crate::{config::History, observe::ship::PipelineStats};
 
 /// What the recorder needs to turn an event into a row: names for the ids the kernel reports,
 /// in one configuration. The daemon adds one to the `Naming` on every reload.
@@ -198,12 +198,14 @@ const POLL_MS: i32 = 100;
 
 impl Recorder {
     /// Starts draining `ring` into `store` (`None`: the history is off or could not be opened;
-    /// events are then only logged at debug level and dropped).
+    /// events are then only logged at debug level and dropped). Rows that retention deletes
+    /// before the syslog shipper (`shipping`'s cursor) sent them are counted there as lost.
     pub fn start(
         mut ring: aya::maps::RingBuf<aya::maps::MapData>,
         store: Option<Store>,
         names: Arc<RwLock<Naming>>,
         keep: Arc<RwLock<History>>,
+        shipping: Option<Arc<PipelineStats>>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(RecorderStats::default());
@@ -251,10 +253,15 @@ impl Recorder {
                     if let (Some(s), true, false) = (store.as_mut(), keep_now.enabled, rows.is_empty())
                     {
                         match s.insert(&rows) {
-                            Ok(()) => {
+                            Ok(first) => {
                                 stats2
                                     .rows_written
                                     .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                                // The syslog shipper, if one listens, takes them from here
+                                // rather than reading them back.
+                                if let Some(p) = shipping.as_deref() {
+                                    p.hand(first, &mut rows);
+                                }
                             }
                             Err(e) => {
                                 stats2.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -268,11 +275,25 @@ impl Recorder {
                     {
                         last_retention = Some(Instant::now());
                         let now = jiff::Timestamp::now().as_millisecond();
+                        // The shipper moves its cursor meanwhile: the counts before and after
+                        // are both of the rows above the cursor as it was before.
+                        let unshipped = shipping
+                            .as_deref()
+                            .map(|p| (p.cursor.load(Ordering::Relaxed), p.only_blocked.load(Ordering::Relaxed)))
+                            .filter(|(cursor, _)| *cursor >= 0)
+                            .and_then(|(c, b)| Some((c, b, s.count_after(c, b).ok()?)));
                         match s.enforce_retention(now, &keep_now) {
                             Ok(n) => {
                                 stats2.rows_deleted.fetch_add(n as u64, Ordering::Relaxed);
                             }
                             Err(e) => tracing::error!(error = %format!("{e:#}"), "history: retention failed"),
+                        }
+                        if let (Some((c, b, before)), Some(p)) = (unshipped, shipping.as_deref())
+                            && let Ok(after) = s.count_after(c, b)
+                            && after < before
+                        {
+                            p.dropped.fetch_add(before - after, Ordering::Relaxed);
+                            tracing::warn!(rows = before - after, "history: retention deleted rows the syslog shipper had not sent yet (lost)");
                         }
                         if let Ok(n) = s.count() {
                             stats2.rows.store(n, Ordering::Relaxed);

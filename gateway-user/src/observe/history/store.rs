@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use rusqlite::{Connection, params};
 
-use super::{DATABASE, Filter, Row};
+use super::{DATABASE, Filter, Row, RowRef};
 use crate::{BadInput, config::History};
 
 /// The history database.
@@ -24,9 +24,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
+// AUTOINCREMENT: a row's id is never reused, even after the newest rows are deleted
+// (`forget`), so that the syslog shipper's cursor (the last id shipped) never skips a row.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ms INTEGER NOT NULL,
     device TEXT NOT NULL,
     policy TEXT NOT NULL,
@@ -38,7 +40,31 @@ CREATE TABLE IF NOT EXISTS decisions (
     category TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time_ms);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// A history made before ids were AUTOINCREMENT is copied into a table that has it, once.
+const MIGRATE: &str = "
+ALTER TABLE decisions RENAME TO decisions_old;
+DROP INDEX IF EXISTS decisions_time;
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    name TEXT NOT NULL,
+    qtype INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    category TEXT
+);
+INSERT INTO decisions SELECT * FROM decisions_old;
+DROP TABLE decisions_old;
+";
+
+/// The columns of a row, in `Row`'s order.
+const COLUMNS: &str = "time_ms, device, policy, protocol, name, qtype, action, reason, category";
 // Only time is indexed: an index on the device (rows of a few hundred devices interleaved)
 // made every insert a random b-tree write and halved the ingest rate. Queries by device
 // (`log --device`, `forget`, `export`) scan, narrowed by time when `--since` is given.
@@ -72,6 +98,17 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        let old: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if old.is_some_and(|sql| !sql.contains("AUTOINCREMENT")) {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE} COMMIT;"))
+                .with_context(|| format!("migrating the decisions of {}", path.display()))?;
+        }
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the tables of {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -87,8 +124,9 @@ impl Store {
         &self.path
     }
 
-    /// Stores `rows` in one transaction.
-    pub fn insert(&mut self, rows: &[Row]) -> anyhow::Result<()> {
+    /// Stores `rows` in one transaction; returns the id of the first (the others follow it
+    /// one by one: ids are AUTOINCREMENT and this connection the only writer).
+    pub fn insert(&mut self, rows: &[Row]) -> anyhow::Result<i64> {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
@@ -102,8 +140,9 @@ impl Store {
                 ])?;
             }
         }
+        let last = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(())
+        Ok(last - rows.len() as i64 + 1)
     }
 
     /// Deletes rows older than `keep.retention_days` before `now_ms`, then the oldest rows
@@ -154,9 +193,7 @@ impl Store {
 
     /// Rows matching `f`, most recent first.
     pub fn query(&self, f: &Filter) -> anyhow::Result<Vec<Row>> {
-        let mut sql = String::from(
-            "SELECT time_ms, device, policy, protocol, name, qtype, action, reason, category FROM decisions WHERE 1",
-        );
+        let mut sql = format!("SELECT {COLUMNS} FROM decisions WHERE 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         // Each value is bound once and referred to by its number.
         let mut bind = |v: rusqlite::types::Value| {
@@ -196,20 +233,70 @@ impl Store {
             sql.push_str(&format!(" LIMIT {l}"));
         }
         let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(Row {
-                time_ms: r.get(0)?,
-                device: r.get(1)?,
-                policy: r.get(2)?,
-                protocol: r.get(3)?,
-                name: r.get(4)?,
-                qtype: r.get(5)?,
-                action: r.get(6)?,
-                reason: r.get(7)?,
-                category: r.get(8)?,
-            })
-        })?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| row_at(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Calls `each` with the id and fields of up to `limit` rows after row `after`, in id
+    /// order (only those not allowed if `only_blocked`), borrowing the fields from SQLite:
+    /// what the syslog shipper sends next, read without a copy. Returns how many.
+    pub fn each_after(
+        &self,
+        after: i64,
+        only_blocked: bool,
+        limit: u32,
+        mut each: impl FnMut(i64, &RowRef<'_>),
+    ) -> anyhow::Result<usize> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT id, {COLUMNS} FROM decisions WHERE id > ?1 AND (?2 = 0 OR action <> 'allow') ORDER BY id LIMIT ?3"
+        ))?;
+        let mut rows = st.query(params![after, only_blocked, limit])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let text =
+                |i: usize| -> rusqlite::Result<&str> { r.get_ref(i)?.as_str().map_err(Into::into) };
+            let row = RowRef {
+                time_ms: r.get(1)?,
+                device: text(2)?,
+                policy: text(3)?,
+                protocol: text(4)?,
+                name: text(5)?,
+                qtype: r.get(6)?,
+                action: text(7)?,
+                reason: text(8)?,
+                category: r.get_ref(9)?.as_str_or_null()?,
+            };
+            each(r.get(0)?, &row);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// How many rows come after row `after` (only those not allowed if `only_blocked`).
+    pub fn count_after(&self, after: i64, only_blocked: bool) -> anyhow::Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM decisions WHERE id > ?1 AND (?2 = 0 OR action <> 'allow')",
+            params![after, only_blocked],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// This database's identity: random, made with it, so that `(instance, id)` names a row
+    /// uniquely even if the database is deleted and ids start again.
+    pub fn instance(&self) -> anyhow::Result<String> {
+        let fresh: String = crate::secret::random_bytes(8)?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)",
+            params![fresh],
+        )?;
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })?)
     }
 
     /// Deletes every row of the devices `keys` (a name and its pseudonym); returns how many.
@@ -240,4 +327,19 @@ impl Store {
             .query_row("SELECT count(*) FROM decisions", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
+}
+
+/// The `Row` in the columns of `r` from `at` on (in `COLUMNS`' order).
+fn row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
+    Ok(Row {
+        time_ms: r.get(at)?,
+        device: r.get(at + 1)?,
+        policy: r.get(at + 2)?,
+        protocol: r.get(at + 3)?,
+        name: r.get(at + 4)?,
+        qtype: r.get(at + 5)?,
+        action: r.get(at + 6)?,
+        reason: r.get(at + 7)?,
+        category: r.get(at + 8)?,
+    })
 }

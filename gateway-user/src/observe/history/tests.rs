@@ -125,6 +125,7 @@ fn retention_by_age_and_by_count() {
         max_rows: rows,
         max_bytes: bytes,
         pseudonymize: false,
+        ship: None,
     };
     // 7 days keep the rows of the last 7 days: 14 of them (one every half day).
     assert_eq!(
