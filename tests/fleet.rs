@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use gateway_testbed::{
     Daemon, Dnsmasq, FleetBed, Nginx, Pins, dig, eventually, private_ca, unique,
 };
@@ -37,17 +37,7 @@ fn origin(n: &Option<Nginx>) -> anyhow::Result<&Nginx> {
     n.as_ref().context("the origin is stopped")
 }
 
-fn run(c: &mut Command) -> anyhow::Result<String> {
-    let out = c.output().with_context(|| format!("running {c:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{c:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use gateway_testbed::run_ok as run;
 
 /// A minisign key pair without a password: (public key line, secret key file).
 fn keypair(dir: &Path, name: &str) -> anyhow::Result<(String, PathBuf)> {

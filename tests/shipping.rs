@@ -31,6 +31,15 @@ fn body(bed: &Bed, extra: &str) -> String {
     )
 }
 
+/// The upstream resolver, which knows allowed.example.
+fn upstream(bed: &Bed) -> anyhow::Result<Dnsmasq> {
+    Dnsmasq::start(
+        &bed.up,
+        &bed.upstream_ip,
+        &[("allowed.example", "198.51.100.2")],
+    )
+}
+
 /// `n` queries for `name` from the bed's device, answered (or, with the uplink down, not)
 /// without retries: each is one decision.
 fn queries(bed: &Bed, name: &str, n: usize) -> anyhow::Result<()> {
@@ -63,11 +72,7 @@ fn total(prom: &Prometheus, action: &str) -> f64 {
 #[test]
 fn metrics_reach_prometheus_by_remote_write_across_an_uplink_outage() -> anyhow::Result<()> {
     let bed = Bed::new(1)?;
-    let _dns = Dnsmasq::start(
-        &bed.up,
-        &bed.upstream_ip,
-        &[("allowed.example", "198.51.100.2")],
-    )?;
+    let _dns = upstream(&bed)?;
     let prom = Prometheus::start(&bed.up, &bed.upstream_ip)?;
     let telemetry = format!(
         "[api]\ndevice_labels = \"name\"\n\n[telemetry]\nremote_write_url = \"{}\"\ninterval = 1\nlabels = {{ id = \"bus-17\", site = \"north\" }}\n",
@@ -274,11 +279,7 @@ fn all_received(pins: &Pins, rsyslog: &Rsyslog) -> anyhow::Result<Vec<Received>>
 fn the_history_reaches_rsyslog_whole_across_a_stopped_receiver_and_a_killed_daemon()
 -> anyhow::Result<()> {
     let bed = Bed::new(1)?;
-    let _dns = Dnsmasq::start(
-        &bed.up,
-        &bed.upstream_ip,
-        &[("allowed.example", "198.51.100.2")],
-    )?;
+    let _dns = upstream(&bed)?;
     let mut rsyslog = Rsyslog::start(&bed.up, &bed.upstream_ip, 5514)?;
     let ship = format!(
         "[history]\npseudonymize = true\nship = \"tcp://{}:5514\"\n",
@@ -375,11 +376,7 @@ fn the_history_reaches_rsyslog_whole_across_a_stopped_receiver_and_a_killed_daem
 #[test]
 fn the_history_reaches_rsyslog_over_tls_from_a_private_ca() -> anyhow::Result<()> {
     let bed = Bed::new(1)?;
-    let _dns = Dnsmasq::start(
-        &bed.up,
-        &bed.upstream_ip,
-        &[("allowed.example", "198.51.100.2")],
-    )?;
+    let _dns = upstream(&bed)?;
     let work = std::env::temp_dir().join(unique("gwshiptls"));
     std::fs::create_dir_all(&work)?;
     let (ca, cert, key) = private_ca(&work, &bed.upstream_ip)?;

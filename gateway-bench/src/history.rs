@@ -34,8 +34,7 @@ pub struct HistoryRow {
 /// Measures history ingest, ring loss at 20,000 logged decisions per second, and a `/metrics`
 /// scrape of 1,000 devices.
 pub fn history() -> anyhow::Result<HistoryRow> {
-    use gateway_user::observe::history::{Names, Naming, Recorder, Row, Store};
-    use std::sync::{Arc, RwLock};
+    use gateway_user::observe::history::{Row, Store};
 
     let dir = std::env::temp_dir().join(format!("gw-bench-history-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -65,28 +64,7 @@ pub fn history() -> anyhow::Result<HistoryRow> {
 
     // Ring: the real program logs a blocked query 200 times every 10 ms for 10 s, while the
     // recorder drains the ring into a history as the daemon does.
-    let config = dns_config(1_000)?;
-    let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, false)?;
-    let mut names = Naming::default();
-    names.set(
-        runner.applied.active_from_boot_ns,
-        Names::of(&config, &runner.applied.slots, None),
-    );
-    let keep = gateway_user::config::History {
-        enabled: true,
-        retention_days: 30,
-        max_rows: 10_000_000,
-        max_bytes: 1 << 30,
-        pseudonymize: false,
-        ship: None,
-    };
-    let recorder = Recorder::start(
-        runner.maps.take_events()?,
-        Some(Store::open(&dir.join("ring"))?),
-        Arc::new(RwLock::new(names)),
-        Arc::new(RwLock::new(keep)),
-        None,
-    );
+    let (mut runner, recorder) = ring_recorder(&dir.join("ring"), None, None)?;
     let frame = dns_query_frame("www.d500.site500.example");
     let (per_tick, tick) = (200u32, std::time::Duration::from_millis(10));
     let start = std::time::Instant::now();
@@ -131,40 +109,8 @@ pub fn history() -> anyhow::Result<HistoryRow> {
     recorder.stop();
 
     // Scrape: 1,000 devices with decisions in four kinds each.
-    let bench = bench_config()?;
     let scrape_devices = 1_000;
-    let mut runner = TestRunner::with_trace(&bench, LinkType::Ethernet, false)?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("CPUs: {e}"))?;
-    let mut slots: Vec<u32> = runner.applied.slots.values().copied().collect();
-    slots.sort_unstable();
-    for &slot in slots.iter().take(scrape_devices) {
-        for (proto, action, reason, category) in [
-            (0u8, 0u8, Reason::Default, gateway_common::maps::NO_CATEGORY),
-            (0, 1, Reason::Category, 0),
-            (1, 0, Reason::Default, gateway_common::maps::NO_CATEGORY),
-            (1, 1, Reason::Explicit, gateway_common::maps::NO_CATEGORY),
-        ] {
-            let key = gateway_common::maps::DecisionKey {
-                slot,
-                proto,
-                action,
-                reason: reason as u8,
-                category,
-            };
-            let values = aya::maps::PerCpuValues::try_from(vec![7u64; cpus])?;
-            runner.maps.decisions.insert(key, values, 0)?;
-        }
-    }
-    let mut bench = bench;
-    bench.api.device_labels = gateway_user::config::DeviceLabels::Name;
-    let info = gateway_user::observe::metrics::Info {
-        config: Arc::new(bench),
-        status: gateway_user::observe::status::ReloadStatus::default(),
-        domains: 0,
-        recorder: None,
-        pseudonym: None,
-        ship: None,
-    };
+    let (runner, info) = scraped_devices(scrape_devices)?;
     let mut times = Vec::new();
     let mut scrape_bytes = 0;
     for _ in 0..21 {
@@ -219,4 +165,78 @@ pub fn render_history(r: &HistoryRow) -> String {
             format!("{:.0}", r.scrape_bytes as f64 / 1024.0),
         ]),
     )
+}
+
+/// A filter whose first `devices` devices have decisions in four kinds each, and the
+/// daemon's state naming them (`device_labels = "name"`): what a busy gateway's scrape holds.
+pub fn scraped_devices(
+    devices: usize,
+) -> anyhow::Result<(TestRunner, gateway_user::observe::metrics::Info)> {
+    let mut bench = bench_config()?;
+    let mut runner = TestRunner::with_trace(&bench, LinkType::Ethernet, false)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("CPUs: {e}"))?;
+    let mut slots: Vec<u32> = runner.applied.slots.values().copied().collect();
+    slots.sort_unstable();
+    for &slot in slots.iter().take(devices) {
+        for (proto, action, reason, category) in [
+            (0u8, 0u8, Reason::Default, gateway_common::maps::NO_CATEGORY),
+            (0, 1, Reason::Category, 0),
+            (1, 0, Reason::Default, gateway_common::maps::NO_CATEGORY),
+            (1, 1, Reason::Explicit, gateway_common::maps::NO_CATEGORY),
+        ] {
+            let key = gateway_common::maps::DecisionKey {
+                slot,
+                proto,
+                action,
+                reason: reason as u8,
+                category,
+            };
+            let values = aya::maps::PerCpuValues::try_from(vec![7u64; cpus])?;
+            runner.maps.decisions.insert(key, values, 0)?;
+        }
+    }
+    bench.api.device_labels = gateway_user::config::DeviceLabels::Name;
+    let info = gateway_user::observe::metrics::Info {
+        config: std::sync::Arc::new(bench),
+        status: gateway_user::observe::status::ReloadStatus::default(),
+        domains: 0,
+        recorder: None,
+        pseudonym: None,
+        ship: None,
+    };
+    Ok((runner, info))
+}
+
+/// The filter of the 1,000-domain DNS configuration, and a recorder draining its ring into a
+/// fresh history in `dir` as the daemon does (handing rows to the shipper of `shipping`).
+pub fn ring_recorder(
+    dir: &std::path::Path,
+    ship: Option<&gateway_user::config::telemetry::Ship>,
+    shipping: Option<std::sync::Arc<gateway_user::observe::ship::PipelineStats>>,
+) -> anyhow::Result<(TestRunner, gateway_user::observe::history::Recorder)> {
+    use gateway_user::observe::history::{Names, Naming, Recorder, Store};
+    use std::sync::{Arc, RwLock};
+    let config = dns_config(1_000)?;
+    let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, false)?;
+    let mut names = Naming::default();
+    names.set(
+        runner.applied.active_from_boot_ns,
+        Names::of(&config, &runner.applied.slots, None),
+    );
+    let keep = gateway_user::config::History {
+        enabled: true,
+        retention_days: 30,
+        max_rows: 10_000_000,
+        max_bytes: 1 << 30,
+        pseudonymize: false,
+        ship: ship.cloned(),
+    };
+    let recorder = Recorder::start(
+        runner.maps.take_events()?,
+        Some(Store::open(dir)?),
+        Arc::new(RwLock::new(names)),
+        Arc::new(RwLock::new(keep)),
+        shipping,
+    );
+    Ok((runner, recorder))
 }

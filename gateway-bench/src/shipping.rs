@@ -6,27 +6,22 @@
 use std::{
     io::Read as _,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use gateway_common::enums::{LinkType, Reason};
 use gateway_user::{
     config::telemetry::{Ship, Transport},
     observe::{
-        history::{Names, Naming, Recorder, Store},
+        history::Store,
         ship::{PipelineStats, remote_write, syslog::Shipper},
     },
-    offline::testrun::TestRunner,
 };
 use serde::Serialize;
 
-use crate::{
-    common::{bench_config, table},
-    verdicts::{dns_config, dns_query_frame},
-};
+use crate::{common::table, verdicts::dns_query_frame};
 
 /// The shipping benchmark.
 #[derive(Debug, Clone, Serialize)]
@@ -102,34 +97,14 @@ fn run(
     seconds: u64,
     ship: Option<&Ship>,
 ) -> anyhow::Result<(u64, u64, u64, u64)> {
-    let config = dns_config(1_000)?;
-    let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, false)?;
-    let mut names = Naming::default();
-    names.set(
-        runner.applied.active_from_boot_ns,
-        Names::of(&config, &runner.applied.slots, None),
-    );
-    let keep = gateway_user::config::History {
-        enabled: true,
-        retention_days: 30,
-        max_rows: 10_000_000,
-        max_bytes: 1 << 30,
-        pseudonymize: false,
-        ship: ship.cloned(),
-    };
     let shipping = Arc::new(PipelineStats::default());
-    let store = Store::open(dir)?;
+    // The history exists before the shipper opens it.
+    drop(Store::open(dir)?);
     let shipper = match ship {
         Some(s) => Some(Shipper::start(s, dir, shipping.clone())?),
         None => None,
     };
-    let recorder = Recorder::start(
-        runner.maps.take_events()?,
-        Some(store),
-        Arc::new(RwLock::new(names)),
-        Arc::new(RwLock::new(keep)),
-        Some(shipping.clone()),
-    );
+    let (mut runner, recorder) = crate::history::ring_recorder(dir, ship, Some(shipping.clone()))?;
     let frame = dns_query_frame("www.d500.site500.example");
     let (per_tick, tick) = (200u32, Duration::from_millis(10));
     let start = Instant::now();
@@ -193,38 +168,7 @@ fn read_and_frame(dir: &std::path::Path) -> anyhow::Result<f64> {
 
 /// A remote-write push of the 1,000-device scrape: (series, bytes on the wire, text bytes).
 fn push_size() -> anyhow::Result<(usize, usize, usize)> {
-    let mut bench = bench_config()?;
-    let mut runner = TestRunner::with_trace(&bench, LinkType::Ethernet, false)?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("CPUs: {e}"))?;
-    let mut slots: Vec<u32> = runner.applied.slots.values().copied().collect();
-    slots.sort_unstable();
-    for &slot in slots.iter().take(1_000) {
-        for (proto, action, reason, category) in [
-            (0u8, 0u8, Reason::Default, gateway_common::maps::NO_CATEGORY),
-            (0, 1, Reason::Category, 0),
-            (1, 0, Reason::Default, gateway_common::maps::NO_CATEGORY),
-            (1, 1, Reason::Explicit, gateway_common::maps::NO_CATEGORY),
-        ] {
-            let key = gateway_common::maps::DecisionKey {
-                slot,
-                proto,
-                action,
-                reason: reason as u8,
-                category,
-            };
-            let values = aya::maps::PerCpuValues::try_from(vec![7u64; cpus])?;
-            runner.maps.decisions.insert(key, values, 0)?;
-        }
-    }
-    bench.api.device_labels = gateway_user::config::DeviceLabels::Name;
-    let info = gateway_user::observe::metrics::Info {
-        config: Arc::new(bench),
-        status: gateway_user::observe::status::ReloadStatus::default(),
-        domains: 0,
-        recorder: None,
-        pseudonym: None,
-        ship: None,
-    };
+    let (runner, info) = crate::history::scraped_devices(1_000)?;
     let s = gateway_user::observe::stats::snapshot(&runner.maps)?;
     let text = gateway_user::observe::metrics::render(&s, &info, jiff::Timestamp::now())?;
     let lines = remote_write::parse_exposition(&text);

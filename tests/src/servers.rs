@@ -386,7 +386,8 @@ pub fn private_ca(dir: &Path, ip: &str) -> anyhow::Result<(PathBuf, PathBuf, Pat
     Ok((p("ca.pem"), p("origin.pem"), p("origin.key")))
 }
 
-fn run_ok(c: &mut Command) -> anyhow::Result<String> {
+/// Runs `c`; its standard output, or an error with everything it printed.
+pub fn run_ok(c: &mut Command) -> anyhow::Result<String> {
     let out = c.output().with_context(|| format!("running {c:?}"))?;
     if !out.status.success() {
         bail!(

@@ -253,59 +253,61 @@ fn fleet_metrics(r: &mut Registry, config: &Config) {
 /// The shipping pipelines that are configured: remote-write in samples, syslog in rows.
 fn ship_metrics(r: &mut Registry, config: &Config, ship: &super::ship::ShipStats) {
     use std::sync::atomic::Ordering::Relaxed;
-    if config.telemetry.is_some() {
-        let s = &ship.remote_write;
-        plain_gauge(
-            r,
-            "gateway_remote_write_pending_samples",
-            "Samples waiting to be pushed (in memory and in the spool)",
-            s.pending() as i64,
-        );
-        plain_counter(
-            r,
-            "gateway_remote_write_sent_samples",
-            "Samples the remote-write receiver took",
-            s.sent.load(Relaxed),
-        );
-        plain_counter(
-            r,
-            "gateway_remote_write_dropped_samples",
-            "Samples dropped: beyond the spool's cap, or refused by the receiver for good",
-            s.dropped.load(Relaxed),
-        );
-        plain_counter(
-            r,
-            "gateway_remote_write_errors",
-            "Pushes that failed (and collections that did)",
-            s.errors.load(Relaxed),
-        );
-    }
-    if config.history.ship.is_some() {
-        let s = &ship.syslog;
-        plain_gauge(
-            r,
-            "gateway_history_ship_pending_rows",
-            "History rows not yet confirmed shipped to syslog",
-            s.pending() as i64,
-        );
-        plain_counter(
-            r,
-            "gateway_history_shipped_rows",
-            "History rows the syslog receiver had (a row sent again counts again)",
-            s.sent.load(Relaxed),
-        );
-        plain_counter(
-            r,
-            "gateway_history_ship_lost_rows",
-            "History rows retention deleted before they were shipped",
-            s.dropped.load(Relaxed),
-        );
-        plain_counter(
-            r,
-            "gateway_history_ship_errors",
-            "Connections and writes to the syslog receiver that failed",
-            s.errors.load(Relaxed),
-        );
+    // (configured, counts, pending, sent, dropped, errors: name and help of each)
+    let pipelines = [
+        (
+            config.telemetry.is_some(),
+            &ship.remote_write,
+            [
+                (
+                    "gateway_remote_write_pending_samples",
+                    "Samples waiting to be pushed (in memory and in the spool)",
+                ),
+                (
+                    "gateway_remote_write_sent_samples",
+                    "Samples the remote-write receiver took",
+                ),
+                (
+                    "gateway_remote_write_dropped_samples",
+                    "Samples dropped: beyond the spool's cap, or refused by the receiver for good",
+                ),
+                (
+                    "gateway_remote_write_errors",
+                    "Pushes that failed (and collections that did)",
+                ),
+            ],
+        ),
+        (
+            config.history.ship.is_some(),
+            &ship.syslog,
+            [
+                (
+                    "gateway_history_ship_pending_rows",
+                    "History rows not yet confirmed shipped to syslog",
+                ),
+                (
+                    "gateway_history_shipped_rows",
+                    "History rows the syslog receiver had (a row sent again counts again)",
+                ),
+                (
+                    "gateway_history_ship_lost_rows",
+                    "History rows retention deleted before they were shipped",
+                ),
+                (
+                    "gateway_history_ship_errors",
+                    "Connections and writes to the syslog receiver that failed",
+                ),
+            ],
+        ),
+    ];
+    for (configured, s, [pending, sent, dropped, errors]) in pipelines {
+        if !configured {
+            continue;
+        }
+        plain_gauge(r, pending.0, pending.1, s.pending() as i64);
+        plain_counter(r, sent.0, sent.1, s.sent.load(Relaxed));
+        plain_counter(r, dropped.0, dropped.1, s.dropped.load(Relaxed));
+        plain_counter(r, errors.0, errors.1, s.errors.load(Relaxed));
     }
 }
 

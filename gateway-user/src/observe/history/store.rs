@@ -26,8 +26,7 @@ impl std::fmt::Debug for Store {
 
 // AUTOINCREMENT: a row's id is never reused, even after the newest rows are deleted
 // (`forget`), so that the syslog shipper's cursor (the last id shipped) never skips a row.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS decisions (
+const DECISIONS: &str = "decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ms INTEGER NOT NULL,
     device TEXT NOT NULL,
@@ -38,27 +37,19 @@ CREATE TABLE IF NOT EXISTS decisions (
     action TEXT NOT NULL,
     reason TEXT NOT NULL,
     category TEXT
-);
+)";
+const SCHEMA: &str = "
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time_ms);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
-/// A history made before ids were AUTOINCREMENT is copied into a table that has it, once.
-const MIGRATE: &str = "
+/// A history made before ids were AUTOINCREMENT is copied into a table that has it, once
+/// (between `DECISIONS` created and the copy).
+const MIGRATE_FROM: &str = "
 ALTER TABLE decisions RENAME TO decisions_old;
 DROP INDEX IF EXISTS decisions_time;
-CREATE TABLE decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_ms INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    protocol TEXT NOT NULL,
-    name TEXT NOT NULL,
-    qtype INTEGER NOT NULL,
-    action TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    category TEXT
-);
+";
+const MIGRATE_TO: &str = "
 INSERT INTO decisions SELECT * FROM decisions_old;
 DROP TABLE decisions_old;
 ";
@@ -106,10 +97,12 @@ impl Store {
             )
             .ok();
         if old.is_some_and(|sql| !sql.contains("AUTOINCREMENT")) {
-            conn.execute_batch(&format!("BEGIN; {MIGRATE} COMMIT;"))
-                .with_context(|| format!("migrating the decisions of {}", path.display()))?;
+            conn.execute_batch(&format!(
+                "BEGIN; {MIGRATE_FROM} CREATE TABLE {DECISIONS}; {MIGRATE_TO} COMMIT;"
+            ))
+            .with_context(|| format!("migrating the decisions of {}", path.display()))?;
         }
-        conn.execute_batch(SCHEMA)
+        conn.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {DECISIONS};{SCHEMA}"))
             .with_context(|| format!("creating the tables of {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("setting the mode of {}", path.display()))?;

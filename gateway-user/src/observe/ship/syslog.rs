@@ -140,8 +140,8 @@ impl Framer {
         escape_into(&self.origin.instance, m);
         m.push(b'-');
         push_decimal(m, id.unsigned_abs());
-        let mut qbuf = [0u8; 5];
-        let qtype = u16_text(row.qtype, &mut qbuf);
+        let mut qbuf = [0u8; 20];
+        let qtype = decimal(u64::from(row.qtype), &mut qbuf);
         let params: [(&[u8], Option<&str>); 8] = [
             (b"\" device=\"", Some(row.device)),
             (b"\" policy=\"", Some(row.policy)),
@@ -171,22 +171,13 @@ impl Framer {
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(decimal(n, &mut buf).as_bytes());
 }
 
-/// `n` in decimal, in `buf`.
-fn u16_text(mut n: u16, buf: &mut [u8; 5]) -> &str {
+/// `n` in decimal, in `buf` (20 digits hold any u64).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;
