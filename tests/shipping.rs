@@ -79,7 +79,12 @@ fn metrics_reach_prometheus_by_remote_write_across_an_uplink_outage() -> anyhow:
         prom.write_url()
     );
     let pins = Pins::with_config("", &body(&bed, &telemetry))?;
-    let daemon = Daemon::start(&bed.gw, &pins, &["d1"])?;
+    let daemon = Daemon::start_logging(
+        &bed.gw,
+        &pins,
+        &["d1"],
+        "info,gateway_user::observe::ship=debug",
+    )?;
 
     // N blocked, M allowed: the receiver's totals for the device are exactly those.
     queries(&bed, "ads.example", 3)?;
@@ -135,6 +140,14 @@ fn metrics_reach_prometheus_by_remote_write_across_an_uplink_outage() -> anyhow:
         total(&prom, "block") == 7.0 && total(&prom, "allow") == 4.0
     })
     .with_context(|| format!("status:\n{}", status(&pins).unwrap_or_default()))?;
+    // The totals are in as soon as the first late batch is; the backlog is sent in order, so
+    // it is all in once a sample from after the outage is.
+    eventually_within("the backlog sent", 60, || {
+        prom.number(
+            "max(timestamp(gateway_decisions_total{device=\"laptop\",action=\"block\",id=\"bus-17\"}))",
+        )
+        .is_ok_and(|t| t > restored + 1.0)
+    })?;
     // …and the outage's own samples, which arrived late: the counter's raw samples cover the
     // outage at about the interval, and show the blocked queries made during it at the time
     // they were made.
@@ -156,9 +169,10 @@ fn metrics_reach_prometheus_by_remote_write_across_an_uplink_outage() -> anyhow:
         .collect();
     assert!(
         inside.len() as f64 >= (to - from) * 0.8,
-        "{} samples inside an outage of {:.0} s at 1 s",
+        "{} samples inside an outage of {:.0} s at 1 s ({from:.1} to {to:.1}): {points:?}\ndaemon log:\n{}",
         inside.len(),
-        to - from
+        to - from,
+        daemon.log_text()
     );
     let worst = points
         .windows(2)

@@ -23,6 +23,9 @@ pub(super) struct Pipelines {
     remote_write: Option<(Telemetry, PathBuf, Option<Pusher>)>,
     syslog: Option<(Ship, PathBuf, Option<Shipper>)>,
     views_at: Option<Instant>,
+    /// Where the views go (the runtime directory of this bpffs root), and the last written.
+    bpffs: PathBuf,
+    written: [Option<ship::PipelineView>; 2],
 }
 
 impl Pipelines {
@@ -33,6 +36,8 @@ impl Pipelines {
             remote_write: None,
             syslog: None,
             views_at: None,
+            bpffs: PathBuf::new(),
+            written: [None, None],
         }
     }
 
@@ -72,16 +77,29 @@ impl Pipelines {
                 (s, d, started)
             });
         }
+        self.bpffs = config.bpffs.clone();
         if self.views_at.is_none_or(|t| t.elapsed() >= VIEWS_EVERY) {
             self.views_at = Some(Instant::now());
-            if let Some((_, d, _)) = &self.remote_write {
-                self.stats
-                    .remote_write
-                    .view("samples")
-                    .write(d, "remote_write");
-            }
-            if let Some((_, d, _)) = &self.syslog {
-                self.stats.syslog.view("rows").write(d, "syslog");
+            self.write_views();
+        }
+    }
+
+    /// Writes the view of each running pipeline that changed since it was last written.
+    fn write_views(&mut self) {
+        let views = [
+            self.remote_write
+                .as_ref()
+                .map(|_| ("remote_write", self.stats.remote_write.view("samples"))),
+            self.syslog
+                .as_ref()
+                .map(|_| ("syslog", self.stats.syslog.view("rows"))),
+        ];
+        for (view, last) in views.into_iter().zip(self.written.iter_mut()) {
+            if let Some((name, v)) = view
+                && last.as_ref() != Some(&v)
+            {
+                v.write(&self.bpffs, name);
+                *last = Some(v);
             }
         }
     }
@@ -105,18 +123,19 @@ impl Pipelines {
             .ok()
     }
 
-    /// Stops the pipelines (the remote-write queue is spooled; the syslog cursor is saved).
+    /// Stops the pipelines (the remote-write queue is spooled; the syslog cursor is saved),
+    /// and writes their last views.
     pub(super) fn stop(&mut self) {
-        if let Some((_, d, Some(p))) = self.remote_write.take() {
+        if let Some((_, _, pusher)) = &mut self.remote_write
+            && let Some(p) = pusher.take()
+        {
             p.stop();
-            self.stats
-                .remote_write
-                .view("samples")
-                .write(&d, "remote_write");
         }
-        if let Some((_, d, Some(s))) = self.syslog.take() {
+        if let Some((_, _, shipper)) = &mut self.syslog
+            && let Some(s) = shipper.take()
+        {
             s.stop();
-            self.stats.syslog.view("rows").write(&d, "syslog");
         }
+        self.write_views();
     }
 }

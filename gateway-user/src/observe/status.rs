@@ -146,7 +146,7 @@ impl StatusView {
             if on {
                 shipping.push(ShippingView {
                     pipeline: pipeline.to_string(),
-                    state: super::ship::PipelineView::read(&config.state_dir, file),
+                    state: super::ship::PipelineView::read(&config.bpffs, file),
                 });
             }
         }

@@ -22,9 +22,10 @@ use serde::{Deserialize, Serialize};
 /// Where the pipelines keep their state under the state directory.
 pub const DIR: &str = "ship";
 
-/// The view files of the pipelines, by name.
-pub fn view_path(state_dir: &Path, pipeline: &str) -> PathBuf {
-    state_dir.join(DIR).join(format!("{pipeline}.status.json"))
+/// The view file of a pipeline, beside the daemon's runtime status (`/run/gateway`, a tmpfs:
+/// rewritten every few seconds, it would wear a gateway's flash).
+pub fn view_path(bpffs: &Path, pipeline: &str) -> PathBuf {
+    crate::observe::status::runtime_file(bpffs, &format!("{pipeline}.json"))
 }
 
 /// One pipeline's counts: samples (remote-write) or rows (syslog).
@@ -203,15 +204,15 @@ pub struct PipelineView {
 }
 
 impl PipelineView {
-    /// The view the daemon last wrote for `pipeline`.
-    pub fn read(state_dir: &Path, pipeline: &str) -> Option<Self> {
-        let text = std::fs::read_to_string(view_path(state_dir, pipeline)).ok()?;
+    /// The view the daemon of `bpffs` last wrote for `pipeline`.
+    pub fn read(bpffs: &Path, pipeline: &str) -> Option<Self> {
+        let text = std::fs::read_to_string(view_path(bpffs, pipeline)).ok()?;
         serde_json::from_str(&text).ok()
     }
 
     /// Writes the view for `gateway status`.
-    pub fn write(&self, state_dir: &Path, pipeline: &str) {
-        let path = view_path(state_dir, pipeline);
+    pub fn write(&self, bpffs: &Path, pipeline: &str) {
+        let path = view_path(bpffs, pipeline);
         let result = serde_json::to_vec_pretty(self)
             .map_err(std::io::Error::other)
             .and_then(|b| crate::config::remote::write_whole(&path, &b));

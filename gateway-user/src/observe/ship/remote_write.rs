@@ -241,6 +241,13 @@ impl Pusher {
                                 let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
                                 let uplink_up = stats2.failing() == 0;
                                 let dropped = q.push(samples, body, uplink_up);
+                                tracing::debug!(
+                                    time_ms,
+                                    samples,
+                                    in_memory = uplink_up,
+                                    waiting = q.len(),
+                                    "remote-write: collected"
+                                );
                                 stats2.dropped.fetch_add(dropped, Ordering::Relaxed);
                                 stats2.set_pending(q.pending());
                                 wake.notify_all();
@@ -292,6 +299,7 @@ impl Pusher {
                         let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
                         match verdict {
                             Ok(Verdict::Sent) => {
+                                tracing::debug!(batch = batch.id, samples = batch.samples, "remote-write: pushed");
                                 q.pop(batch.id);
                                 backoff.succeeded();
                                 stats3.sent.fetch_add(batch.samples, Ordering::Relaxed);
