@@ -46,17 +46,15 @@ impl Dnsmasq {
             .spawn()
             .context("starting dnsmasq")?;
         let d = Self { child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ns
-            .run("ss", &["-uln"])
-            .map(|o| o.contains(&format!("{addr}:53")))
-            .unwrap_or(false)
-        {
-            if Instant::now() > deadline {
-                bail!("dnsmasq did not start listening on {addr}:53");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(
+            ns,
+            "dnsmasq",
+            Listen::Udp,
+            addr,
+            53,
+            Duration::from_secs(10),
+            String::new,
+        )?;
         Ok(d)
     }
 
@@ -290,20 +288,20 @@ impl Nginx {
             .spawn()
             .context("starting nginx (cargo xtask setup installs it)")?;
         let n = Self { child, dir, root };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ns
-            .run("ss", &["-tln"])
-            .map(|o| o.contains(&format!("{addr}:{port}")))
-            .unwrap_or(false)
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "nginx did not start listening on {addr}:{port}: {}",
+        wait_listening(
+            ns,
+            "nginx",
+            Listen::Tcp,
+            addr,
+            port,
+            Duration::from_secs(10),
+            || {
+                format!(
+                    ": {}",
                     fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                )
+            },
+        )?;
         Ok(n)
     }
 
@@ -399,24 +397,37 @@ pub fn run_ok(c: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Waits until something in `ns` listens on TCP `addr:port`; `log` says why not.
+/// How a server's socket is found listening (`ss` options).
+#[derive(Clone, Copy)]
+enum Listen {
+    Tcp,
+    Udp,
+}
+
+/// Waits up to `within` until something in `ns` listens on `addr:port`; `log` says why not.
 fn wait_listening(
     ns: &Netns,
     what: &str,
+    listen: Listen,
     addr: &str,
     port: u16,
+    within: Duration,
     log: impl Fn() -> String,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let flags = match listen {
+        Listen::Tcp => "-tln",
+        Listen::Udp => "-uln",
+    };
+    let deadline = Instant::now() + within;
     while !ns
-        .run("ss", &["-tln"])
+        .run("ss", &[flags])
         .map(|o| o.contains(&format!("{addr}:{port}")))
         .unwrap_or(false)
     {
         if Instant::now() > deadline {
-            bail!("{what} did not start listening on {addr}:{port}: {}", log());
+            bail!("{what} did not start listening on {addr}:{port}{}", log());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
@@ -461,7 +472,15 @@ impl Prometheus {
             addr: addr.to_string(),
             ns_path: ns.path(),
         };
-        wait_listening(ns, "prometheus", addr, 9090, || p.log())?;
+        wait_listening(
+            ns,
+            "prometheus",
+            Listen::Tcp,
+            addr,
+            9090,
+            Duration::from_secs(20),
+            || format!(": {}", p.log()),
+        )?;
         Ok(p)
     }
 
@@ -603,9 +622,20 @@ impl Rsyslog {
             .context("starting rsyslogd (cargo xtask setup installs rsyslog)")?;
         self.child = Some(child);
         let dir = self.dir.clone();
-        wait_listening(ns, "rsyslogd", &self.addr, self.port, move || {
-            fs::read_to_string(dir.join("rsyslogd.log")).unwrap_or_default()
-        })
+        wait_listening(
+            ns,
+            "rsyslogd",
+            Listen::Tcp,
+            &self.addr,
+            self.port,
+            Duration::from_secs(20),
+            move || {
+                format!(
+                    ": {}",
+                    fs::read_to_string(dir.join("rsyslogd.log")).unwrap_or_default()
+                )
+            },
+        )
     }
 
     /// Stops it as an operator would (SIGTERM), and waits for it to exit.

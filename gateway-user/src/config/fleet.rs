@@ -154,12 +154,8 @@ pub(super) fn validate(
             DEFAULT_MAX_BUNDLE_BYTES
         }
     };
-    let ca_file = raw.ca_file.as_ref().map(|c| base.join(c.get_ref()));
-    if let (Some(spanned), Some(path)) = (&raw.ca_file, &ca_file)
-        && let Err(e) = super::telemetry::check_ca_file(path, "fleet.ca_file")
-    {
-        errors.push(loc.at(spanned, e));
-    }
+    let ca_file =
+        super::telemetry::ca_file(raw.ca_file.as_ref(), "fleet.ca_file", base, loc, errors);
     if errors.len() > before {
         return None;
     }

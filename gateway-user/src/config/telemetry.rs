@@ -136,16 +136,29 @@ fn check_secret(path: &Path, key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A PEM file of CA certificates.
-pub(super) fn check_ca_file(path: &Path, key: &str) -> Result<(), String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Ok(()),
-        Ok(_) => Err(format!(
+/// A `ca_file` setting (`key`): the PEM file of CA certificates, relative to `base`, which must
+/// hold one; an error is located at the setting.
+pub(super) fn ca_file(
+    setting: Option<&Spanned<PathBuf>>,
+    key: &str,
+    base: &Path,
+    loc: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PathBuf> {
+    let spanned = setting?;
+    let path = base.join(spanned.get_ref());
+    let problem = match std::fs::read_to_string(&path) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => None,
+        Ok(_) => Some(format!(
             "{key}: {} holds no PEM certificate",
             path.display()
         )),
-        Err(e) => Err(format!("{key}: cannot read {}: {e}", path.display())),
+        Err(e) => Some(format!("{key}: cannot read {}: {e}", path.display())),
+    };
+    if let Some(p) = problem {
+        errors.push(loc.at(spanned, p));
     }
+    Some(path)
 }
 
 /// A Prometheus label name that is not reserved (`__…`).
@@ -247,13 +260,7 @@ pub(super) fn validate(
             None
         }
     };
-    let ca_file = raw.ca_file.as_ref().map(|c| {
-        let path = base.join(c.get_ref());
-        if let Err(e) = check_ca_file(&path, "telemetry.ca_file") {
-            errors.push(loc.at(c, e));
-        }
-        path
-    });
+    let ca_file = ca_file(raw.ca_file.as_ref(), "telemetry.ca_file", base, loc, errors);
     let spool_bytes = match &raw.spool_megabytes {
         None => DEFAULT_SPOOL_MEGABYTES,
         Some(m) if (1..=100_000).contains(m.get_ref()) => *m.get_ref(),
@@ -301,13 +308,13 @@ pub(super) fn validate_ship(
             }
         },
     };
-    let ca_file = raw.ship_ca_file.as_ref().map(|c| {
-        let path = base.join(c.get_ref());
-        if let Err(e) = check_ca_file(&path, "history.ship_ca_file") {
-            errors.push(loc.at(c, e));
-        }
-        path
-    });
+    let ca_file = ca_file(
+        raw.ship_ca_file.as_ref(),
+        "history.ship_ca_file",
+        base,
+        loc,
+        errors,
+    );
     let Some(spanned) = &raw.ship else {
         for (set, key) in [
             (raw.ship_only.is_some(), "ship_only"),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::observe::ship::retry;
+use crate::observe::ship::{self, retry};
 
 /// What a pull got.
 #[derive(Debug)]
@@ -68,18 +68,10 @@ pub(super) fn agent_trusting(ca_file: Option<&std::path::Path>) -> Result<ureq::
     let Some(path) = ca_file else {
         return Ok(agent());
     };
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut roots = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
-            Ok(_) => {}
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no certificate", path.display()));
-    }
+    let roots: Vec<ureq::tls::Certificate<'static>> = ship::ca_certificates(path)?
+        .iter()
+        .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
         .build();

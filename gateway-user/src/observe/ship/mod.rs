@@ -28,6 +28,22 @@ pub fn view_path(bpffs: &Path, pipeline: &str) -> PathBuf {
     crate::observe::status::runtime_file(bpffs, &format!("{pipeline}.json"))
 }
 
+/// The CA certificates of the PEM file `path` (a `ca_file` setting): what an HTTPS origin or
+/// a TLS syslog receiver must chain to instead of Mozilla's roots. Errors name the file.
+pub fn ca_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 /// One pipeline's counts: samples (remote-write) or rows (syslog).
 #[derive(Debug)]
 pub struct PipelineStats {

@@ -298,33 +298,28 @@ impl Pusher {
                         let verdict = push(&agent, &url, auth.as_deref(), &batch.body, timeout);
                         let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
                         match verdict {
-                            Ok(Verdict::Sent) => {
+                            Ok(()) => {
                                 tracing::debug!(batch = batch.id, samples = batch.samples, "remote-write: pushed");
                                 q.pop(batch.id);
                                 backoff.succeeded();
                                 stats3.sent.fetch_add(batch.samples, Ordering::Relaxed);
                                 stats3.succeeded();
                             }
-                            Ok(Verdict::Drop) | Err((Verdict::Drop, _)) => {
-                                q.pop(batch.id);
-                                stats3.dropped.fetch_add(batch.samples, Ordering::Relaxed);
-                                stats3.error("the receiver refused a batch for good (4xx); dropped");
-                            }
-                            Ok(Verdict::Retry(after)) | Err((Verdict::Retry(after), _)) => {
+                            Err((NotTaken::Retry(after), why)) => {
                                 let wait = backoff.failed(after);
                                 retry_at = Instant::now() + wait;
                                 stats3.failed(backoff.failures());
                                 // The uplink is down: what waits goes to disk.
                                 let dropped = q.spill();
                                 stats3.dropped.fetch_add(dropped, Ordering::Relaxed);
-                                if let Err((_, why)) = &verdict {
-                                    stats3.error(why);
-                                } else {
-                                    stats3.error("the receiver asked to retry (429 or 5xx)");
-                                }
+                                stats3.error(&why);
                                 tracing::debug!(wait = ?wait, "remote-write: push failed; retrying later");
                             }
-                            Err((Verdict::Sent, _)) => {}
+                            Err((NotTaken::Refused, _)) => {
+                                q.pop(batch.id);
+                                stats3.dropped.fetch_add(batch.samples, Ordering::Relaxed);
+                                stats3.error("the receiver refused a batch for good (4xx); dropped");
+                            }
                         }
                         stats3.set_pending(q.pending());
                     }
@@ -352,14 +347,23 @@ impl Pusher {
     }
 }
 
-/// POSTs one batch; a transport error is a `Retry` with its words.
+/// Why a push did not get a batch taken.
+enum NotTaken {
+    /// Try it again, not before the server's `Retry-After` if it gave one (also after a
+    /// transport error).
+    Retry(Option<Duration>),
+    /// The receiver will never take it.
+    Refused,
+}
+
+/// POSTs one batch: taken, or why not, in words.
 fn push(
     agent: &ureq::Agent,
     url: &str,
     auth: Option<&str>,
     body: &[u8],
     timeout: Duration,
-) -> Result<Verdict, (Verdict, String)> {
+) -> Result<(), (NotTaken, String)> {
     let mut request = agent
         .post(url)
         .header("Content-Encoding", "snappy")
@@ -373,15 +377,17 @@ fn push(
         .timeout_global(Some(timeout))
         .build()
         .send(body)
-        .map_err(|e| (Verdict::Retry(None), format!("pushing: {e}")))?;
+        .map_err(|e| (NotTaken::Retry(None), format!("pushing: {e}")))?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok());
+    let why = || format!("the receiver answered HTTP {status}");
     match classify(status, retry_after) {
-        Verdict::Sent => Ok(Verdict::Sent),
-        v => Err((v, format!("the receiver answered HTTP {status}"))),
+        Verdict::Sent => Ok(()),
+        Verdict::Retry(after) => Err((NotTaken::Retry(after), why())),
+        Verdict::Drop => Err((NotTaken::Refused, why())),
     }
 }
 

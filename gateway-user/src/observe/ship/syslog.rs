@@ -343,15 +343,10 @@ fn connect(ship: &Ship, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Link,
 
 /// The TLS client configuration: the CAs of `ca_file`, else Mozilla's roots.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
+            let (added, _) = roots.add_parsable_certificates(super::ca_certificates(path)?);
             if added == 0 {
                 return Err(format!("{}: no usable certificate", path.display()));
             }
@@ -384,8 +379,6 @@ struct Run {
     ship: Ship,
     store: Store,
     framer: Framer,
-    /// The instance the cursor is of.
-    instance: String,
     /// The messages of a round, reused.
     out: Vec<u8>,
     /// The recorder's rows as it stores them, and those taken but not yet sent.
@@ -437,7 +430,6 @@ impl Shipper {
         let mut run = Run {
             ship: ship.clone(),
             store,
-            instance: origin.instance.clone(),
             framer: Framer::new(origin),
             out: Vec::with_capacity(BATCH as usize * 320),
             rx: stats.listen(),
@@ -592,6 +584,10 @@ impl Run {
             }
             moved = Some(id);
             self.stats.sent.fetch_add(n, Ordering::Relaxed);
+            // The backlog, less what was just confirmed, until it is counted again (a count
+            // per confirmation would read the whole backlog once per batch as it drains).
+            self.stats
+                .set_pending(self.stats.pending().saturating_sub(n));
             self.in_flight.pop_front();
         }
         if let Some(id) = moved {
@@ -600,14 +596,13 @@ impl Run {
             self.backoff.succeeded();
             self.stats.succeeded();
             self.save();
-            self.last_count = None;
         }
         true
     }
 
     fn save(&self) {
         let c = Cursor {
-            instance: self.instance.clone(),
+            instance: self.framer.origin.instance.clone(),
             last_id: self.confirmed,
         };
         let path = cursor_path(&self.state_dir);
