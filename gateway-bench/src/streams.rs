@@ -27,7 +27,8 @@ pub struct StreamRow {
     pub ns: f64,
 }
 
-fn tcp(sport: u16, dport: u16, seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+/// A segment of the bench device to `dport` of the server: a SYN, or data acknowledging 1.
+pub fn tcp(sport: u16, dport: u16, seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
     frames::build(
         L2::Ethernet {
             src: BENCH_MAC,

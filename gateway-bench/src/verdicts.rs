@@ -8,7 +8,7 @@ use gateway_user::{
     config::Config,
     kernel::{EMPTY_PROGRAM, load_empty},
     offline::{
-        frames::{self, L2, L3, L4, TcpFlags},
+        frames::{self, L2, L3, L4},
         testrun::{TestRunner, time_program},
     },
 };
@@ -34,6 +34,11 @@ pub struct DnsRow {
     pub cold_ns: f64,
     /// The empty program run once per frame the same way: the harness's own share of `cold_ns`.
     pub cold_empty_ns: f64,
+    /// Answers built in the kernel, each frame run once, harness share taken off (mean of
+    /// 20,000): an NXDOMAIN for a listed name, and a SafeSearch answer (CNAME and an address)
+    /// for a covered one, over as many distinct names of each.
+    pub nxdomain_ns: f64,
+    pub safe_search_ns: f64,
 }
 
 pub fn dns_query_frame(name: &str) -> Vec<u8> {
@@ -131,6 +136,7 @@ pub fn dns(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<DnsR
             total += runner.time(&frame, 1)?.as_nanos() as f64;
             total_empty += time_program(empty_prog, &frame, 1)?.as_nanos() as f64;
         }
+        let (nxdomain_ns, safe_search_ns) = answers(&config, n, empty_prog)?;
         let buckets = u64::from(gateway_user::config::domain_buckets(config.max_domains));
         let table_bytes = 2 * buckets * 64 + 2 * u64::from(gateway_common::maps::MAX_RULESETS) * 32;
         rows.push(DnsRow {
@@ -143,9 +149,65 @@ pub fn dns(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<DnsR
             block_ns: best(&b),
             cold_ns: total / names as f64,
             cold_empty_ns: total_empty / names as f64,
+            nxdomain_ns,
+            safe_search_ns,
         });
     }
     Ok(rows)
+}
+
+/// The cold costs of an NXDOMAIN answer and of a SafeSearch answer (see `DnsRow`), with the
+/// domain table of `config` (`n` listed names): the bench policy answering NXDOMAIN and with
+/// every SafeSearch engine, whose targets have addresses.
+fn answers(config: &Config, n: usize, empty_prog: &mut Xdp) -> anyhow::Result<(f64, f64)> {
+    let mut config = config.clone();
+    let students = config.policy_id("students").context("students policy")?;
+    let engines = config.safe_search.engines.clone();
+    let p = &mut config.policies[students];
+    p.dns_answer = gateway_user::config::DnsBlockAnswer::Nxdomain;
+    p.safe_search = (0..engines.len())
+        .filter(|&i| engines[i].name != "youtube-moderate")
+        .collect();
+    let mut runner = TestRunner::with_trace(&config, LinkType::Ethernet, false)?;
+    let mut checked = TestRunner::new(&config, LinkType::Ethernet)?;
+    for e in &engines {
+        let r = gateway_user::kernel::safe_search::Resolved {
+            v4: Some(vec![std::net::Ipv4Addr::new(192, 0, 2, 1)]),
+            v6: Some(Vec::new()),
+            ttl: 300,
+        };
+        runner.maps.safe_targets.resolved(&e.target, r.clone());
+        checked.maps.safe_targets.resolved(&e.target, r);
+    }
+    let covered: Vec<&String> = engines
+        .iter()
+        .filter(|e| e.name != "youtube-moderate")
+        .flat_map(|e| e.names.iter())
+        .collect();
+    let frames = 20_000usize;
+    let (mut nx, mut ss) = (0f64, 0f64);
+    for i in 0..frames {
+        let k = (i * 7919) % n.max(1);
+        let listed = dns_query_frame(&format!("x.d{k}.site{}.example", k % 1000));
+        let safe = dns_query_frame(covered[i % covered.len()]);
+        if i < covered.len() {
+            let r = checked.run(&listed)?;
+            anyhow::ensure!(
+                r.verdict == Verdict::Tx && r.reason == Reason::Category,
+                "NXDOMAIN frame: {r:?}"
+            );
+            let r = checked.run(&safe)?;
+            anyhow::ensure!(
+                r.verdict == Verdict::Tx && r.reason == Reason::SafeSearch,
+                "SafeSearch frame: {r:?}"
+            );
+        }
+        nx += (runner.time(&listed, 1)?.as_nanos() as f64)
+            - time_program(empty_prog, &listed, 1)?.as_nanos() as f64;
+        ss += (runner.time(&safe, 1)?.as_nanos() as f64)
+            - time_program(empty_prog, &safe, 1)?.as_nanos() as f64;
+    }
+    Ok((nx / frames as f64, ss / frames as f64))
 }
 
 /// TLS verdicts at one domain-table size.
@@ -161,30 +223,14 @@ pub struct TlsRow {
     /// (walked, state saved) and the second (state found, walked, decided, state removed).
     pub first_of_two_ns: f64,
     pub second_of_two_ns: f64,
+    /// A plain-HTTP request head (Host in no list, a browser's headers) to port 80: best round,
+    /// and run once per flow (20,000 flows), harness share taken off, median.
+    pub http_ns: f64,
+    pub http_once_ns: f64,
 }
 
 pub fn tls_segment(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    frames::build(
-        L2::Ethernet {
-            src: BENCH_MAC,
-            dst: GATEWAY_MAC,
-        },
-        L3::V4 {
-            src: [10, 0, 3, 232],
-            dst: [192, 0, 2, 80],
-        },
-        L4::Tcp {
-            sport,
-            dport: 443,
-            seq,
-            flags: TcpFlags {
-                ack: Some(1),
-                psh: true,
-                ..Default::default()
-            },
-        },
-        payload,
-    )
+    crate::streams::tcp(sport, 443, seq, false, payload)
 }
 
 /// Measures TLS verdicts with the domain table of `dns_config(n)` for each size.
@@ -228,12 +274,34 @@ pub fn tls(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<TlsR
         anyhow::ensure!(r.reason == Reason::TlsPending, "first of two: {r:?}");
         let r = checked.run(&tls_segment(7, 1 + split as u32, &hello2[split..]))?;
         anyhow::ensure!(r.reason == Reason::Default, "second of two: {r:?}");
+        // A plain-HTTP request, as a browser sends it.
+        let head = b"GET /index.html HTTP/1.1\r\nHost: www.unlisted-site.example\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\nAccept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Encoding: gzip, deflate\r\nAccept-Language: en-US,en;q=0.9\r\nConnection: keep-alive\r\n\r\n";
+        let http = |sport: u16| crate::streams::tcp(sport, 80, 1, false, head);
+        let r = checked.run(&http(9))?;
+        anyhow::ensure!(
+            r.reason == Reason::Default && r.verdict == Verdict::Pass,
+            "HTTP request: {r:?}"
+        );
+        let mut h = Vec::new();
+        for _ in 0..rounds {
+            h.push(runner.time(&http(9), repeat)?.as_nanos() as f64);
+        }
+        let mut once = Vec::new();
+        for k in 0..flows {
+            let f = http(1024 + (k % 60_000) as u16);
+            once.push(
+                runner.time(&f, 1)?.as_nanos() as f64
+                    - time_program(empty_prog, &f, 1)?.as_nanos() as f64,
+            );
+        }
         rows.push(TlsRow {
             domains: n,
             empty_ns: best(&e),
             one_segment_ns: best(&o),
             first_of_two_ns: median(&first),
             second_of_two_ns: median(&second),
+            http_ns: best(&h),
+            http_once_ns: median(&once),
         });
     }
     Ok(rows)
@@ -242,13 +310,15 @@ pub fn tls(sizes: &[usize], rounds: u32, repeat: u32) -> anyhow::Result<Vec<TlsR
 /// The TLS rows as a table.
 pub fn render_tls(rows: &[TlsRow]) -> String {
     table(
-        "TLS verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; two segments: 20,000 flows, each segment run once, harness share taken off, median)",
+        "TLS and HTTP verdicts (BPF_PROG_TEST_RUN; ClientHello of ~1,900 bytes, name in no list; two segments: 20,000 flows, each segment run once, harness share taken off, median; a browser's request head of 380 bytes to port 80, Host in no list)",
         &[
             "domains",
             "empty (ns)",
             "hello, one segment (ns)",
             "first of two (ns)",
             "second of two (ns)",
+            "HTTP request (ns)",
+            "HTTP request, once (ns)",
         ],
         false,
         rows.iter().map(|r| {
@@ -258,6 +328,8 @@ pub fn render_tls(rows: &[TlsRow]) -> String {
                 format!("{:.0}", r.one_segment_ns),
                 format!("{:.0}", r.first_of_two_ns),
                 format!("{:.0}", r.second_of_two_ns),
+                format!("{:.0}", r.http_ns),
+                format!("{:.0}", r.http_once_ns),
             ]
         }),
     )
@@ -266,7 +338,7 @@ pub fn render_tls(rows: &[TlsRow]) -> String {
 /// The DNS rows as a table.
 pub fn render_dns(rows: &[DnsRow]) -> String {
     table(
-        "DNS verdicts (BPF_PROG_TEST_RUN; warm = best round; cold = 100,000 distinct names once each)",
+        "DNS verdicts (BPF_PROG_TEST_RUN; warm = best round; cold = 100,000 distinct names once each; answers: 20,000 frames once each, harness share taken off)",
         &[
             "domains",
             "table MiB",
@@ -278,6 +350,8 @@ pub fn render_dns(rows: &[DnsRow]) -> String {
             "cold, run once (ns)",
             "empty, run once (ns)",
             "cold verdict (ns)",
+            "NXDOMAIN answer, once (ns)",
+            "SafeSearch answer, once (ns)",
             "miss/empty",
         ],
         false,
@@ -293,6 +367,8 @@ pub fn render_dns(rows: &[DnsRow]) -> String {
                 format!("{:.0}", r.cold_ns),
                 format!("{:.0}", r.cold_empty_ns),
                 format!("{:.0}", r.cold_ns - r.cold_empty_ns),
+                format!("{:.0}", r.nxdomain_ns),
+                format!("{:.0}", r.safe_search_ns),
                 format!("{:.1}", r.miss_ns / r.empty_ns),
             ]
         }),

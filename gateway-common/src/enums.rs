@@ -86,6 +86,19 @@ labelled_enum! {
         DnsResolver = 32 => "dns_resolver",
         /// More DNS messages in one TCP segment than one frame may judge: the flow is reset.
         DnsTcpTooMany = 33 => "dns_tcp_too_many",
+        /// A query for a name the policy's `safe_search` covers, answered in the kernel with the
+        /// engine's enforcement name and its addresses (HTTPS/SVCB: answered empty; over TCP,
+        /// where no answer can be built: reset).
+        SafeSearch = 34 => "safe_search",
+        /// A query `safe_search` covers whose enforcement name has no address yet (the daemon
+        /// has not resolved it): passed to the resolver untouched.
+        SafeSearchUnresolved = 35 => "safe_search_unresolved",
+        /// A complete plain-HTTP request head without a host name to judge (no `Host`, an empty
+        /// one, an address literal): `on_unparsed_http` decides.
+        HttpNoHost = 36 => "http_no_host",
+        /// A plain-HTTP request whose host could not be read: malformed, ambiguous (duplicate or
+        /// folded `Host`), or cut by the end of the segment first (`on_unparsed_http` decides).
+        HttpUnparsed = 37 => "http_unparsed",
     }
 }
 
@@ -139,6 +152,8 @@ labelled_enum! {
         Quic = 2 => "quic",
         Port = 3 => "port",
         Suspended = 4 => "suspended",
+        /// Plain HTTP: the request's `Host` (or absolute URI).
+        Http = 5 => "http",
     }
 }
 
@@ -149,6 +164,9 @@ labelled_enum! {
         Block = 1 => "block",
         /// `mode = monitor`: would have been blocked, was passed.
         Monitor = 2 => "monitor",
+        /// Answered with something else than asked for, by policy (`safe_search`: the engine's
+        /// enforcement name).
+        Rewrite = 3 => "rewrite",
     }
 }
 

@@ -13,9 +13,11 @@ mod macros;
 pub mod bytes;
 pub mod domain;
 pub mod enums;
+pub mod http;
 pub mod lists;
 pub mod maps;
 pub mod packet;
+pub mod safe_search;
 pub mod table;
 pub mod tls;
 

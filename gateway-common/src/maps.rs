@@ -13,7 +13,7 @@ use core::mem::size_of;
 
 /// Bumped whenever a layout below changes; stored in `META` so a daemon never adopts pinned
 /// maps of another layout.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// Policy generations kept side by side (the active one and the one being written).
 pub const GENERATIONS: u32 = 2;
@@ -107,6 +107,9 @@ pub mod names {
     pub const TLS_PORTS: &str = "TLS_PORTS";
     pub const DNS_STREAMS: &str = "DNS_STREAMS";
     pub const RESOLVERS: &str = "RESOLVERS";
+    pub const HTTP_PORTS: &str = "HTTP_PORTS";
+    pub const SAFE_NAMES: &str = "SAFE_NAMES";
+    pub const SAFE_TARGETS: &str = "SAFE_TARGETS";
 
     /// The data section of the kernel's `CONTROL` global, which the loader makes a map of that
     /// name (pinned as `CONTROL`).
@@ -143,6 +146,9 @@ pub mod names {
         TLS_PORTS,
         DNS_STREAMS,
         RESOLVERS,
+        HTTP_PORTS,
+        SAFE_NAMES,
+        SAFE_TARGETS,
     ];
 }
 
@@ -245,6 +251,8 @@ pub const SETTINGS_HAS_CIDR: u32 = 1 << 2;
 pub const SETTINGS_HAS_BLOCK_PORTS: u32 = 1 << 3;
 /// `GenSettings::flags`: the TLS ports are those of `TLS_PORTS`, not 443 alone.
 pub const SETTINGS_TLS_PORTS: u32 = 1 << 4;
+/// `GenSettings::flags`: the plain-HTTP ports are those of `HTTP_PORTS`, not 80 alone.
+pub const SETTINGS_HTTP_PORTS: u32 = 1 << 5;
 /// `GenSettings::flags`: this generation has been completely written.
 pub const SETTINGS_VALID: u32 = 1 << 31;
 
@@ -300,6 +308,15 @@ pub const POLICY_LOG_BLOCKED: u32 = 1 << 9;
 /// `PolicyEntry::flags`: no decision events at all (`log = "none"`); counters still count.
 pub const POLICY_LOG_NONE: u32 = 1 << 10;
 
+/// `PolicyEntry::flags`: the policy has `safe_search` engines (`SAFE_NAMES` says which names).
+pub const POLICY_SAFE_SEARCH: u32 = 1 << 11;
+/// `PolicyEntry::flags`: blocked plain-HTTP requests are dropped, not reset
+/// (`http_block_answer = "drop"`).
+pub const POLICY_HTTP_DROP: u32 = 1 << 12;
+/// `PolicyEntry::flags`: plain-HTTP requests without a readable host are blocked
+/// (`on_unparsed_http = "block"`).
+pub const POLICY_UNPARSED_HTTP_BLOCK: u32 = 1 << 13;
+
 /// Whether a decision with `action` under a policy with `flags` emits a decision event.
 #[inline(always)]
 pub const fn logs(flags: u32, action: crate::enums::Action) -> bool {
@@ -353,6 +370,9 @@ pub const DEFAULT_TLS_FLOWS: u32 = 65_536;
 pub const FLOW_NAME_SLOTS: u32 = 4096;
 /// Words of one generation's port bitmap in `TLS_PORTS` (bit `port % 64` of word `port / 64`).
 pub const TLS_PORT_WORDS: u32 = 1024;
+
+/// Words of one generation's port bitmap in `HTTP_PORTS` (as `TLS_PORT_WORDS`).
+pub const HTTP_PORT_WORDS: u32 = TLS_PORT_WORDS;
 
 /// Capacity of `BLOCK_PORTS` (both generations).
 pub const MAX_BLOCK_PORTS: u32 = 4096;

@@ -29,7 +29,7 @@ pub(crate) enum Rcode {
 
 /// Folds a 32-bit ones'-complement sum to 16 bits.
 #[inline(always)]
-fn fold(sum: u64) -> u16 {
+pub(crate) fn fold(sum: u64) -> u16 {
     let mut s = sum;
     s = (s & 0xffff_ffff) + (s >> 32);
     s = (s & 0xffff) + (s >> 16);
@@ -64,34 +64,53 @@ fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
 /// writes (big-endian words, unfolded, as if the first piece started a word: every piece but
 /// the last has an even length), so the checksum needs no second encoding of them. Each method
 /// returns false if the piece did not fit.
-struct Records<'a> {
+pub(crate) struct Records<'a> {
     ctx: &'a XdpContext,
-    at: usize,
-    sum: u64,
+    pub(crate) at: usize,
+    pub(crate) sum: u64,
 }
 
-impl Records<'_> {
+impl<'a> Records<'a> {
     #[inline(always)]
-    fn word(&mut self, b: [u8; 8]) -> bool {
+    pub(crate) fn at(ctx: &'a XdpContext, at: usize) -> Self {
+        Self { ctx, at, sum: 0 }
+    }
+
+    /// An IPv6 address, as two words.
+    #[inline(always)]
+    pub(crate) fn v6(&mut self, v6: &[u8; 16]) -> bool {
+        self.word([v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7]])
+            && self.word([v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15]])
+    }
+
+    /// The OPT record (RFC 6891): root name, type 41, UDP payload size 1232, extended
+    /// rcode/version/flags 0, no data. 11 bytes: the last piece.
+    #[inline(always)]
+    pub(crate) fn opt(&mut self) -> bool {
+        self.word([0, 0, 41, 0x04, 0xd0, 0, 0, 0]) && self.half([0, 0]) && self.byte(0)
+    }
+
+    #[inline(always)]
+    pub(crate) fn word(&mut self, b: [u8; 8]) -> bool {
         self.sum += sum_words(&b);
         self.advance(8, put(self.ctx, self.at, u64::from_ne_bytes(b)))
     }
 
     #[inline(always)]
-    fn quad(&mut self, b: [u8; 4]) -> bool {
+    pub(crate) fn quad(&mut self, b: [u8; 4]) -> bool {
         self.sum += sum_words(&b);
         self.advance(4, put(self.ctx, self.at, u32::from_ne_bytes(b)))
     }
 
     #[inline(always)]
-    fn half(&mut self, b: [u8; 2]) -> bool {
+    pub(crate) fn half(&mut self, b: [u8; 2]) -> bool {
         self.sum += sum_words(&b);
         self.advance(2, put(self.ctx, self.at, u16::from_ne_bytes(b)))
     }
 
     /// A last, odd byte: the high half of a word.
     #[inline(always)]
-    fn byte(&mut self, b: u8) -> bool {
+    pub(crate) fn byte(&mut self, b: u8) -> bool {
         self.sum += u64::from(b) << 8;
         self.advance(1, put(self.ctx, self.at, b))
     }
@@ -120,7 +139,6 @@ pub(crate) fn answer(
     if f.tcp {
         return reset(ctx, f);
     }
-    let dns_off = f.payload_off;
     let had_opt = header[10] != 0 || header[11] != 0;
     // The records appended after the question: a sinkhole answer (A: 16 bytes, AAAA: 28) and
     // an OPT record (11) when the query had one.
@@ -129,38 +147,12 @@ pub(crate) fn answer(
         Some(_) => 28,
         None => 0,
     };
-    let n = answer_len + if had_opt { 11 } else { 0 };
-
-    // New length: everything up to the end of the question, then the appended records.
-    // Verifier: materialise the length as a scalar before using it (see `opaque`).
-    let old_len = opaque(ctx.data_end().wrapping_sub(ctx.data()));
-    let new_len = end + n;
-    let delta = new_len as i64 - old_len as i64;
-    // SAFETY: adjust_tail checks the bounds itself; packet pointers are re-read afterwards.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
-        return Verdict::Drop;
-    }
-
-    // DNS header: response, same opcode (QUERY), RD copied, RA set, the rcode; counts.
-    // (Written with `Records` too, for their sum: they start at an even offset of the segment.)
-    let mut dns_header = Records {
-        ctx,
-        at: dns_off + 2,
-        sum: 0,
-    };
-    let ancount = u8::from(answer_len != 0);
-    if !(dns_header.half([0x80 | (header[2] & 0x01), 0x80 | rcode as u8])
-        && dns_header.word([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]))
-    {
+    if !resize(ctx, end + answer_len + if had_opt { 11 } else { 0 }) {
         return Verdict::Drop;
     }
     // The appended records, written in place after the question; their sum is kept as they
     // are written.
-    let mut records = Records {
-        ctx,
-        at: end,
-        sum: 0,
-    };
+    let mut records = Records::at(ctx, end);
     if let Some(qtype) = sinkhole {
         // Name (a pointer to the question's), type, class IN, TTL, data length, address.
         let ttl = policy.ttl.to_be_bytes();
@@ -170,20 +162,60 @@ pub(crate) fn answer(
             && if qtype == QTYPE_A {
                 records.half([0, 4]) && records.quad(policy.sinkhole_v4_be)
             } else {
-                let v6 = &policy.sinkhole_v6_be;
-                records.half([0, 16])
-                    && records.word([v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7]])
-                    && records.word([v6[8], v6[9], v6[10], v6[11], v6[12], v6[13], v6[14], v6[15]])
+                records.half([0, 16]) && records.v6(&policy.sinkhole_v6_be)
             };
         if !ok {
             return Verdict::Drop;
         }
     }
-    // Root name, type OPT (41), UDP payload size 1232, extended rcode/version/flags 0, no data.
-    if had_opt
-        && !(records.word([0, 0, 41, 0x04, 0xd0, 0, 0, 0])
-            && records.half([0, 0])
-            && records.byte(0))
+    if had_opt && !records.opt() {
+        return Verdict::Drop;
+    }
+    let ancount = u8::from(answer_len != 0);
+    reply(
+        ctx,
+        f,
+        header,
+        end,
+        rcode,
+        ancount,
+        u64::from(fold(records.sum)),
+        records.at,
+    )
+}
+
+/// Sets the frame's length to `new_len` (`bpf_xdp_adjust_tail`); false if it cannot be.
+#[inline(always)]
+pub(crate) fn resize(ctx: &XdpContext, new_len: usize) -> bool {
+    // Verifier: materialise the length as a scalar before using it (see `opaque`).
+    let old_len = opaque(ctx.data_end().wrapping_sub(ctx.data()));
+    let delta = new_len as i64 - old_len as i64;
+    // SAFETY: adjust_tail checks the bounds itself; packet pointers are re-read afterwards.
+    unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) == 0 }
+}
+
+/// Finishes an answer whose records (after the question, which ends at `end`) are written and
+/// sum to `records_sum` (folded, as if they started a word), ending at `new_len`: the DNS
+/// header (response, same opcode, RD copied, RA set, `rcode`, one question, `ancount` answers,
+/// an OPT record if the query had one), the UDP header and the checksums; sends it back.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn reply(
+    ctx: &XdpContext,
+    f: &Frame,
+    header: &[u8; DNS_HEADER],
+    end: usize,
+    rcode: Rcode,
+    ancount: u8,
+    records_sum: u64,
+    new_len: usize,
+) -> Verdict {
+    let dns_off = f.payload_off;
+    let had_opt = header[10] != 0 || header[11] != 0;
+    // (Written with `Records` too, for their sum: they start at an even offset of the segment.)
+    let mut dns_header = Records::at(ctx, dns_off + 2);
+    if !(dns_header.half([0x80 | (header[2] & 0x01), 0x80 | rcode as u8])
+        && dns_header.word([0, 1, 0, ancount, 0, 0, 0, u8::from(had_opt)]))
     {
         return Verdict::Drop;
     }
@@ -195,11 +227,7 @@ pub(crate) fn answer(
         f.sport.to_be_bytes(),
         udp_len.to_be_bytes(),
     );
-    let mut udp_header = Records {
-        ctx,
-        at: f.l4_off,
-        sum: 0,
-    };
+    let mut udp_header = Records::at(ctx, f.l4_off);
     if !(udp_header.quad([d[0], d[1], sp[0], sp[1]]) && udp_header.quad([l[0], l[1], 0, 0])) {
         return Verdict::Drop;
     }
@@ -214,9 +242,8 @@ pub(crate) fn answer(
     // The UDP header (checksum 0) and the DNS header: the ID, as it was, and what was written.
     let headers =
         udp_header.sum + u64::from(u16::from_be_bytes([header[0], header[1]])) + dns_header.sum;
-    // The appended records were summed as if they started a word; they follow the question,
-    // so they start mid-word when its length is odd.
-    let mut extra = fold(records.sum);
+    // The records follow the question, so they start mid-word when its length is odd.
+    let mut extra = fold(records_sum);
     if question & 1 != 0 {
         extra = extra.swap_bytes();
     }

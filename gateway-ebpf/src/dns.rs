@@ -25,7 +25,7 @@ use gateway_common::{
     enums::{Action, Reason, Verdict},
     maps::{
         DnsAnswer, GenSettings, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_MONITOR,
-        POLICY_PARSE_ERROR_BLOCK, PolicyEntry,
+        POLICY_PARSE_ERROR_BLOCK, POLICY_SAFE_SEARCH, PolicyEntry,
     },
     packet::{Addr, Fragment, IPPROTO_TCP, L2, L3, L4, TCP_ACK, TCP_SYN},
 };
@@ -55,6 +55,8 @@ pub struct Scratch {
     pub payload: [u8; 4096],
     /// Loop state of the ClientHello walk.
     pub tls: crate::tls::TlsCtx,
+    /// Loop state of the HTTP request scan.
+    pub http: crate::http::HttpCtx,
     /// A flow's state on its way to `FLOWS`.
     pub flow: gateway_common::maps::FlowState,
     /// A host name that continues in the next segment, on its way to `FLOW_NAMES`.
@@ -626,6 +628,21 @@ fn judge_name(
     let (reason, category) = counted_as(d.why);
     let monitor = policy.flags & POLICY_MONITOR != 0;
     if !d.block {
+        if policy.flags & POLICY_SAFE_SEARCH != 0 {
+            let target = crate::safe_search::covered(generation, policy_id, labels, qtype);
+            if target != 0 {
+                return crate::safe_search::judge(
+                    ctx,
+                    f,
+                    &header,
+                    q_off + 4,
+                    qtype,
+                    generation,
+                    target,
+                    &policy,
+                );
+            }
+        }
         if (qtype == QTYPE_HTTPS || qtype == QTYPE_SVCB) && policy.flags & POLICY_HTTPS_EMPTY != 0 {
             if monitor {
                 return DnsOutcome::new(

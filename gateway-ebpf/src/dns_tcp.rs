@@ -31,7 +31,8 @@ use gateway_common::{
     enums::{Action, Global, Reason, Verdict},
     maps::{
         DNS_STREAM_BLOCKED, DNS_STREAM_OPEN, DNS_STREAM_PREFIX, DnsAnswer, DnsStream, FlowKey,
-        GenSettings, NO_CATEGORY, POLICY_HTTPS_EMPTY, POLICY_MONITOR, PolicyEntry,
+        GenSettings, NO_CATEGORY, POLICY_HTTPS_EMPTY, POLICY_MONITOR, POLICY_SAFE_SEARCH,
+        PolicyEntry,
     },
 };
 
@@ -406,6 +407,12 @@ fn judge_message(
         let (reason, category) = dns::counted_as(d.why);
         if d.block {
             blocked(policy, reason, category)
+        } else if policy.flags & POLICY_SAFE_SEARCH != 0
+            && crate::safe_search::covered(generation, policy_id, labels, qtype) != 0
+        {
+            // No answer in the stream: the flow is reset (a client that asks over TCP gets no
+            // unfiltered answer for a covered name).
+            blocked(policy, Reason::SafeSearch, NO_CATEGORY)
         } else if (qtype == QTYPE_HTTPS || qtype == QTYPE_SVCB)
             && policy.flags & POLICY_HTTPS_EMPTY != 0
         {

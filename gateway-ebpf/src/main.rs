@@ -12,8 +12,11 @@ mod answer;
 mod device;
 mod dns;
 mod dns_tcp;
+mod http;
 mod maps;
 mod packet_bytes;
+mod programs;
+mod safe_search;
 mod tls;
 
 use aya_ebpf::{Global, bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -23,8 +26,8 @@ use gateway_common::{
     enums::{Action, Global as GlobalCounter, LinkType, Proto, Reason, Verdict, stats_index},
     maps::{
         DecisionKey, GenSettings, NO_CATEGORY, POLICY_BLOCK_PORTS, POLICY_MONITOR,
-        POLICY_QUIC_BLOCK, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_TLS_PORTS, TRACE_LOG, TRACE_MAP,
-        TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key, flow_slot, logs,
+        POLICY_QUIC_BLOCK, SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HTTP_PORTS, SETTINGS_TLS_PORTS,
+        TRACE_LOG, TRACE_MAP, TRACE_NO_ACTION, Trace, UNKNOWN_SLOT, block_port_key, flow_slot,
     },
     packet::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Fragment, IPPROTO_TCP, IPPROTO_UDP, L2, L3, L4, TCP_ACK,
@@ -47,20 +50,20 @@ static TRACE_FLAGS: Global<u32> = Global::new(0);
 
 /// What happens to a frame, and why.
 #[derive(Clone, Copy)]
-struct Outcome {
-    verdict: Verdict,
-    reason: Reason,
-    slot: u32,
-    policy: u32,
+pub(crate) struct Outcome {
+    pub(crate) verdict: Verdict,
+    pub(crate) reason: Reason,
+    pub(crate) slot: u32,
+    pub(crate) policy: u32,
     /// `Action` of a decision on a name or device, or `TRACE_NO_ACTION`.
-    action: u32,
+    pub(crate) action: u32,
 }
 
 impl Outcome {
     /// Passed before anything about the frame was known (the scratch map missing,
     /// which array maps cannot be): counted as uninspected traffic of unknown devices.
     #[inline(always)]
-    const fn unjudged() -> Self {
+    pub(crate) const fn unjudged() -> Self {
         Self {
             verdict: Verdict::Pass,
             reason: Reason::Uninspected,
@@ -71,7 +74,7 @@ impl Outcome {
     }
 
     #[inline(always)]
-    fn new(dev: &Device, verdict: Verdict, reason: Reason) -> Self {
+    pub(crate) fn new(dev: &Device, verdict: Verdict, reason: Reason) -> Self {
         Self {
             verdict,
             reason,
@@ -99,7 +102,7 @@ pub fn gateway(ctx: XdpContext) -> u32 {
 // every scalar precise, which stops states from being pruned.
 #[inline(always)]
 pub fn gateway_dns(ctx: XdpContext) -> u32 {
-    let out = judge_dns(&ctx);
+    let out = programs::judge_dns(&ctx);
     finish(&ctx, &out)
 }
 
@@ -111,7 +114,7 @@ pub fn gateway_dns(ctx: XdpContext) -> u32 {
 // every scalar precise, which stops states from being pruned.
 #[inline(always)]
 pub fn gateway_tls(ctx: XdpContext) -> u32 {
-    let out = judge_tls(&ctx);
+    let out = programs::judge_tls(&ctx);
     finish(&ctx, &out)
 }
 
@@ -123,7 +126,7 @@ pub fn gateway_tls(ctx: XdpContext) -> u32 {
 // every scalar precise, which stops states from being pruned.
 #[inline(always)]
 pub fn gateway_dns_tcp(ctx: XdpContext) -> u32 {
-    let out = judge_dns_tcp(&ctx);
+    let out = programs::judge_dns_tcp(&ctx);
     finish(&ctx, &out)
 }
 
@@ -135,230 +138,21 @@ pub fn gateway_dns_tcp(ctx: XdpContext) -> u32 {
 // every scalar precise, which stops states from being pruned.
 #[inline(always)]
 pub fn gateway_dns_msg(ctx: XdpContext) -> u32 {
-    let out = judge_dns_msg(&ctx);
+    let out = programs::judge_dns_msg(&ctx);
     finish(&ctx, &out)
 }
 
-/// What a tail-called program starts from: the main program's handoff, its generation's
-/// settings and the device. `Err` is the outcome when that cannot be had.
+/// The plain-HTTP program: tail-called by `gateway` for TCP segments with payload to an HTTP
+/// port that may start a request or belong to a blocked flow, and by itself for the next
+/// request of a segment.
+#[xdp]
+// Verifier (6.1): inlined into the entry point the macro makes, not called as a subprogram.
+// Old verifiers give up on tracing a value's precision across a subprogram call and mark
+// every scalar precise, which stops states from being pruned.
 #[inline(always)]
-fn take_handoff() -> Result<(dns::Handoff, &'static GenSettings, Device), Outcome> {
-    let Some(s) = maps::scratch() else {
-        return Err(Outcome::unjudged());
-    };
-    let h = s.handoff;
-    let dev = Device {
-        slot: h.slot,
-        policy: h.policy & 63,
-        flags: 0,
-        known: h.slot != UNKNOWN_SLOT,
-    };
-    Ok((h, maps::settings_of(h.generation & 1), dev))
-}
-
-/// A decision on a name (the query's or the ClientHello's, left in `scratch.text`): counted,
-/// and, if `event`, an event unless the policy's `log` (in its `flags`, as the deciding program
-/// read them) says not to.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn decided_on_name(
-    dev: &Device,
-    policy_flags: u32,
-    proto: Proto,
-    action: Action,
-    reason: Reason,
-    category: u8,
-    qtype: u16,
-    name_len: u16,
-    event: bool,
-) {
-    count_decision(dev, proto, action, reason, category);
-    if !event || !logs(policy_flags, action) {
-        return;
-    }
-    maps::emit(|ev| {
-        // SAFETY: no preconditions.
-        ev.boot_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
-        ev.slot = dev.slot;
-        ev.policy = dev.policy;
-        ev.qtype = qtype;
-        ev.proto = proto as u8;
-        ev.action = action as u8;
-        ev.reason = reason as u8;
-        ev.category = category;
-        ev.name_len = name_len;
-        if let Some(s) = maps::scratch() {
-            copy_name(&mut ev.name, &s.text, name_len);
-        }
-    });
-}
-
-/// Copies the first `len` bytes of `from` (rounded up to whole words) into `to`. The rest of
-/// `to` is left as it was: an event's reader takes `name_len` bytes, and not writing the other
-/// ~200 saves the stores and the cache lines they would touch in the ring.
-#[inline(always)]
-fn copy_name(to: &mut [u8; 256], from: &[u8; 256], len: u16) {
-    let words = usize::from(len).div_ceil(8);
-    let (to, from) = (to.as_mut_ptr().cast::<u64>(), from.as_ptr().cast::<u64>());
-    let mut i = 0;
-    while i < 256 / 8 && i < words {
-        // SAFETY: word `i` < 32 of two 256-byte arrays. Volatile: LLVM would otherwise turn
-        // the loop into a call to `memcpy`, a byte loop in a BPF subprogram.
-        unsafe { core::ptr::write_volatile(to.add(i), from.add(i).read_unaligned()) };
-        i += 1;
-    }
-}
-
-#[inline(always)]
-fn judge_tls(ctx: &XdpContext) -> Outcome {
-    let (h, settings, dev) = match take_handoff() {
-        Ok(t) => t,
-        Err(out) => return out,
-    };
-    let generation = h.generation & 1;
-    let d = tls::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
-    let Some(action) = d.action else {
-        return Outcome::new(&dev, d.verdict, d.reason);
-    };
-    decided_on_name(
-        &dev,
-        d.policy_flags,
-        Proto::Tls,
-        action,
-        d.reason,
-        d.category,
-        0,
-        d.name_len,
-        // A blocked flow's later packets are counted, not logged again.
-        d.reason != Reason::FlowBlocked,
-    );
-    Outcome {
-        action: action as u32,
-        ..Outcome::new(&dev, d.verdict, d.reason)
-    }
-}
-
-#[inline(always)]
-fn judge_dns(ctx: &XdpContext) -> Outcome {
-    let (h, settings, dev) = match take_handoff() {
-        Ok(t) => t,
-        Err(out) => return out,
-    };
-    let generation = h.generation & 1;
-    let d = dns::judge(
-        ctx,
-        &h.frame.bounded(),
-        generation,
-        settings,
-        dev.policy,
-        h.refused != 0,
-    );
-    decided_on_name(
-        &dev,
-        d.policy_flags,
-        Proto::Dns,
-        d.action,
-        d.reason,
-        d.category,
-        d.qtype,
-        d.name_len,
-        // Only queries whose name was read; malformed ones are counted.
-        d.name_len > 0,
-    );
-    Outcome {
-        action: d.action as u32,
-        ..Outcome::new(&dev, d.verdict, d.reason)
-    }
-}
-
-#[inline(always)]
-fn judge_dns_tcp(ctx: &XdpContext) -> Outcome {
-    let (h, _, dev) = match take_handoff() {
-        Ok(t) => t,
-        Err(out) => return out,
-    };
-    let f = h.frame.bounded();
-    let policy = maps::policy(h.generation & 1, dev.policy);
-    let r = match dns_tcp::read(ctx, &f, h.off, &policy) {
-        dns_tcp::Read::Frame(r) => r,
-        dns_tcp::Read::Judge => {
-            // SAFETY: PROGS holds programs of this type; on success this does not return.
-            unsafe { maps::PROGS.tail_call(ctx, maps::PROG_DNS_MSG) };
-            return too_many(ctx, &f, &dev);
-        }
-    };
-    let d = &r.d;
-    if r.decided && d.reason != Reason::FlowBlocked {
-        count_decision(&dev, Proto::Dns, d.action, d.reason, d.category);
-    }
-    // A segment that ends inside a message is counted under the last message decided in it.
-    let reason = if d.reason == Reason::DnsTcpPending && h.last != 0 {
-        Reason::from_u32(h.last - 1).unwrap_or(Reason::DnsTcpPending)
-    } else {
-        d.reason
-    };
-    Outcome {
-        action: if r.decided {
-            d.action as u32
-        } else {
-            TRACE_NO_ACTION
-        },
-        ..Outcome::new(&dev, d.verdict, reason)
-    }
-}
-
-#[inline(always)]
-fn judge_dns_msg(ctx: &XdpContext) -> Outcome {
-    let (h, settings, dev) = match take_handoff() {
-        Ok(t) => t,
-        Err(out) => return out,
-    };
-    let generation = h.generation & 1;
-    let f = h.frame.bounded();
-    let r = dns_tcp::judge_next(ctx, &f, generation, settings, dev.policy, h.refused != 0);
-    let d = &r.d;
-    decided_on_name(
-        &dev,
-        d.policy_flags,
-        Proto::Dns,
-        d.action,
-        d.reason,
-        d.category,
-        d.qtype,
-        d.name_len,
-        d.name_len > 0,
-    );
-    if r.more {
-        if let Some(s) = maps::scratch() {
-            s.handoff.off = r.off;
-            s.handoff.last = d.reason as u32 + 1;
-            // SAFETY: PROGS holds programs of this type; on success this does not return.
-            unsafe { maps::PROGS.tail_call(ctx, maps::PROG_DNS_TCP) };
-        }
-        return too_many(ctx, &f, &dev);
-    }
-    Outcome {
-        action: d.action as u32,
-        ..Outcome::new(&dev, d.verdict, d.reason)
-    }
-}
-
-/// The kernel's tail-call limit reached: more messages in the segment than a frame may judge.
-/// The flow is reset and blocked.
-#[inline(always)]
-fn too_many(ctx: &XdpContext, f: &dns::Frame, dev: &Device) -> Outcome {
-    let verdict = dns_tcp::too_many(ctx, f);
-    count_decision(
-        dev,
-        Proto::Dns,
-        Action::Block,
-        Reason::DnsTcpTooMany,
-        NO_CATEGORY,
-    );
-    Outcome {
-        action: Action::Block as u32,
-        ..Outcome::new(dev, verdict, Reason::DnsTcpTooMany)
-    }
+pub fn gateway_http(ctx: XdpContext) -> u32 {
+    let out = programs::judge_http(&ctx);
+    finish(&ctx, &out)
 }
 
 #[inline(always)]
@@ -450,7 +244,9 @@ fn judge(ctx: &XdpContext) -> Outcome {
     // Most frames go to a port no path looks at: three compares and out.
     if l4.dst_port() != 53
         && l4.dst_port() != DEFAULT_TLS_PORT
-        && settings.flags & (SETTINGS_HAS_BLOCK_PORTS | SETTINGS_TLS_PORTS) == 0
+        && l4.dst_port() != DEFAULT_HTTP_PORT
+        && settings.flags & (SETTINGS_HAS_BLOCK_PORTS | SETTINGS_TLS_PORTS | SETTINGS_HTTP_PORTS)
+            == 0
     {
         return Outcome::new(&dev, Verdict::Pass, Reason::Uninspected);
     }
@@ -491,6 +287,12 @@ fn judge(ctx: &XdpContext) -> Outcome {
         if tcp && syn && is_tls_port(generation, settings, l4.dst_port()) {
             tls::start_flow(&pkt, &l3, &l4);
         } else if tcp
+            && syn
+            && is_http_port(generation, settings, l4.dst_port())
+            && maps::flow_marked(flow_slot(&l3.src, l4.ports))
+        {
+            http::reopen(&pkt, &l3, &l4);
+        } else if tcp
             && l4.tcp_flags & (TCP_RST | TCP_FIN) != 0
             && is_tls_port(generation, settings, l4.dst_port())
             && maps::flow_marked(flow_slot(&l3.src, l4.ports))
@@ -510,6 +312,13 @@ fn judge(ctx: &XdpContext) -> Outcome {
                 || maps::flow_marked(flow_slot(&l3.src, l4.ports)))
         {
             hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_TLS);
+        } else if is_http_port(generation, settings, l4.dst_port())
+            && (pkt
+                .u8_at(l4.payload_off)
+                .is_some_and(http::may_start_request)
+                || maps::flow_marked(flow_slot(&l3.src, l4.ports)))
+        {
+            hand_over(ctx, &pkt, &l2, &l3, &l4, generation, &dev, maps::PROG_HTTP);
         }
     } else if udp && l4.dst_port() == QUIC_PORT && is_quic_initial(&pkt, l4.payload_off) {
         let policy = maps::policy(generation, dev.policy);
@@ -526,6 +335,16 @@ fn is_tls_port(generation: u32, settings: &GenSettings, port: u16) -> bool {
         maps::tls_port(generation, port)
     } else {
         port == DEFAULT_TLS_PORT
+    }
+}
+
+/// Whether TCP port `port` is a plain-HTTP port of `generation`.
+#[inline(always)]
+fn is_http_port(generation: u32, settings: &GenSettings, port: u16) -> bool {
+    if settings.flags & SETTINGS_HTTP_PORTS != 0 {
+        maps::http_port(generation, port)
+    } else {
+        port == DEFAULT_HTTP_PORT
     }
 }
 
@@ -557,12 +376,16 @@ fn first_fragment(
 ) -> Option<Outcome> {
     let end = l3.end(pkt.size());
     let proto = if l3.proto == IPPROTO_TCP
-        && (l4.dst_port() == 53 || is_tls_port(generation, settings, l4.dst_port()))
+        && (l4.dst_port() == 53
+            || is_tls_port(generation, settings, l4.dst_port())
+            || is_http_port(generation, settings, l4.dst_port()))
     {
         if l4.dst_port() == 53 {
             Proto::Dns
-        } else {
+        } else if is_tls_port(generation, settings, l4.dst_port()) {
             Proto::Tls
+        } else {
+            Proto::Http
         }
     } else if l3.proto == IPPROTO_UDP && l4.payload_off + DNS_HEADER > end {
         if l4.dst_port() == QUIC_PORT {
@@ -602,7 +425,7 @@ fn hand_over(
         // DNS to a resolver the policy does not list (`dns_resolvers`): refused by the DNS
         // programs.
         h.refused = u32::from(
-            prog != maps::PROG_TLS && {
+            prog != maps::PROG_TLS && prog != maps::PROG_HTTP && {
                 let mask = maps::policy_resolvers(generation, dev.policy);
                 mask != 0 && !maps::resolver_listed(generation, mask, &h.frame.dst)
             },
@@ -614,6 +437,9 @@ fn hand_over(
 
 /// The TCP port whose ClientHellos are inspected unless `[gateway] tls_ports` says otherwise.
 const DEFAULT_TLS_PORT: u16 = 443;
+/// The TCP port whose requests are read as plain HTTP unless `[gateway] http_ports` says
+/// otherwise.
+const DEFAULT_HTTP_PORT: u16 = 80;
 /// The UDP port whose QUIC Initials are judged.
 const QUIC_PORT: u16 = 443;
 
@@ -666,7 +492,13 @@ fn decided(dev: &Device, proto: Proto, reason: Reason, flags: u32, block: bool) 
 
 /// Counts a decision on a device.
 #[inline(always)]
-fn count_decision(dev: &Device, proto: Proto, action: Action, reason: Reason, category: u8) {
+pub(crate) fn count_decision(
+    dev: &Device,
+    proto: Proto,
+    action: Action,
+    reason: Reason,
+    category: u8,
+) {
     let key = DecisionKey {
         slot: dev.slot,
         proto: proto as u8,

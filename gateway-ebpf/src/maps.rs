@@ -10,6 +10,7 @@ use aya_ebpf::{
 use gateway_common::{
     domain::RuleSet,
     enums::{GLOBAL_SLOTS, Global, REASON_SLOTS, VERDICT_SLOTS},
+    maps::HTTP_PORT_WORDS,
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, CidrData, Control, Counter, DEVICE_SLOTS, DecisionKey,
         DeviceName, DeviceRef, DeviceTraffic, GENERATIONS, GenSettings, IP_BUCKETS, IfaceInfo,
@@ -23,6 +24,7 @@ use gateway_common::{
         FlowName, FlowState, MAX_BLOCK_PORTS, MAX_RESOLVERS, TLS_PORT_WORDS,
     },
     packet::Addr,
+    safe_search::{MAX_SAFE_TARGETS, SAFE_NAME_SLOTS, SafeKey, SafeName, SafeTarget, target_index},
     table::{self, DomainBucket, IpBucket, MacBucket},
 };
 
@@ -143,7 +145,7 @@ pub fn emit(fill: impl FnOnce(&mut gateway_common::maps::DecisionEvent)) {
 /// loaded instance and pinned beside its program (the kernel empties an array nothing in user
 /// space refers to). A tail-called program is verified on its own.
 #[map]
-pub static PROGS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
 
 /// Index of the DNS program in `PROGS`.
 pub const PROG_DNS: u32 = 0;
@@ -154,6 +156,9 @@ pub const PROG_DNS_TCP: u32 = 2;
 /// Index of the DNS-over-TCP message program in `PROGS` (the two tail-call each other, a
 /// message at a time).
 pub const PROG_DNS_MSG: u32 = 3;
+/// Index of the plain-HTTP program in `PROGS` (it tail-calls itself for the next request of a
+/// segment).
+pub const PROG_HTTP: u32 = 4;
 
 /// TCP flow to port 53 -> where its DNS stream is (`DnsStream`). LRU: the oldest flows make room.
 #[map]
@@ -220,6 +225,56 @@ pub fn tls_port(generation: u32, port: u16) -> bool {
     TLS_PORTS
         .get(word)
         .is_some_and(|w| (*w >> (port & 63)) & 1 != 0)
+}
+
+/// `[generation * HTTP_PORT_WORDS + port / 64]`, bit `port % 64`: the TCP ports whose requests
+/// are read as plain HTTP, when the generation has `SETTINGS_HTTP_PORTS`. Written by the daemon
+/// through mmap (standby generation only).
+#[map]
+static HTTP_PORTS: Array<u64> =
+    Array::with_max_entries(GENERATIONS * HTTP_PORT_WORDS, BPF_F_MMAPABLE);
+
+/// Whether `port` is a plain-HTTP port of `generation`'s bitmap.
+#[inline(always)]
+pub fn http_port(generation: u32, port: u16) -> bool {
+    let word = (generation & 1) * HTTP_PORT_WORDS + u32::from(port >> 6);
+    HTTP_PORTS
+        .get(word)
+        .is_some_and(|w| (*w >> (port & 63)) & 1 != 0)
+}
+
+/// Covered name (`SafeKey`: whole-name fingerprint, generation) -> per policy, the SafeSearch
+/// target answering it (`SafeName`). Written by the daemon (standby generation only).
+#[map]
+static SAFE_NAMES: HashMap<SafeKey, SafeName> = HashMap::with_max_entries(SAFE_NAME_SLOTS, 0);
+
+/// `[target_index(generation, t)]`: the SafeSearch enforcement names and their addresses
+/// (`SafeTarget`). Names are written with their generation; addresses by the daemon's
+/// resolver in both generations at any time, a whole set at a time (see `SafeTarget`).
+#[map]
+static SAFE_TARGETS: Array<SafeTarget> =
+    Array::with_max_entries(GENERATIONS * MAX_SAFE_TARGETS, BPF_F_MMAPABLE);
+
+/// The SafeSearch target (index + 1) covering the name with whole-name fingerprint `fp` for
+/// `policy`, or 0.
+#[inline(always)]
+pub fn safe_target_of(generation: u32, fp: u64, policy: u32) -> u32 {
+    let key = SafeKey {
+        fp,
+        generation: generation & 1,
+        _pad: 0,
+    };
+    // SAFETY: the value is only read.
+    match unsafe { SAFE_NAMES.get(key) } {
+        Some(v) => u32::from(v.targets[(policy & 63) as usize]),
+        None => 0,
+    }
+}
+
+/// A SafeSearch target's record.
+#[inline(always)]
+pub fn safe_target(generation: u32, target: u32) -> Option<&'static SafeTarget> {
+    SAFE_TARGETS.get(target_index(generation, target))
 }
 
 /// Whether `BLOCK_PORTS` has this key.

@@ -56,20 +56,24 @@ const R_NO_SNI: u32 = 3;
 const R_UNPARSED: u32 = 4;
 const R_NOT_HELLO: u32 = 5;
 
-/// The walk's output: the host name's text and label hashes, in scratch memory.
-struct Sink<'a> {
-    text: &'a mut [u8; 256],
-    labels: &'a mut [u64; MAX_LEVELS],
+/// The walk's output: the host name's text and label hashes, in scratch memory (the HTTP
+/// scan's too).
+pub(crate) struct Sink<'a> {
+    pub(crate) text: &'a mut [u8; 256],
+    pub(crate) labels: &'a mut [u64; MAX_LEVELS],
 }
 
 impl HelloSink for Sink<'_> {
+    // Verifier (6.18.44, the HTTP scan): `opaque` keeps the masks, which LLVM drops where it
+    // has bounded the index itself (`name_len < 253`) on a register the verifier does not see
+    // bounded ("R7 max value is outside of the allowed memory range").
     #[inline(always)]
     fn text(&mut self, i: usize, c: u8) {
-        self.text[i & 0xff] = c;
+        self.text[opaque(i) & 0xff] = c;
     }
     #[inline(always)]
     fn label(&mut self, i: usize, hash: u64) {
-        self.labels[i & (MAX_LEVELS - 1)] = hash;
+        self.labels[opaque(i) & (MAX_LEVELS - 1)] = hash;
     }
 }
 
@@ -144,15 +148,29 @@ pub struct TlsOutcome {
 
 impl TlsOutcome {
     #[inline(always)]
-    const fn dropped(self) -> Self {
+    pub(crate) const fn dropped(self) -> Self {
         Self {
             verdict: Verdict::Drop,
             ..self
         }
     }
 
+    /// A later packet of a blocked flow: dropped, counted, not logged again.
     #[inline(always)]
-    const fn pass(reason: Reason) -> Self {
+    pub(crate) const fn blocked_flow() -> Self {
+        Self {
+            verdict: Verdict::Drop,
+            reason: Reason::FlowBlocked,
+            action: Some(Action::Block),
+            category: NO_CATEGORY,
+            name_len: 0,
+            // Not read: a blocked flow's later packets are counted, not logged.
+            policy_flags: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) const fn pass(reason: Reason) -> Self {
         Self {
             verdict: Verdict::Pass,
             reason,
@@ -270,15 +288,7 @@ pub fn judge(
     if let Some(st) = state {
         existed = true;
         if st.state == FLOW_BLOCKED && !(may_start_hello(first) && f.seq != st.first_seq) {
-            return TlsOutcome {
-                verdict: Verdict::Drop,
-                reason: Reason::FlowBlocked,
-                action: Some(Action::Block),
-                category: NO_CATEGORY,
-                name_len: 0,
-                // Not read: a blocked flow's later packets are counted, not logged.
-                policy_flags: 0,
-            };
+            return TlsOutcome::blocked_flow();
         }
         if st.state == FLOW_BLOCKED || (f.seq == st.first_seq && may_start_hello(first)) {
             // A new connection on the ports of a blocked one (its ClientHello at another

@@ -28,6 +28,7 @@ const GUEST_TESTS: &[(&str, &str)] = &[
     ("gateway-user", "dns"),
     ("gateway-user", "tls"),
     ("gateway-user", "evasion"),
+    ("gateway-user", "http"),
     ("gateway-testbed", "kernels"),
     ("gateway-testbed", "evasion"),
 ];

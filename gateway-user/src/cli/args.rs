@@ -159,13 +159,13 @@ pub enum Command {
         /// Only this device (repeatable).
         #[arg(long)]
         device: Vec<String>,
-        /// Only this action: allow, block or monitor.
+        /// Only this action: allow, block, monitor or rewrite.
         #[arg(long)]
         action: Option<String>,
         /// Only this name and the names under it.
         #[arg(long)]
         name: Option<String>,
-        /// Only this protocol: dns, tls, quic, port or suspended.
+        /// Only this protocol: dns, tls, quic, http, port or suspended.
         #[arg(long)]
         protocol: Option<String>,
         /// From this time: RFC 3339 (2026-11-26T08:00:00Z) or an age (15m, 2h, 7d).

@@ -11,11 +11,12 @@ use gateway_common::{
     domain::RuleSet,
     maps::{
         DEVICE_SUSPENDED, DOMAIN_LOAD_PERCENT, DeviceRef, DnsAnswer, GenSettings,
-        POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTPS_EMPTY, POLICY_LOG_BLOCKED,
-        POLICY_LOG_NONE, POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK, POLICY_PRESENT,
-        POLICY_QUIC_BLOCK, POLICY_TLS_DROP, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry,
+        POLICY_BLOCK_PORTS, POLICY_DEFAULT_BLOCK, POLICY_HTTP_DROP, POLICY_HTTPS_EMPTY,
+        POLICY_LOG_BLOCKED, POLICY_LOG_NONE, POLICY_MONITOR, POLICY_PARSE_ERROR_BLOCK,
+        POLICY_PRESENT, POLICY_QUIC_BLOCK, POLICY_SAFE_SEARCH, POLICY_TLS_DROP,
+        POLICY_UNPARSED_HTTP_BLOCK, POLICY_UNPARSED_TLS_BLOCK, PolicyEntry,
         SETTINGS_HAS_BLOCK_PORTS, SETTINGS_HAS_CIDR, SETTINGS_HAS_IP, SETTINGS_HAS_MAC,
-        SETTINGS_TLS_PORTS, SETTINGS_VALID, TLS_PORT_WORDS, below_id, domain_value, here_id,
+        SETTINGS_HTTP_PORTS, SETTINGS_TLS_PORTS, SETTINGS_VALID, below_id, domain_value, here_id,
     },
     table,
 };
@@ -39,6 +40,10 @@ pub struct Desired {
     pub block_ports: BTreeSet<(u32, u8, u16)>,
     /// The TLS ports as a bitmap (`TLS_PORTS` of one generation).
     pub tls_ports: Vec<u64>,
+    /// The plain-HTTP ports as a bitmap (`HTTP_PORTS` of one generation).
+    pub http_ports: Vec<u64>,
+    /// The SafeSearch targets and covered names (`SAFE_TARGETS`, `SAFE_NAMES`).
+    pub safe_search: super::safe_search::SafeImage,
     /// Every policy's `dns_resolvers` together (`RESOLVERS` of one generation; at most
     /// `MAX_RESOLVERS`); bit `i` of a policy's `resolvers` is entry `i`.
     pub resolvers: Vec<[u8; 16]>,
@@ -461,6 +466,9 @@ impl Desired {
                 (p.unparsed_tls_block, POLICY_UNPARSED_TLS_BLOCK),
                 (p.quic_block, POLICY_QUIC_BLOCK),
                 (!p.block_ports.is_empty(), POLICY_BLOCK_PORTS),
+                (!p.safe_search.is_empty(), POLICY_SAFE_SEARCH),
+                (p.http_drop, POLICY_HTTP_DROP),
+                (p.unparsed_http_block, POLICY_UNPARSED_HTTP_BLOCK),
             ] {
                 if on {
                     flags |= bit;
@@ -526,10 +534,7 @@ impl Desired {
         if !d.block_ports.is_empty() {
             flags |= SETTINGS_HAS_BLOCK_PORTS;
         }
-        d.tls_ports = vec![0u64; TLS_PORT_WORDS as usize];
-        for &p in &config.tls_ports {
-            d.tls_ports[usize::from(p >> 6)] |= 1 << (p & 63);
-        }
+        d.tls_ports = super::images::port_bitmap(&config.tls_ports);
         if config
             .tls_ports
             .iter()
@@ -537,6 +542,21 @@ impl Desired {
         {
             flags |= SETTINGS_TLS_PORTS;
         }
+        d.http_ports = super::images::port_bitmap(&config.http_ports);
+        if config
+            .http_ports
+            .iter()
+            .ne([crate::config::DEFAULT_HTTP_PORT].iter())
+        {
+            flags |= SETTINGS_HTTP_PORTS;
+        }
+        let engines: Vec<&[usize]> = config
+            .policies
+            .iter()
+            .map(|p| p.safe_search.as_slice())
+            .collect();
+        d.safe_search =
+            super::safe_search::SafeImage::compile(&config.safe_search.engines, &engines);
         d.settings = GenSettings {
             unknown_policy: config.unknown_policy as u32,
             flags,

@@ -152,3 +152,13 @@ fn random_seed() -> anyhow::Result<u64> {
     let b: [u8; 8] = b.as_slice().try_into().context("8 random bytes")?;
     Ok(u64::from_le_bytes(b) | 1)
 }
+
+/// A port set as one generation's bitmap (`TLS_PORTS`, `HTTP_PORTS`): bit `p % 64` of word
+/// `p / 64`.
+pub(super) fn port_bitmap(ports: &std::collections::BTreeSet<u16>) -> Vec<u64> {
+    let mut words = vec![0u64; gateway_common::maps::TLS_PORT_WORDS as usize];
+    for &p in ports {
+        words[usize::from(p >> 6)] |= 1 << (p & 63);
+    }
+    words
+}

@@ -19,6 +19,7 @@ mod locate;
 mod policy;
 mod raw;
 pub mod remote;
+pub mod safe_search;
 mod sections;
 pub mod telemetry;
 #[cfg(test)]
@@ -77,6 +78,12 @@ pub struct Config {
     pub max_tls_flows: u32,
     /// TCP ports whose ClientHellos are inspected (`[gateway] tls_ports`, default 443).
     pub tls_ports: BTreeSet<u16>,
+    /// TCP ports whose requests are read as plain HTTP (`[gateway] http_ports`, default 80;
+    /// empty: none).
+    pub http_ports: BTreeSet<u16>,
+    /// `[safe_search]`: the engines policies may switch on, and the resolver of their
+    /// enforcement names.
+    pub safe_search: safe_search::SafeSearch,
     /// The time zone of schedules (`[gateway] timezone`; the system's if not given).
     pub timezone: jiff::tz::TimeZone,
     /// The files it was read from: itself, its inventories and list files (for a list by URL,
@@ -159,6 +166,9 @@ impl Category {
 
 /// The TCP port whose ClientHellos are inspected unless `[gateway] tls_ports` says otherwise.
 pub const DEFAULT_TLS_PORT: u16 = 443;
+/// The TCP port whose requests are read as plain HTTP unless `[gateway] http_ports` says
+/// otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// Domain-table capacity unless `[gateway] max_domains` says otherwise.
 pub const DEFAULT_MAX_DOMAINS: u32 = 262_144;

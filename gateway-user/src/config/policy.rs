@@ -110,6 +110,13 @@ pub struct Policy {
     /// The resolvers plain DNS may go to (IPv6 or IPv4-mapped bytes; the policy's own
     /// `dns_resolvers`, else the gateway's): DNS to any other address is refused. `None`: any.
     pub dns_resolvers: Option<BTreeSet<[u8; 16]>>,
+    /// `safe_search`: the engines (indexes into `Config::safe_search.engines`) whose names are
+    /// answered with their enforcement names.
+    pub safe_search: Vec<usize>,
+    /// `http_block_answer = "drop"`: blocked plain-HTTP requests are dropped, not reset.
+    pub http_drop: bool,
+    /// `on_unparsed_http = "block"`.
+    pub unparsed_http_block: bool,
     /// Windows during which another policy applies to this policy's devices; the first that
     /// contains the local time wins.
     pub schedule: Vec<Window>,
@@ -213,6 +220,9 @@ impl Policy {
             sinkhole_v6: [0; 16],
             block_ttl: DEFAULT_BLOCK_TTL,
             dns_resolvers: None,
+            safe_search: Vec::new(),
+            http_drop: false,
+            unparsed_http_block: false,
             schedule: Vec::new(),
         }
     }

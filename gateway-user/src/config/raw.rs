@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     pub(super) lifecycle: RawLifecycle,
     pub(super) fleet: Option<super::fleet::RawFleet>,
     pub(super) telemetry: Option<super::telemetry::RawTelemetry>,
+    #[serde(default)]
+    pub(super) safe_search: super::safe_search::RawSafeSearch,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +74,7 @@ pub(super) struct RawGateway {
     pub(super) max_domains: Option<Spanned<u32>>,
     pub(super) max_tls_flows: Option<Spanned<u32>>,
     pub(super) tls_ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub(super) http_ports: Option<Spanned<Vec<Spanned<i64>>>>,
     pub(super) dns_resolvers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) inventories: Vec<Spanned<PathBuf>>,
@@ -178,6 +181,10 @@ pub(super) struct RawPolicy {
     pub(super) sinkhole_ipv6: Option<Spanned<String>>,
     pub(super) block_ttl: Option<u32>,
     pub(super) dns_resolvers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) safe_search: Vec<Spanned<String>>,
+    pub(super) on_unparsed_http: Option<AllowBlock>,
+    pub(super) http_block_answer: Option<TlsBlockAnswer>,
 }
 
 /// A string or a list of strings.

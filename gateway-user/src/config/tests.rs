@@ -252,7 +252,7 @@ fn errors_are_located_and_specific() {
         ),
         (
             "[gateway]\nfoo = 1\n",
-            "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `dns_resolvers`, `inventories`, `timezone`, `state_dir`",
+            "t.toml:2:1: unknown field `foo`, expected one of `mode`, `unknown_devices`, `bpffs`, `max_domains`, `max_tls_flows`, `tls_ports`, `http_ports`, `dns_resolvers`, `inventories`, `timezone`, `state_dir`",
         ),
         (
             "[[policy]]\nname = \"a\"\nlog = \"some\"\n",
@@ -265,6 +265,30 @@ fn errors_are_located_and_specific() {
         (
             "[gateway]\ntls_ports = []\n",
             "t.toml:2:13: tls_ports: empty (expected at least one port, e.g. [443])",
+        ),
+        (
+            "[gateway]\nhttp_ports = [80, 0]\n",
+            "t.toml:2:19: http_ports: 0 is not a port (1-65535)",
+        ),
+        (
+            "[gateway]\nhttp_ports = [443]\n",
+            "t.toml:2:14: http_ports: 443 is a TLS port too (tls_ports)",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nsafe_search = [\"google\", \"altavista\"]\n",
+            "t.toml:3:26: policy \"a\": safe_search: no engine \"altavista\" (known: google, youtube-strict, youtube-moderate, bing, duckduckgo, ecosia, pixabay, yandex)",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nsafe_search = [\"youtube-strict\", \"youtube-moderate\"]\n",
+            "t.toml:3:34: policy \"a\": safe_search: \"youtube-moderate\" and \"youtube-strict\" cover the same names (choose one)",
+        ),
+        (
+            "[safe_search]\nresolver = \"dns.example\"\n",
+            "t.toml:2:12: safe_search.resolver: \"dns.example\" is not an address (expected e.g. 9.9.9.9, 192.0.2.53:5353 or [2001:db8::53]:53)",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\non_unparsed_http = \"maybe\"\n",
+            "t.toml:3:20: unknown variant `maybe`, expected `allow` or `block`",
         ),
         (
             "[gateway]\nmax_tls_flows = 0\n",

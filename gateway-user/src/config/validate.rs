@@ -190,6 +190,8 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         errors.push(loc.error(0, format!("{} categories defined (with the built-in dns-bypass); at most {MAX_CATEGORIES} are supported", categories.len())));
     }
 
+    let safe_search =
+        super::safe_search::validate(&raw.safe_search, &base, loc, &mut errors, &mut files);
     let mut policies: Vec<Policy> = Vec::new();
     for p in &raw.policies {
         let name = p.name.get_ref();
@@ -274,6 +276,15 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
         pol.log = p.log.unwrap_or_default();
         pol.unparsed_tls_block = p.on_unparsed_tls == Some(AllowBlock::Block);
         pol.quic_block = p.quic == Some(AllowBlock::Block);
+        pol.safe_search = super::safe_search::policy_engines(
+            &p.safe_search,
+            &safe_search.engines,
+            name,
+            loc,
+            &mut errors,
+        );
+        pol.http_drop = p.http_block_answer == Some(TlsBlockAnswer::Drop);
+        pol.unparsed_http_block = p.on_unparsed_http == Some(AllowBlock::Block);
         for bp in &p.block_ports {
             match bp.get_ref().parse::<BlockedPort>() {
                 Ok(port) => {
@@ -531,29 +542,28 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
     {
         errors.push(loc.at(m, "max_tls_flows: must be at least 1".to_string()));
     }
-    let mut tls_ports = BTreeSet::new();
-    match &raw.gateway.tls_ports {
-        None => {
-            tls_ports.insert(DEFAULT_TLS_PORT);
-        }
-        Some(list) => {
-            if list.get_ref().is_empty() {
-                errors.push(loc.at(
-                    list,
-                    "tls_ports: empty (expected at least one port, e.g. [443])".to_string(),
-                ));
-            }
-            for p in list.get_ref() {
-                match u16::try_from(*p.get_ref()) {
-                    Ok(port) if port != 0 => {
-                        tls_ports.insert(port);
-                    }
-                    _ => errors.push(loc.at(
-                        p,
-                        format!("tls_ports: {} is not a port (1-65535)", p.get_ref()),
-                    )),
-                }
-            }
+    let tls_ports = ports(
+        &raw.gateway.tls_ports,
+        "tls_ports",
+        DEFAULT_TLS_PORT,
+        false,
+        loc,
+        &mut errors,
+    );
+    let http_ports = ports(
+        &raw.gateway.http_ports,
+        "http_ports",
+        DEFAULT_HTTP_PORT,
+        true,
+        loc,
+        &mut errors,
+    );
+    for p in tls_ports.intersection(&http_ports) {
+        if let Some(list) = &raw.gateway.http_ports {
+            errors.push(loc.at(
+                list,
+                format!("http_ports: {p} is a TLS port too (tls_ports)"),
+            ));
         }
     }
 
@@ -649,6 +659,8 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator<'_>) -> Result<Config, Conf
                 .max_tls_flows
                 .map_or(gateway_common::maps::DEFAULT_TLS_FLOWS, |m| *m.get_ref()),
             tls_ports,
+            http_ports,
+            safe_search,
             timezone,
             files,
             remote_lists: {
@@ -718,4 +730,36 @@ pub(super) fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("contains whitespace or control characters");
     }
     Ok(())
+}
+
+/// A `[gateway]` port list (`tls_ports`, `http_ports`): `default` alone unless given; an empty
+/// list is an error unless `may_be_empty`.
+fn ports(
+    raw: &Option<Spanned<Vec<Spanned<i64>>>>,
+    key: &str,
+    default: u16,
+    may_be_empty: bool,
+    loc: &Locator<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeSet<u16> {
+    let mut out = BTreeSet::new();
+    let Some(list) = raw else {
+        out.insert(default);
+        return out;
+    };
+    if list.get_ref().is_empty() && !may_be_empty {
+        errors.push(loc.at(
+            list,
+            format!("{key}: empty (expected at least one port, e.g. [{default}])"),
+        ));
+    }
+    for p in list.get_ref() {
+        match u16::try_from(*p.get_ref()) {
+            Ok(port) if port != 0 => {
+                out.insert(port);
+            }
+            _ => errors.push(loc.at(p, format!("{key}: {} is not a port (1-65535)", p.get_ref()))),
+        }
+    }
+    out
 }

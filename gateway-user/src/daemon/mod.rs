@@ -12,6 +12,7 @@ mod lists;
 mod notify;
 mod pull;
 mod reload;
+mod safe_search;
 mod shipping;
 mod state;
 
@@ -203,6 +204,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     // Metrics and history leave for the centre if configured; a reload that changes where
     // restarts the pipeline.
+    // SafeSearch: the enforcement names the policies use, resolved and kept current.
+    let resolver = safe_search::Resolver::start(&state.config, running.maps.safe_targets.clone())
+        .map_err(|e| tracing::error!(error = %format!("{e:#}"), "SafeSearch names stay unresolved: their queries pass to the resolver"))
+        .ok();
     let mut pipelines = shipping::Pipelines::new(state.ship.clone(), state.shared.clone());
     pipelines.follow(&state.config);
     // A fleet gateway polls for bundles; one verified and valid is applied in the loop below.
@@ -262,6 +267,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     r.follow(&state.config.remote_lists);
                 }
                 pipelines.follow(&state.config);
+                if let Some(r) = &resolver {
+                    r.follow(&state.config);
+                }
                 let candidate = poller
                     .as_mut()
                     .zip(state.config.fleet.clone())
@@ -301,6 +309,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&pid_path);
     notify("STOPPING=1");
     pipelines.stop();
+    if let Some(r) = resolver {
+        r.stop();
+    }
     if let Some(r) = recorder {
         r.stop();
     }

@@ -20,6 +20,7 @@ use gateway_common::{
         CidrData, DECISION_CACHE_SLOTS, DEVICE_SLOTS, DecisionKey, DecisionSlot, DeviceName,
         DeviceRef, MAX_POLICIES, MAX_RESOLVERS, block_port_key, cidr_data, policy_index,
     },
+    safe_search::{SafeKey, SafeName},
     table::DomainBucket,
 };
 
@@ -277,6 +278,31 @@ fn write_generation(
     };
     changes += write_table(&mut maps.rulesets, generation, &images.rulesets)?;
     changes += write_table(&mut maps.tls_ports, generation, &desired.tls_ports)?;
+    changes += write_table(&mut maps.http_ports, generation, &desired.http_ports)?;
+
+    // SafeSearch: the targets' records first (a name of this generation may point at any).
+    changes += maps
+        .safe_targets
+        .write_generation(generation, &desired.safe_search.targets);
+    let current: HashMap<SafeKey, SafeName> = maps
+        .safe_names
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.generation == generation & 1)
+        .collect();
+    let want = super::safe_search::names_of(
+        generation,
+        desired.settings.table_seed,
+        &desired.safe_search.names,
+    );
+    let (put, del) = diff(&current, &want);
+    for (k, v) in &put {
+        maps.safe_names.insert(k, v, 0)?;
+    }
+    for k in &del {
+        maps.safe_names.remove(k)?;
+    }
+    changes += put.len() + del.len();
 
     // LPM keys are packed structs without Hash; key them by (prefix length, data) here.
     let current: HashMap<(u32, CidrData), DeviceRef> = maps

@@ -29,6 +29,16 @@ pub struct Maps {
     pub rulesets: MmapArray<RuleSet>,
     /// The TLS port bitmap of both generations.
     pub tls_ports: MmapArray<u64>,
+    /// The plain-HTTP port bitmap of both generations.
+    pub http_ports: MmapArray<u64>,
+    /// SafeSearch: covered names of both generations.
+    pub safe_names: aya::maps::HashMap<
+        MapData,
+        gateway_common::safe_search::SafeKey,
+        gateway_common::safe_search::SafeName,
+    >,
+    /// SafeSearch: the enforcement names and their addresses (shared with the resolver).
+    pub safe_targets: super::safe_search::SafeTargets,
     pub by_cidr: LpmTrie<MapData, CidrData, DeviceRef>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub device_traffic: PerCpuArray<MapData, DeviceTraffic>,
@@ -77,6 +87,16 @@ impl Maps {
             domains: mmap_array(take(names::DOMAINS)?)?,
             rulesets: mmap_array(take(names::RULESETS)?)?,
             tls_ports: mmap_array(take(names::TLS_PORTS)?)?,
+            http_ports: mmap_array(take(names::HTTP_PORTS)?)?,
+            safe_names: aya::maps::HashMap::try_from(take(names::SAFE_NAMES)?)?,
+            safe_targets: match take(names::SAFE_TARGETS)? {
+                Map::Array(data) => super::safe_search::SafeTargets::new(data)?,
+                other => {
+                    return Err(anyhow!(
+                        "SAFE_TARGETS: expected an array map, found {other:?}"
+                    ));
+                }
+            },
             by_cidr: LpmTrie::try_from(take(names::DEVICE_BY_CIDR)?)?,
             stats: PerCpuArray::try_from(take(names::STATS)?)?,
             device_traffic: PerCpuArray::try_from(take(names::DEVICE_TRAFFIC)?)?,

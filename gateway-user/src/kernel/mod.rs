@@ -10,6 +10,7 @@ mod maps;
 mod mmap;
 mod objects;
 pub mod probe;
+pub mod safe_search;
 pub mod sys;
 
 pub use apply::{Applied, Applier, GRACE};
@@ -17,5 +18,5 @@ pub use maps::{Maps, cpu_count, slot_names, zeroed_per_cpu};
 pub use mmap::MmapArray;
 pub use objects::{
     DNS_MSG_PROGRAM, DNS_PROGRAM, DNS_TCP_PROGRAM, EMPTY_OBJECT, EMPTY_PROGRAM, FILTER_OBJECT,
-    FILTER_PROGRAM, Filter, LoadOptions, TLS_PROGRAM, incompatible_pins, load_empty,
+    FILTER_PROGRAM, Filter, HTTP_PROGRAM, LoadOptions, TLS_PROGRAM, incompatible_pins, load_empty,
 };

@@ -31,12 +31,15 @@ pub const TLS_PROGRAM: &str = "gateway_tls";
 /// Names of the DNS-over-TCP programs the filter tail-calls (the stream, and its messages).
 pub const DNS_TCP_PROGRAM: &str = "gateway_dns_tcp";
 pub const DNS_MSG_PROGRAM: &str = "gateway_dns_msg";
+/// Name of the plain-HTTP program the filter tail-calls.
+pub const HTTP_PROGRAM: &str = "gateway_http";
 /// The filter's program array, and the tail-called programs' indexes in it.
 const PROGS_MAP: &str = "PROGS";
 const PROG_DNS: u32 = 0;
 const PROG_TLS: u32 = 1;
 const PROG_DNS_TCP: u32 = 2;
 const PROG_DNS_MSG: u32 = 3;
+const PROG_HTTP: u32 = 4;
 /// Name of the empty XDP program in its object.
 pub const EMPTY_PROGRAM: &str = "empty";
 
@@ -110,6 +113,7 @@ impl Filter {
             TLS_PROGRAM,
             DNS_TCP_PROGRAM,
             DNS_MSG_PROGRAM,
+            HTTP_PROGRAM,
             FILTER_PROGRAM,
         ] {
             let prog: &mut Xdp = ebpf
@@ -135,6 +139,7 @@ impl Filter {
         let tls_fd = fd_of(&ebpf, TLS_PROGRAM)?;
         let dns_tcp_fd = fd_of(&ebpf, DNS_TCP_PROGRAM)?;
         let dns_msg_fd = fd_of(&ebpf, DNS_MSG_PROGRAM)?;
+        let http_fd = fd_of(&ebpf, HTTP_PROGRAM)?;
         let mut progs = aya::maps::ProgramArray::try_from(
             ebpf.map_mut(PROGS_MAP)
                 .ok_or_else(|| anyhow!("the object has no map {PROGS_MAP}"))?,
@@ -143,6 +148,7 @@ impl Filter {
         progs.set(PROG_TLS, &tls_fd, 0)?;
         progs.set(PROG_DNS_TCP, &dns_tcp_fd, 0)?;
         progs.set(PROG_DNS_MSG, &dns_msg_fd, 0)?;
+        progs.set(PROG_HTTP, &http_fd, 0)?;
         Ok(Self {
             ebpf,
             link: opts.link,

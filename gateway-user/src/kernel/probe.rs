@@ -70,6 +70,11 @@ pub const HELPERS: &[(BpfHelper, &str, &str)] = &[
         "bpf_xdp_load_bytes",
         "5.18",
     ),
+    (
+        BpfHelper::BPF_FUNC_xdp_store_bytes,
+        "bpf_xdp_store_bytes",
+        "5.18",
+    ),
 ];
 
 /// Map types the filter creates, with the first kernel that had each.

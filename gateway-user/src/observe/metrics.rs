@@ -96,6 +96,12 @@ struct InterfaceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
 }
@@ -251,6 +257,36 @@ fn fleet_metrics(r: &mut Registry, config: &Config) {
 }
 
 /// The shipping pipelines that are configured: remote-write in samples, syslog in rows.
+/// The SafeSearch enforcement names in force: whether each family is resolved, and how many
+/// addresses the kernel answers with.
+fn safe_search_metrics(r: &mut Registry, s: &Snapshot) {
+    if s.safe_search.is_empty() {
+        return;
+    }
+    let resolved: Family<TargetLabels, Gauge> = gauge(
+        r,
+        "gateway_safe_search_resolved",
+        "1 when the SafeSearch enforcement name's addresses of the family are known (its queries are answered by the kernel); 0 while its queries pass to the resolver",
+    );
+    let addresses: Family<TargetLabels, Gauge> = gauge(
+        r,
+        "gateway_safe_search_addresses",
+        "Addresses the kernel answers a SafeSearch enforcement name with, by family",
+    );
+    for t in &s.safe_search {
+        for (family, v) in [("ipv4", &t.ipv4), ("ipv6", &t.ipv6)] {
+            let l = TargetLabels {
+                target: t.target.clone(),
+                family: family.to_string(),
+            };
+            resolved.get_or_create(&l).set(i64::from(v.is_some()));
+            addresses
+                .get_or_create(&l)
+                .set(v.as_ref().map_or(0, |a| a.len() as i64));
+        }
+    }
+}
+
 fn ship_metrics(r: &mut Registry, config: &Config, ship: &super::ship::ShipStats) {
     use std::sync::atomic::Ordering::Relaxed;
     // (configured, counts, pending, sent, dropped, errors: name and help of each)
@@ -656,6 +692,7 @@ pub fn render(s: &Snapshot, info: &Info, now: jiff::Timestamp) -> anyhow::Result
     if let Some(ship) = &info.ship {
         ship_metrics(&mut r, config, ship);
     }
+    safe_search_metrics(&mut r, s);
 
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)

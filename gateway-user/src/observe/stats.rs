@@ -83,6 +83,18 @@ pub struct Snapshot {
     /// Keys in the per-device decision map (its fill).
     pub decision_keys: usize,
     pub interfaces: Vec<InterfaceRow>,
+    /// The SafeSearch enforcement names in force and what the kernel knows of their addresses.
+    pub safe_search: Vec<SafeSearchRow>,
+}
+
+/// A SafeSearch enforcement name: its addresses per family (`None`: not resolved yet, its
+/// queries pass) and the TTL the kernel answers with.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SafeSearchRow {
+    pub target: String,
+    pub ipv4: Option<Vec<String>>,
+    pub ipv6: Option<Vec<String>>,
+    pub ttl: u32,
 }
 
 impl Snapshot {
@@ -242,6 +254,23 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
             mode: AttachMode::from_u32(info.mode).map_or("unknown", AttachMode::label),
         });
     }
+    for (target, a) in maps.safe_targets.targets(s.generation) {
+        use gateway_common::safe_search::{SAFE_V4_KNOWN, SAFE_V6_KNOWN};
+        let v4 = a.v4_be.iter().take(usize::from(a.n4));
+        let v6 = a.v6_be.iter().take(usize::from(a.n6));
+        s.safe_search.push(SafeSearchRow {
+            target,
+            ipv4: (a.flags & SAFE_V4_KNOWN != 0).then(|| {
+                v4.map(|b| std::net::Ipv4Addr::from(*b).to_string())
+                    .collect()
+            }),
+            ipv6: (a.flags & SAFE_V6_KNOWN != 0).then(|| {
+                v6.map(|b| std::net::Ipv6Addr::from(*b).to_string())
+                    .collect()
+            }),
+            ttl: a.ttl,
+        });
+    }
     Ok(s)
 }
 
@@ -269,6 +298,24 @@ pub fn render(s: &Snapshot) -> String {
                 o,
                 "{:<16} {:>8} {:<10} {:<8}",
                 i.name, i.ifindex, i.link, i.mode
+            );
+        }
+    }
+    if !s.safe_search.is_empty() {
+        let _ = writeln!(o, "\n{:<32} {:>6}  ADDRESSES", "SAFESEARCH TARGET", "TTL");
+        for t in &s.safe_search {
+            let family = |v: &Option<Vec<String>>| match v {
+                None => "(not resolved yet)".to_string(),
+                Some(a) if a.is_empty() => "(none)".to_string(),
+                Some(a) => a.join(" "),
+            };
+            let _ = writeln!(
+                o,
+                "{:<32} {:>6}  {} / {}",
+                t.target,
+                t.ttl,
+                family(&t.ipv4),
+                family(&t.ipv6)
             );
         }
     }

@@ -194,6 +194,7 @@ impl TestRunner {
                     while ring.next().is_some() {}
                 }
                 runner.emptied.empty()?;
+                runner.maps.safe_targets.forget();
                 let (packets, bytes) = &runner.maps.uninspected_floor;
                 packets.store(0, std::sync::atomic::Ordering::Relaxed);
                 bytes.store(0, std::sync::atomic::Ordering::Relaxed);

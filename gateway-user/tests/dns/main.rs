@@ -7,6 +7,7 @@
 mod common;
 mod lists;
 mod reloads;
+mod safe_search;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
