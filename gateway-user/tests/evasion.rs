@@ -2,7 +2,8 @@
 //! and the verdict and reason the kernel program (BPF_PROG_TEST_RUN) must give each frame under
 //! the default policy and under a strict one. Both policies block `blocked.example`; the strict
 //! one also blocks the built-in `dns-bypass` category (DoH names, DoT and DoQ ports), malformed
-//! queries, unparsed ClientHellos and QUIC, and allows plain DNS only to 192.0.2.53. Needs root.
+//! queries, unparsed ClientHellos and HTTP requests, and QUIC, allows plain DNS only to
+//! 192.0.2.53, and has Google SafeSearch (no enforcement address known here). Needs root.
 //! (The stream rows again with real sockets: tests/evasion.rs.)
 
 use gateway_common::enums::{Action, LinkType, Reason, Verdict};
@@ -28,8 +29,10 @@ block = ["blocked.example"]
 block_categories = ["dns-bypass"]
 on_parse_error = "block"
 on_unparsed_tls = "block"
+on_unparsed_http = "block"
 quic = "block"
 dns_resolvers = ["192.0.2.53", "fd00::53"]
+safe_search = ["google"]
 
 [[device]]
 name = "kid"
@@ -183,6 +186,12 @@ fn hello_in_two_records(sni: &str, at: usize) -> Vec<u8> {
     out
 }
 
+/// A plain-HTTP GET for `/` of `host`, as curl sends it.
+fn http_get(host: &str) -> Vec<u8> {
+    format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n")
+        .into_bytes()
+}
+
 /// A QUIC version 1 Initial's first bytes (long header, type 0), padded to 1,200 bytes.
 fn quic_initial() -> Vec<u8> {
     let mut p = vec![0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0];
@@ -305,6 +314,91 @@ fn rows() -> Vec<Row> {
             },
             default: &[(Verdict::Tx, Reason::DnsTcpTooMany)],
             strict: &[(Verdict::Tx, Reason::DnsTcpTooMany)],
+        },
+        Row {
+            technique: "plain HTTP by address, the blocked name in Host",
+            frames: |d, p| vec![d.tcp(SERVER, p, 80, 100, &http_get(BLOCKED))],
+            default: &[RESET],
+            strict: &[RESET],
+        },
+        Row {
+            technique: "HTTP: empty lines before the request line (servers skip them)",
+            frames: |d, p| {
+                let mut r = b"\r\n\r\n".to_vec();
+                r.extend(http_get(BLOCKED));
+                vec![d.tcp(SERVER, p, 80, 100, &r)]
+            },
+            default: &[RESET],
+            strict: &[RESET],
+        },
+        Row {
+            technique: "HTTP: proxy style, the blocked host in the URI and an allowed Host",
+            frames: |d, p| {
+                let r = format!("GET http://{BLOCKED}/ HTTP/1.1\r\nHost: fine.example\r\n\r\n");
+                vec![d.tcp(SERVER, p, 80, 100, r.as_bytes())]
+            },
+            default: &[RESET],
+            strict: &[RESET],
+        },
+        Row {
+            technique: "HTTP: an allowed request, then the blocked one in the same segment",
+            frames: |d, p| {
+                let mut r = http_get("fine.example");
+                r.extend(http_get(BLOCKED));
+                vec![d.tcp(SERVER, p, 80, 100, &r)]
+            },
+            default: &[RESET],
+            strict: &[RESET],
+        },
+        Row {
+            technique: "HTTP: the Host line split over two segments",
+            frames: |d, p| {
+                let r = http_get(BLOCKED);
+                let cut = 20;
+                vec![
+                    d.tcp(SERVER, p, 80, 100, &r[..cut]),
+                    d.tcp(SERVER, p, 80, 100 + cut as u32, &r[cut..]),
+                ]
+            },
+            default: &[(Verdict::Pass, Reason::HttpUnparsed), PASS],
+            strict: &[
+                (Verdict::Tx, Reason::HttpUnparsed),
+                (Verdict::Drop, Reason::FlowBlocked),
+            ],
+        },
+        Row {
+            technique: "HTTP: two Host lines, the blocked one second",
+            frames: |d, p| {
+                let r = format!("GET / HTTP/1.1\r\nHost: fine.example\r\nHost: {BLOCKED}\r\n\r\n");
+                vec![d.tcp(SERVER, p, 80, 100, r.as_bytes())]
+            },
+            default: &[(Verdict::Pass, Reason::HttpUnparsed)],
+            strict: &[(Verdict::Tx, Reason::HttpUnparsed)],
+        },
+        Row {
+            technique: "HTTP: another request on a connection that was blocked",
+            frames: |d, p| {
+                let r = http_get(BLOCKED);
+                let n = 100 + r.len() as u32;
+                vec![
+                    d.tcp(SERVER, p, 80, 100, &r),
+                    d.tcp(SERVER, p, 80, n, &http_get("fine.example")),
+                ]
+            },
+            default: &[RESET, (Verdict::Drop, Reason::FlowBlocked)],
+            strict: &[RESET, (Verdict::Drop, Reason::FlowBlocked)],
+        },
+        Row {
+            technique: "SafeSearch: the covered name over TCP (no answer can be built there)",
+            frames: |d, p| vec![d.tcp(RESOLVER, p, 53, 100, &framed(&dns_query("www.google.de")))],
+            default: &[ALLOWED],
+            strict: &[(Verdict::Tx, Reason::SafeSearch)],
+        },
+        Row {
+            technique: "SafeSearch: the covered name before its enforcement address is known",
+            frames: |d, _| vec![d.udp(RESOLVER, 53, &dns_query("WWW.Google.DE"))],
+            default: &[ALLOWED],
+            strict: &[(Verdict::Pass, Reason::SafeSearchUnresolved)],
         },
         Row {
             technique: "TLS disorder: the ClientHello's second part first",
