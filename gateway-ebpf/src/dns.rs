@@ -154,6 +154,18 @@ impl Frame {
         self.ack = ack;
     }
 
+    /// The key of the TCP flow the frame belongs to (`FLOWS`, `DNS_STREAMS`).
+    #[inline(always)]
+    pub fn flow_key(&self) -> gateway_common::maps::FlowKey {
+        gateway_common::maps::FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            _pad: 0,
+        }
+    }
+
     /// The same masks again: a `Frame` read back from map memory (the tail-call handoff) has
     /// unknown bounds as far as the verifier is concerned.
     #[inline(always)]

@@ -83,18 +83,6 @@ impl StreamOutcome {
     }
 }
 
-/// The flow's key, from the frame.
-#[inline(always)]
-pub fn key(f: &Frame) -> FlowKey {
-    FlowKey {
-        src: f.src,
-        dst: f.dst,
-        sport: f.sport,
-        dport: f.dport,
-        _pad: 0,
-    }
-}
-
 /// Starts (or restarts) the stream of `key` at sequence number `seq`.
 #[inline(always)]
 fn start(s: &mut Scratch, key: &FlowKey, seq: u32) {
@@ -133,7 +121,7 @@ pub fn read(ctx: &XdpContext, f: &Frame, off: u32, policy: &PolicyEntry) -> Read
     let Some(s) = maps::scratch() else {
         return frame(Verdict::Pass, Reason::Uninspected);
     };
-    let key = key(f);
+    let key = f.flow_key();
     let seg_len = f.l3_end.saturating_sub(f.payload_off) as u32;
     if off == 0 && f.syn {
         // A connection starts (a SYN again: a new connection on the ports of an old one).
@@ -253,7 +241,7 @@ pub fn judge_next(
     refused: bool,
 ) -> StreamOutcome {
     let policy = maps::policy(generation, policy_id);
-    let (Some(s), Some(st)) = (maps::scratch(), maps::DNS_STREAMS.get_ptr_mut(key(f))) else {
+    let (Some(s), Some(st)) = (maps::scratch(), maps::DNS_STREAMS.get_ptr_mut(f.flow_key())) else {
         // The state was evicted between the two programs: the message goes unjudged.
         return StreamOutcome::frame(Verdict::Pass, Reason::Uninspected);
     };
@@ -458,7 +446,7 @@ fn answer_block(ctx: &XdpContext, f: &Frame, st: &mut DnsStream, policy: &Policy
 /// reset and blocked.
 #[inline(always)]
 pub fn too_many(ctx: &XdpContext, f: &Frame) -> Verdict {
-    let key = key(f);
+    let key = f.flow_key();
     if let Some(st) = maps::DNS_STREAMS.get_ptr_mut(key) {
         // SAFETY: as in `judge`.
         unsafe { (*st).state = DNS_STREAM_BLOCKED };

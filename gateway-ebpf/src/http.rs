@@ -90,18 +90,6 @@ pub const fn may_start_request(b: u8) -> bool {
     b.wrapping_sub(b'A') < 26 || b == b'\r' || b == b'\n'
 }
 
-/// The flow's key.
-#[inline(always)]
-fn key_of(f: &Frame) -> FlowKey {
-    FlowKey {
-        src: f.src,
-        dst: f.dst,
-        sport: f.sport,
-        dport: f.dport,
-        _pad: 0,
-    }
-}
-
 /// A SYN to an HTTP port whose slot is marked: a new connection on the ports of one with state
 /// (a blocked one) starts clean.
 #[inline(always)]
@@ -138,7 +126,7 @@ pub fn judge(
 ) -> HttpOutcome {
     let none = |d: TlsOutcome| HttpOutcome { d, next: 0 };
     let pkt = PacketBytes::new(ctx);
-    let key = key_of(f);
+    let key = f.flow_key();
     let slot = key.mark_slot();
     let len = f.l3_end.saturating_sub(f.payload_off);
     let Some(s) = maps::scratch() else {

@@ -141,14 +141,15 @@ pub(crate) fn judge_http(ctx: &XdpContext) -> Outcome {
         }
         // More requests in the segment than the tail-call limit lets one frame judge: no client
         // pipelines so many, so the flow is blocked rather than the rest passed unjudged.
-        let key = gateway_common::maps::FlowKey {
-            src: f.src,
-            dst: f.dst,
-            sport: f.sport,
-            dport: f.dport,
-            _pad: 0,
-        };
-        let b = http::block_flow(ctx, &f, &key, Reason::HttpUnparsed, NO_CATEGORY, 0, 0);
+        let b = http::block_flow(
+            ctx,
+            &f,
+            &f.flow_key(),
+            Reason::HttpUnparsed,
+            NO_CATEGORY,
+            0,
+            0,
+        );
         count_decision(
             &dev,
             Proto::Http,

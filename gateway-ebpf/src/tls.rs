@@ -256,13 +256,7 @@ pub fn judge(
     policy_id: u32,
 ) -> TlsOutcome {
     let pkt = PacketBytes::new(ctx);
-    let key = FlowKey {
-        src: f.src,
-        dst: f.dst,
-        sport: f.sport,
-        dport: f.dport,
-        _pad: 0,
-    };
+    let key = f.flow_key();
     let slot = key.mark_slot();
     let Some(first) = pkt.u8_at(f.payload_off) else {
         return TlsOutcome::pass(Reason::Uninspected);
