@@ -345,6 +345,23 @@ pub struct FlowKey {
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
 impl FlowKey {
+    /// The flow of a TCP segment from its parsed headers (`pkt` is the frame they were parsed
+    /// from).
+    #[inline(always)]
+    pub fn of<B: crate::bytes::Bytes + ?Sized>(
+        pkt: &B,
+        l3: &crate::packet::L3,
+        l4: &crate::packet::L4,
+    ) -> Self {
+        Self {
+            src: l3.src,
+            dst: l3.dst(pkt).unwrap_or_default(),
+            sport: l4.src_port(),
+            dport: l4.dst_port(),
+            _pad: 0,
+        }
+    }
+
     /// Slot of the flow in `FLOW_MARKS`.
     #[inline(always)]
     pub const fn mark_slot(&self) -> u32 {

@@ -94,13 +94,7 @@ pub const fn may_start_request(b: u8) -> bool {
 /// (a blocked one) starts clean.
 #[inline(always)]
 pub fn reopen(pkt: &PacketBytes, l3: &L3, l4: &L4) {
-    let key = FlowKey {
-        src: l3.src,
-        dst: l3.dst(pkt).unwrap_or_default(),
-        sport: l4.src_port(),
-        dport: l4.dst_port(),
-        _pad: 0,
-    };
+    let key = FlowKey::of(pkt, l3, l4);
     if maps::FLOWS.remove(key).is_ok() {
         maps::mark_flow(key.mark_slot(), false);
         maps::count_global(Global::FlowsRemoved);

@@ -80,6 +80,31 @@ fn copy_name(to: &mut [u8; 256], from: &[u8; 256], len: u16) {
     }
 }
 
+/// A decision on a TCP flow (a ClientHello's, a request's): counted with an event for the name,
+/// unless it is a blocked flow's later packet (counted, not logged again); `None` as the action
+/// means nothing was decided.
+#[inline(always)]
+fn flow_decided(dev: &Device, proto: Proto, d: &tls::TlsOutcome) -> Outcome {
+    let Some(action) = d.action else {
+        return Outcome::new(dev, d.verdict, d.reason);
+    };
+    decided_on_name(
+        dev,
+        d.policy_flags,
+        proto,
+        action,
+        d.reason,
+        d.category,
+        0,
+        d.name_len,
+        d.reason != Reason::FlowBlocked,
+    );
+    Outcome {
+        action: action as u32,
+        ..Outcome::new(dev, d.verdict, d.reason)
+    }
+}
+
 #[inline(always)]
 pub(crate) fn judge_tls(ctx: &XdpContext) -> Outcome {
     let (h, settings, dev) = match take_handoff() {
@@ -88,25 +113,7 @@ pub(crate) fn judge_tls(ctx: &XdpContext) -> Outcome {
     };
     let generation = h.generation & 1;
     let d = tls::judge(ctx, &h.frame.bounded(), generation, settings, dev.policy);
-    let Some(action) = d.action else {
-        return Outcome::new(&dev, d.verdict, d.reason);
-    };
-    decided_on_name(
-        &dev,
-        d.policy_flags,
-        Proto::Tls,
-        action,
-        d.reason,
-        d.category,
-        0,
-        d.name_len,
-        // A blocked flow's later packets are counted, not logged again.
-        d.reason != Reason::FlowBlocked,
-    );
-    Outcome {
-        action: action as u32,
-        ..Outcome::new(&dev, d.verdict, d.reason)
-    }
+    flow_decided(&dev, Proto::Tls, &d)
 }
 
 #[inline(always)]
@@ -118,21 +125,7 @@ pub(crate) fn judge_http(ctx: &XdpContext) -> Outcome {
     let generation = h.generation & 1;
     let f = h.frame.bounded();
     let r = http::judge(ctx, &f, generation, settings, dev.policy, h.off);
-    let d = r.d;
-    let Some(action) = d.action else {
-        return Outcome::new(&dev, d.verdict, d.reason);
-    };
-    decided_on_name(
-        &dev,
-        d.policy_flags,
-        Proto::Http,
-        action,
-        d.reason,
-        d.category,
-        0,
-        d.name_len,
-        d.reason != Reason::FlowBlocked,
-    );
+    let out = flow_decided(&dev, Proto::Http, &r.d);
     if r.next != 0 {
         if let Some(s) = maps::scratch() {
             s.handoff.off = r.next;
@@ -162,10 +155,7 @@ pub(crate) fn judge_http(ctx: &XdpContext) -> Outcome {
             ..Outcome::new(&dev, b.verdict, Reason::HttpUnparsed)
         };
     }
-    Outcome {
-        action: action as u32,
-        ..Outcome::new(&dev, d.verdict, d.reason)
-    }
+    out
 }
 
 #[inline(always)]

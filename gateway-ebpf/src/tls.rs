@@ -196,13 +196,7 @@ pub fn start_flow(pkt: &PacketBytes, l3: &L3, l4: &L4) {
     let Some((seq, _)) = gateway_common::packet::tcp_seq_ack(pkt, l3.l4_off) else {
         return;
     };
-    let key = FlowKey {
-        src: l3.src,
-        dst: l3.dst(pkt).unwrap_or_default(),
-        sport: l4.src_port(),
-        dport: l4.dst_port(),
-        _pad: 0,
-    };
+    let key = FlowKey::of(pkt, l3, l4);
     fresh_walk(&mut s.flow.walk);
     let seq = seq.wrapping_add(1);
     s.flow.first_seq = seq;
@@ -221,13 +215,7 @@ pub fn start_flow(pkt: &PacketBytes, l3: &L3, l4: &L4) {
 /// dropped until the LRU map evicts it).
 #[inline(always)]
 pub fn end_flow(pkt: &PacketBytes, l3: &L3, l4: &L4) {
-    let key = FlowKey {
-        src: l3.src,
-        dst: l3.dst(pkt).unwrap_or_default(),
-        sport: l4.src_port(),
-        dport: l4.dst_port(),
-        _pad: 0,
-    };
+    let key = FlowKey::of(pkt, l3, l4);
     // SAFETY: the value is only read.
     let blocked = match unsafe { maps::FLOWS.get(key) } {
         Some(st) => st.state == FLOW_BLOCKED,

@@ -162,16 +162,6 @@ impl SafeTargets {
             .map(|r| (wire_text(&r), *r.addrs()))
             .collect()
     }
-
-    /// The addresses in force for `name` in `generation` (tests, `status`).
-    pub fn in_force(&self, generation: u32, name: &str) -> Option<SafeAddrs> {
-        let inner = self.lock();
-        let wanted = SafeTarget::named(name)?;
-        (0..MAX_SAFE_TARGETS)
-            .filter_map(|t| inner.array.get(target_index(generation, t) as usize))
-            .find(|r| r.name_len == wanted.name_len && r.name == wanted.name)
-            .map(|r| *r.addrs())
-    }
 }
 
 /// A record's name as text (`forcesafesearch.google.com`).
