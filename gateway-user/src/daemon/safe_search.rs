@@ -127,11 +127,14 @@ fn run(wanted: &Mutex<Wanted>, stop: &AtomicBool, targets: &SafeTargets) {
                 failing: false,
             });
         }
+        // The system's resolver is read once per round, and only when something is due.
+        let mut round_server = None;
         for (name, s) in schedule.iter_mut() {
             if s.due > Instant::now() || stop.load(Ordering::Relaxed) {
                 continue;
             }
-            let server = w.server.unwrap_or_else(system_resolver);
+            let server =
+                *round_server.get_or_insert_with(|| w.server.unwrap_or_else(system_resolver));
             match resolve(server, name) {
                 Ok(r) => {
                     let ttl = r.ttl;
